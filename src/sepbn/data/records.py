@@ -25,6 +25,8 @@ class FaceRecord:
         source: Where the record came from, ``"file:line"`` or ``"file[record]"``,
             used in every error message.
         image: ``(H, W, 3)`` uint8 RGB pixels for in-memory records (synthetic faces).
+        domain: Optional sub-domain label (e.g. 0 frontal, 1 left, 2 right profile) for
+            the brute-force SepBN of paper Sec. III-A / Table II.
     """
 
     image_path: Path | None
@@ -36,6 +38,7 @@ class FaceRecord:
     attributes: dict[str, bool] = field(default_factory=dict)
     source: str = ""
     image: np.ndarray | None = None
+    domain: int | None = None
 
     def __post_init__(self) -> None:
         self.landmarks = np.asarray(self.landmarks, dtype=np.float64)
