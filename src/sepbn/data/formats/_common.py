@@ -1,0 +1,152 @@
+"""Helpers shared by the format readers: error policy, number parsing, image lookup."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sepbn.data.errors import DatasetError, OnError, SkipReport
+from sepbn.data.records import FaceRecord
+from sepbn.data.validation import validate_record
+
+ON_ERROR_CHOICES = ("raise", "skip")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DatasetWarning(UserWarning):
+    """Records were skipped (``on_error="skip"``) or sub-folders were missing while reading."""
+
+
+@dataclass
+class ErrorPolicy:
+    """Applies ``on_error`` to one reading pass and reports what it skipped at the end.
+
+    Attributes:
+        on_error: ``"raise"`` (first bad record raises) or ``"skip"`` (collect and go on).
+        report: Where skipped records are collected; shared with the caller.
+        what: Names the data being read in the final warning, e.g. the list file.
+    """
+
+    on_error: OnError
+    report: SkipReport
+    what: str
+    start: int = 0
+
+    @classmethod
+    def create(cls, on_error: str, report: SkipReport | None, what: str | Path) -> ErrorPolicy:
+        """Check ``on_error`` early and remember where this pass starts in ``report``."""
+        if on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"on_error must be one of {list(ON_ERROR_CHOICES)}, got {on_error!r}")
+        report = SkipReport() if report is None else report
+        return cls(on_error, report, str(what), len(report))  # type: ignore[arg-type]
+
+    def fail(self, source: str, reason: str) -> None:
+        """Raise or record a problem with one record."""
+        self.report.handle(DatasetError(source, reason), self.on_error)
+
+    def note(self, error: DatasetError) -> None:
+        """Record a problem that is reported but never fatal (e.g. ``allow_missing`` folders)."""
+        self.report.skipped.append(error)
+
+    def accept(self, record: FaceRecord, image_shape: tuple[int, ...] | None = None) -> bool:
+        """Validate ``record``; True when it should be kept."""
+        try:
+            validate_record(record, image_shape)
+        except DatasetError as e:
+            self.report.handle(e, self.on_error)
+            return False
+        return True
+
+    def image_exists(self, path: Path, source: str) -> bool:
+        """Cheap existence check of a referenced image (decoding is the data cache's job)."""
+        if path.is_file():
+            return True
+        self.fail(f"{source} ({path})", "image file not found")
+        return False
+
+    def finish(self, records: list[FaceRecord]) -> list[FaceRecord]:
+        """Warn with the summary when this pass skipped anything, then return ``records``."""
+        skipped = self.report.skipped[self.start :]
+        if skipped:
+            summary = SkipReport(list(skipped)).summary()
+            warnings.warn(
+                f"{self.what}: kept {len(records)} record(s); {summary}",
+                DatasetWarning,
+                stacklevel=3,
+            )
+        return records
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a text annotation file, with a :class:`DatasetError` for I/O problems."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DatasetError(str(path), "annotation file not found") from None
+    except IsADirectoryError:
+        raise DatasetError(str(path), "expected an annotation file, found a directory") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(str(path), f"not a UTF-8 text file ({e.reason})") from None
+    except OSError as e:
+        raise DatasetError(str(path), f"annotation file unreadable: {e.strerror or e}") from None
+
+
+def number_problem(tokens: Sequence[str]) -> str | None:
+    """Why ``tokens`` are not all finite numbers (1-based token position), or None."""
+    for i, tok in enumerate(tokens, start=1):
+        try:
+            v = float(tok)
+        except ValueError:
+            return f"token {i} {tok!r} is not a number"
+        if not np.isfinite(v):
+            return f"token {i} is {tok!r} (not finite)"
+    return None
+
+
+def parse_rows(rows: Sequence[Sequence[str]]) -> tuple[np.ndarray, list[str | None]]:
+    """Parse equal-length rows of numeric tokens at once; find the bad rows only on failure.
+
+    Returns:
+        ``(values, problems)``: ``(R, T)`` float64 values (rows with a problem hold NaN) and
+        per row None or the reason it is bad (non-number or non-finite token).
+    """
+    width = len(rows[0]) if rows else 0
+    try:
+        # One numpy call for the whole file; NaN/inf parse fine and are found below.
+        values = np.array(rows, dtype=np.float64).reshape(len(rows), width)
+    except ValueError:
+        values = np.full((len(rows), width), np.nan)
+        for r, row in enumerate(rows):
+            if number_problem(row) is None:
+                values[r] = np.array(row, dtype=np.float64)
+    problems: list[str | None] = [None] * len(rows)
+    for r in np.flatnonzero(~np.isfinite(values).all(axis=1)):
+        problems[r] = number_problem(rows[r]) or "not a finite number"
+    return values, problems
+
+
+def check_split(kind: str, split: str | None, valid: Sequence[str | None]) -> None:
+    """Raise ValueError naming the valid splits of ``kind``."""
+    if split not in valid:
+        names = [s for s in valid if s is not None]
+        hint = f"one of {names}" if names else "None"
+        if None in valid and names:
+            hint += " or None"
+        raise ValueError(f"{kind}: unknown split {split!r}; valid: {hint}")
+
+
+def images_by_stem(folder: Path) -> dict[str, Path]:
+    """Map file stem -> image path for the image files directly inside ``folder``.
+
+    When several images share a stem the first by suffix preference wins (jpg before png).
+    """
+    found: dict[str, Path] = {}
+    rank = {s: i for i, s in enumerate(IMAGE_SUFFIXES)}
+    for p in sorted(folder.iterdir(), key=lambda q: rank.get(q.suffix.lower(), 99)):
+        if p.suffix.lower() in rank and p.is_file():
+            found.setdefault(p.stem, p)
+    return found

@@ -1,0 +1,137 @@
+"""Sanity checks on one face record, shared by every format reader and the data cache.
+
+A record that fails a check raises :class:`~sepbn.data.errors.DatasetError` naming the
+record's source (``"file:line"`` or ``"file[record i]"``) and the reason, so a bad line in a
+10 000-face list gives one clear message instead of a NaN loss many epochs later.
+
+Tolerances (documented defaults, both relative to the face box size ``max(w, h)``):
+
+* ``box_tolerance=1.0``: a valid landmark may lie at most one box size outside the face box.
+  This catches swapped ``x``/``y`` columns or boxes given as ``x, y, w, h`` where
+  ``x_min, y_min, x_max, y_max`` was expected, while real annotations (ears, chins and
+  profile faces outside a detector box) stay well within it.
+* ``border_tolerance=0.5``: with a known image shape, a valid landmark may lie at most half a
+  box size beyond the image border. Faces cut by the border legitimately have points a little
+  outside the image (WFLW, AFLW); points further out mean the annotation belongs to another
+  image or another coordinate frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sepbn.data.errors import DatasetError
+from sepbn.data.protocols import PROTOCOLS
+from sepbn.data.records import FaceRecord
+
+BOX_TOLERANCE = 1.0
+BORDER_TOLERANCE = 0.5
+
+
+def _indices(idx: np.ndarray, limit: int = 8) -> str:
+    """``[3, 7, 12]`` (0-based point indices), shortened after ``limit`` entries."""
+    idx = np.asarray(idx).tolist()
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    return f"{idx[:limit]}{more}"
+
+
+def validate_record(
+    record: FaceRecord,
+    image_shape: tuple[int, ...] | None = None,
+    *,
+    box_tolerance: float = BOX_TOLERANCE,
+    border_tolerance: float = BORDER_TOLERANCE,
+) -> None:
+    """Check that a record is usable for training and evaluation.
+
+    Checks, in order: the protocol is known and the point count matches it; array shapes;
+    all landmark coordinates are finite (readers store 0.0 at points that are not annotated,
+    never NaN); at least one point is valid; the box is finite with width and height above
+    1 px; valid points lie within ``box_tolerance`` box sizes of the box; and, when
+    ``image_shape`` is given, within ``border_tolerance`` box sizes of the image border.
+
+    Args:
+        record: The face record.
+        image_shape: ``(H, W)`` or ``(H, W, C)`` of the decoded image, when known.
+        box_tolerance: Allowed distance of a valid landmark outside the box, in box sizes.
+        border_tolerance: Allowed distance of a valid landmark beyond the image border, in box
+            sizes.
+
+    Shape:
+        - record.landmarks: ``(L, 2)`` with ``L = protocol.num_points``.
+        - record.valid, record.occluded: ``(L,)``.
+        - record.box: ``(4,)`` as ``x_min, y_min, x_max, y_max``.
+
+    Raises:
+        DatasetError: The record fails a check; the message names ``record.source``.
+    """
+    src = record.source or "<record>"
+    protocol = PROTOCOLS.get(record.protocol)
+    if protocol is None:
+        raise DatasetError(
+            src, f"unknown landmark protocol {record.protocol!r}; valid: {sorted(PROTOCOLS)}"
+        )
+    pts = record.landmarks
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise DatasetError(src, f"landmarks must have shape (L, 2), got {pts.shape}")
+    n = pts.shape[0]
+    if n != protocol.num_points:
+        raise DatasetError(
+            src, f"{n} landmarks, but protocol {protocol.name!r} has {protocol.num_points}"
+        )
+    valid = record.valid
+    if valid is None or valid.shape != (n,):
+        raise DatasetError(
+            src, f"valid must have shape ({n},), got {None if valid is None else valid.shape}"
+        )
+    if record.occluded is not None and np.shape(record.occluded) != (n,):
+        raise DatasetError(src, f"occluded must have shape ({n},), got {record.occluded.shape}")
+    bad = ~np.isfinite(pts).all(axis=1)
+    if bad.any():
+        raise DatasetError(
+            src, f"non-finite landmark coordinates at point(s) {_indices(np.flatnonzero(bad))}"
+        )
+    if not valid.any():
+        raise DatasetError(src, "no valid (annotated) landmarks")
+    box = record.box
+    if box.shape != (4,) or not np.isfinite(box).all():
+        raise DatasetError(src, f"box must be 4 finite numbers x_min y_min x_max y_max, got {box}")
+    w, h = float(box[2] - box[0]), float(box[3] - box[1])
+    if not (w > 1.0 and h > 1.0):
+        raise DatasetError(
+            src,
+            f"degenerate box {box.tolist()} (width {w:g}, height {h:g}; both must exceed 1 px)",
+        )
+    size = max(w, h)
+    vp = pts[valid]
+    tol = box_tolerance * size
+    far = (
+        (vp[:, 0] < box[0] - tol)
+        | (vp[:, 0] > box[2] + tol)
+        | (vp[:, 1] < box[1] - tol)
+        | (vp[:, 1] > box[3] + tol)
+    )
+    if far.any():
+        raise DatasetError(
+            src,
+            f"landmark(s) {_indices(np.flatnonzero(valid)[far])} lie more than "
+            f"{box_tolerance:g} x the box size outside the face box {np.round(box, 1).tolist()}",
+        )
+    if image_shape is not None:
+        if len(image_shape) < 2:
+            raise ValueError(f"image_shape must be (H, W) or (H, W, C), got {image_shape}")
+        img_h, img_w = int(image_shape[0]), int(image_shape[1])
+        tol = border_tolerance * size
+        out = (
+            (vp[:, 0] < -tol)
+            | (vp[:, 0] > img_w - 1 + tol)
+            | (vp[:, 1] < -tol)
+            | (vp[:, 1] > img_h - 1 + tol)
+        )
+        if out.any():
+            raise DatasetError(
+                src,
+                f"landmark(s) {_indices(np.flatnonzero(valid)[out])} lie more than "
+                f"{border_tolerance:g} x the box size ({tol:.1f} px) outside the "
+                f"{img_w}x{img_h} image",
+            )

@@ -1,0 +1,124 @@
+"""validate_record: each check fires on a crafted bad record and passes a good one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sepbn.data.errors import DatasetError
+from sepbn.data.records import FaceRecord
+from sepbn.data.validation import validate_record
+
+
+def _face(n: int = 5, protocol: str = "wider5", **kw: object) -> FaceRecord:
+    # A 5-point face inside the box (100, 100)-(200, 200).
+    pts = np.array([[130.0, 140.0], [170.0, 140.0], [150.0, 160.0], [135.0, 180.0], [165, 180]])
+    fields = {
+        "image_path": None,
+        "landmarks": pts[:n],
+        "box": np.array([100.0, 100.0, 200.0, 200.0]),
+        "protocol": protocol,
+        "source": "faces.txt:7",
+    }
+    fields.update(kw)
+    return FaceRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_good_record_passes() -> None:
+    validate_record(_face())
+    validate_record(_face(), image_shape=(300, 300, 3))
+
+
+def test_wrong_point_count_names_protocol_and_source() -> None:
+    with pytest.raises(
+        DatasetError, match=r"faces\.txt:7: 4 landmarks, but protocol 'wider5' has 5"
+    ):
+        validate_record(_face(n=4))
+
+
+def test_unknown_protocol_lists_valid_ones() -> None:
+    with pytest.raises(DatasetError, match=r"unknown landmark protocol 'nope'; valid: \[.*'300w'"):
+        validate_record(_face(protocol="nope"))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_landmark_names_point(bad: float) -> None:
+    rec = _face()
+    rec.landmarks[3, 1] = bad
+    with pytest.raises(DatasetError, match=r"non-finite landmark coordinates at point\(s\) \[3\]"):
+        validate_record(rec)
+
+
+def test_non_finite_invalid_point_is_still_an_error() -> None:
+    # Readers store 0.0 at unannotated points; NaN would poison losses through masking.
+    rec = _face(valid=np.array([True, True, True, True, False]))
+    rec.landmarks[4] = np.nan
+    with pytest.raises(DatasetError, match="non-finite"):
+        validate_record(rec)
+
+
+def test_no_valid_points() -> None:
+    with pytest.raises(DatasetError, match="no valid"):
+        validate_record(_face(valid=np.zeros(5, bool)))
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        [100.0, 100.0, 101.0, 200.0],  # width exactly 1 px
+        [100.0, 100.0, 200.0, 100.5],  # height below 1 px
+        [200.0, 100.0, 100.0, 200.0],  # x_max < x_min
+    ],
+)
+def test_degenerate_box(box: list[float]) -> None:
+    with pytest.raises(DatasetError, match=r"faces\.txt:7: degenerate box"):
+        validate_record(_face(box=np.array(box)))
+
+
+def test_box_with_nan() -> None:
+    with pytest.raises(DatasetError, match="box must be 4 finite numbers"):
+        validate_record(_face(box=np.array([100.0, np.nan, 200.0, 200.0])))
+
+
+def test_landmark_far_outside_box_uses_tolerance() -> None:
+    # Box size 100, default tolerance 1.0: x = 200 + 100 is the limit.
+    rec = _face()
+    rec.landmarks[2] = [299.0, 150.0]
+    validate_record(rec)
+    rec.landmarks[2] = [301.0, 150.0]
+    with pytest.raises(DatasetError, match=r"landmark\(s\) \[2\] lie more than 1 x the box size"):
+        validate_record(rec)
+    validate_record(rec, box_tolerance=1.5)
+
+
+def test_invalid_points_are_not_checked_against_the_box() -> None:
+    rec = _face(valid=np.array([True, True, True, True, False]))
+    rec.landmarks[4] = [0.0, 0.0]  # far from the box, but not annotated
+    validate_record(rec, image_shape=(300, 300))
+
+
+def test_outside_image_border_tolerance() -> None:
+    # Image 220 wide: the last column is 219; 50% of the 100 px box allows x <= 269.
+    rec = _face(box=np.array([150.0, 100.0, 250.0, 200.0]))
+    rec.landmarks[:, 0] += 60.0
+    rec.landmarks[1, 0] = 268.0
+    validate_record(rec, image_shape=(300, 220, 3))
+    rec.landmarks[1, 0] = 270.5
+    with pytest.raises(
+        DatasetError, match=r"\[1\] lie more than 0.5 x the box size .* 220x300 image"
+    ):
+        validate_record(rec, image_shape=(300, 220, 3))
+    rec.landmarks[1, 0] = 200.0
+    rec.landmarks[0, 1] = -51.0
+    rec.box = np.array([150.0, -10.0, 250.0, 90.0])
+    with pytest.raises(DatasetError, match=r"\[0\]"):
+        validate_record(rec, image_shape=(300, 220))
+
+
+def test_shape_errors() -> None:
+    with pytest.raises(DatasetError, match=r"landmarks must have shape \(L, 2\)"):
+        validate_record(_face(landmarks=np.zeros((5, 3))))
+    with pytest.raises(DatasetError, match=r"occluded must have shape \(5,\)"):
+        validate_record(_face(occluded=np.zeros(4, bool)))
+    with pytest.raises(ValueError, match="image_shape"):
+        validate_record(_face(), image_shape=(300,))
