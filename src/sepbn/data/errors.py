@@ -47,5 +47,7 @@ class SkipReport:
         for e in self.skipped:
             first.setdefault(e.reason, e.source)
         lines = [f"skipped {len(self.skipped)} record(s):"]
-        lines += [f"  {n} x {reason} (first: {first[reason]})" for reason, n in counts.most_common()]
+        lines += [
+            f"  {n} x {reason} (first: {first[reason]})" for reason, n in counts.most_common()
+        ]
         return "\n".join(lines)

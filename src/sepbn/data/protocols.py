@@ -171,7 +171,9 @@ def get_protocol(name: str) -> LandmarkProtocol:
     try:
         return PROTOCOLS[name]
     except KeyError:
-        raise ValueError(f"unknown landmark protocol {name!r}; valid: {sorted(PROTOCOLS)}") from None
+        raise ValueError(
+            f"unknown landmark protocol {name!r}; valid: {sorted(PROTOCOLS)}"
+        ) from None
 
 
 def register_protocol(protocol: LandmarkProtocol, *, overwrite: bool = False) -> LandmarkProtocol:
