@@ -1,0 +1,242 @@
+"""From the ``data`` section of a config to datasets: read records, cache, crop, concatenate.
+
+:func:`build_data` reads every dataset of the config once (format readers or synthetic
+faces); :func:`make_train_set` and :func:`make_eval_set` turn those records into the
+datasets the trainer and the evaluator iterate. Paths go through ``~`` and ``$VAR``
+expansion, so a config may say ``path: $SEPBN_DATA/300W``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sepbn.config import DatasetConfig, ExperimentConfig
+from sepbn.data.cache import CACHE_SIZE, FaceCache, prepare_cache
+from sepbn.data.datasets import LandmarkDataset, MultiProtocolDataset
+from sepbn.data.formats import read_records
+from sepbn.data.protocols import LandmarkProtocol, get_protocol, register_protocol
+from sepbn.data.records import FaceRecord
+from sepbn.data.synthetic import SyntheticFaceConfig, make_synthetic_records
+from sepbn.data.transforms import FaceCropTransform
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ExperimentData",
+    "LoadedSet",
+    "build_data",
+    "load_records",
+    "make_eval_set",
+    "make_train_set",
+    "register_config_protocols",
+]
+
+_SYNTHETIC_OPTIONS = ("num_faces", "start_index", "seed", "config")
+
+
+@dataclass
+class LoadedSet:
+    """The records of one :class:`DatasetConfig`.
+
+    Attributes:
+        config: Where they came from.
+        name: Display name (logs, ``run_dir/eval`` file names).
+        protocol: Their landmark protocol.
+        records: The faces.
+    """
+
+    config: DatasetConfig
+    name: str
+    protocol: LandmarkProtocol
+    records: list[FaceRecord]
+
+
+@dataclass
+class ExperimentData:
+    """Every dataset of a config, read once.
+
+    Attributes:
+        train: The training sets, in config order.
+        val: The validation set, or ``None``.
+        test: The test sets.
+    """
+
+    train: list[LoadedSet]
+    val: LoadedSet | None
+    test: list[LoadedSet]
+
+    @property
+    def protocols(self) -> list[str]:
+        """Training protocols in order of first appearance (= the branch / protocol ids)."""
+        names: list[str] = []
+        for loaded in self.train:
+            if loaded.protocol.name not in names:
+                names.append(loaded.protocol.name)
+        return names
+
+    @property
+    def heads(self) -> dict[str, int]:
+        """Protocol name to L, for a cross-protocol model."""
+        return {p: get_protocol(p).num_points for p in self.protocols}
+
+
+def register_config_protocols(config: ExperimentConfig) -> list[LandmarkProtocol]:
+    """Register the user-defined protocols of ``config.protocols``."""
+    out = []
+    for i, spec in enumerate(config.protocols):
+        try:
+            out.append(register_protocol(LandmarkProtocol.from_dict(spec)))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"protocols[{i}]: {exc}") from None
+    return out
+
+
+def _expand(path: str) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(path)))
+
+
+def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
+    """Read one dataset of the config.
+
+    Args:
+        ds: The dataset entry.
+        seed: The run seed (default seed of synthetic faces).
+
+    Returns:
+        Its records; ``ds.protocol``, when given, relabels records of another protocol with
+        the same number of points (e.g. COFW with its inter-pupil normalizer
+        ``cofw_pupil``).
+
+    Raises:
+        ValueError: Unknown kind or option, no records, or a protocol that does not fit.
+        DatasetError: Bad data under ``on_error="raise"``.
+    """
+    name = ds.display_name
+    if ds.kind == "synthetic":
+        unknown = sorted(set(ds.options) - set(_SYNTHETIC_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"dataset {name!r}: unknown synthetic option(s) {unknown}; "
+                f"valid: {list(_SYNTHETIC_OPTIONS)}"
+            )
+        options = dict(ds.options)
+        if isinstance(options.get("config"), dict):
+            options["config"] = SyntheticFaceConfig(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in options["config"].items()}
+            )
+        records = make_synthetic_records(
+            int(options.pop("num_faces", 64)),
+            protocol=ds.protocol or "300w",
+            seed=int(options.pop("seed", seed)),
+            start_index=int(options.pop("start_index", 0)),
+            **options,
+        )
+    else:
+        if ds.path is None:
+            raise ValueError(f"dataset {name!r} (kind {ds.kind!r}) needs a path")
+        records = read_records(
+            ds.kind, _expand(ds.path), split=ds.split, on_error=ds.on_error, **ds.options
+        )
+    if not records:
+        raise ValueError(f"dataset {name!r} has no faces (kind {ds.kind!r}, path {ds.path!r})")
+    protocol = get_protocol(ds.protocol or records[0].protocol)
+    relabeled = []
+    for rec in records:
+        if rec.protocol != protocol.name:
+            if rec.num_points != protocol.num_points:
+                raise ValueError(
+                    f"dataset {name!r}: {rec.source or 'a record'} has {rec.num_points} points "
+                    f"({rec.protocol!r}), protocol {protocol.name!r} needs {protocol.num_points}"
+                )
+            rec = replace(rec, protocol=protocol.name)
+        relabeled.append(rec)
+    return LoadedSet(ds, name, protocol, relabeled)
+
+
+def build_data(config: ExperimentConfig) -> ExperimentData:
+    """Read every dataset of ``config`` (user protocols are registered first).
+
+    Raises:
+        ValueError: No training set, or a dataset that cannot be read (see
+            :func:`load_records`).
+    """
+    register_config_protocols(config)
+    if not config.data.train:
+        raise ValueError("data.train is empty: give at least one training set")
+    train = [load_records(ds, config.seed) for ds in config.data.train]
+    val = load_records(config.data.val, config.seed) if config.data.val is not None else None
+    test = [load_records(ds, config.seed) for ds in config.data.test]
+    for loaded in train:
+        logger.info(
+            "train set %s: %d faces (%s)", loaded.name, len(loaded.records), loaded.protocol.name
+        )
+    return ExperimentData(train, val, test)
+
+
+def _cache_source(
+    loaded: LoadedSet, config: ExperimentConfig, is_main: bool
+) -> list[FaceRecord] | FaceCache:
+    """A prepared :class:`FaceCache` for ``loaded``, or its records without ``cache_dir``."""
+    if config.data.cache_dir is None:
+        return loaded.records
+    ds = loaded.config
+    key = json.dumps([ds.kind, ds.path, ds.split, ds.protocol, ds.options], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    root = _expand(config.data.cache_dir) / f"{loaded.name}-{digest}"
+    # Keep the cache resolution in step with the input size (the default suits 128 px).
+    crop_size = max(CACHE_SIZE, math.ceil(CACHE_SIZE * config.model.input_size / 128))
+    if is_main:
+        return prepare_cache(
+            loaded.records,
+            root,
+            loaded.protocol,
+            crop_size=crop_size,
+            on_error=ds.on_error,
+            progress=config.train.progress,
+        )
+    return FaceCache.open(root, loaded.protocol)
+
+
+def _dataset(
+    loaded: LoadedSet, config: ExperimentConfig, train: bool, protocol_id: int, is_main: bool
+) -> LandmarkDataset:
+    transform = FaceCropTransform(
+        loaded.protocol,
+        output_size=config.model.input_size,
+        box_scale=config.data.box_scale,
+        augment=config.data.augment if train else None,
+    )
+    source = _cache_source(loaded, config, is_main)
+    return LandmarkDataset(source, loaded.protocol, transform, protocol_id, seed=config.seed)
+
+
+def make_train_set(
+    sets: Sequence[LoadedSet], config: ExperimentConfig, is_main: bool = True
+) -> MultiProtocolDataset:
+    """The augmented training set: a :class:`MultiProtocolDataset` over ``sets``.
+
+    Protocol ids follow the order in which protocols first appear in ``sets``, which is the
+    order of the cross-protocol model's branches.
+
+    Args:
+        sets: The training sets.
+        config: The experiment config (input size, box scale, augmentation, seed, cache).
+        is_main: Rank 0 prepares caches; other ranks only open them (call after a barrier).
+    """
+    if not sets:
+        raise ValueError("no training set")
+    return MultiProtocolDataset([_dataset(s, config, True, 0, is_main) for s in sets])
+
+
+def make_eval_set(
+    loaded: LoadedSet, config: ExperimentConfig, protocol_id: int = 0, is_main: bool = True
+) -> LandmarkDataset:
+    """The un-augmented evaluation crop of ``loaded``."""
+    return _dataset(loaded, config, False, protocol_id, is_main)

@@ -1,0 +1,272 @@
+"""Multi-GPU and multi-machine training with PyTorch's own engine (DDP under ``torchrun``).
+
+Nothing here schedules processes: ``torchrun`` starts one process per device and sets
+``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (plus ``MASTER_ADDR`` / ``MASTER_PORT``);
+:func:`init_distributed` reads them, joins the process group (NCCL on CUDA, gloo on CPU) and
+picks the process's device. A plain ``python`` run is a world of one and touches no process
+group. For example, two GPUs on one machine::
+
+    torchrun --nproc_per_node 2 -m sepbn.cli train configs/wflw_sepbn.yaml
+
+Each process loads its own share of every epoch through a
+:class:`~torch.utils.data.DistributedSampler` (reshuffled by ``set_epoch``), the model is
+wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, which averages the gradients,
+and only rank 0 writes checkpoints and logs. ``sync_bn`` converts every ``BatchNorm2d`` to
+``SyncBatchNorm``, SepBN's shared inner normalization included (it is a plain
+``nn.BatchNorm2d`` attribute of the layer); PyTorch's ``SyncBatchNorm`` only synchronizes
+CUDA tensors, so it is refused for multi-process CPU runs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Sized
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, DistributedSampler
+
+__all__ = [
+    "DistributedContext",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_buffers",
+    "build_sampler",
+    "cleanup_distributed",
+    "convert_sync_batchnorm",
+    "init_distributed",
+    "resolve_device",
+    "unwrap_model",
+    "wrap_model",
+]
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands in the run.
+
+    Attributes:
+        rank: Global rank (0 for a single process).
+        world_size: Number of processes.
+        local_rank: Rank on this machine; the CUDA device index.
+        device: The device this process trains on.
+        backend: ``"nccl"`` or ``"gloo"`` in a multi-process run, else ``None``.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: str | None = None
+
+    @property
+    def is_distributed(self) -> bool:
+        """More than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes checkpoints, logs and evaluation files."""
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The training device for a config's ``train.device``.
+
+    Args:
+        name: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or
+            ``"cuda:<i>"``.
+        local_rank: In a multi-process run, ``"auto"`` and ``"cuda"`` mean GPU ``local_rank``.
+
+    Raises:
+        ValueError: Unknown name, or CUDA asked for but not available.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.device={name!r} but CUDA is not available; use 'cpu'")
+        if name == "cuda":
+            return torch.device("cuda", local_rank)
+        return torch.device(name)
+    raise ValueError(f"unknown train.device {name!r}; valid: 'auto', 'cpu', 'cuda', 'cuda:<i>'")
+
+
+def init_distributed(
+    device: str = "auto", backend: str | None = None, timeout_s: float = 1800.0
+) -> DistributedContext:
+    """Join the ``torchrun`` process group when there is one, and pick the device.
+
+    Reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; with ``WORLD_SIZE`` unset or 1 it
+    returns a single-process context without touching ``torch.distributed``. A process group
+    that is already initialized (by the caller) is reused.
+
+    Args:
+        device: The config's ``train.device``.
+        backend: ``"nccl"`` or ``"gloo"``; ``None`` = NCCL for CUDA, gloo for CPU.
+        timeout_s: Collective-operation timeout.
+
+    Returns:
+        The context.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={world_size}")
+    resolved = resolve_device(device, local_rank)
+    if world_size == 1:
+        return DistributedContext(device=resolved)
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
+    if not dist.is_initialized():
+        backend = backend or ("nccl" if resolved.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    return DistributedContext(rank, world_size, local_rank, resolved, dist.get_backend())
+
+
+def cleanup_distributed(ctx: DistributedContext) -> None:
+    """Leave the process group (a no-op for a single process)."""
+    if ctx.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistributedContext) -> None:
+    """Wait for every process (a no-op for a single process)."""
+    if ctx.is_distributed:
+        if ctx.backend == "nccl":
+            dist.barrier(device_ids=[ctx.device.index])
+        else:
+            dist.barrier()
+
+
+def all_reduce_sum(value: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
+    """Sum of ``value`` over all processes (``value`` itself for a single process)."""
+    if not ctx.is_distributed:
+        return value
+    out = value.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def broadcast_buffers(model: nn.Module, ctx: DistributedContext) -> None:
+    """Copy rank 0's buffers (BN running statistics, SepBN's τ) to every rank.
+
+    DDP does this at the start of every forward, so after the last step of an epoch each
+    rank still holds the statistics of its own last batch; calling this at the end of an
+    epoch leaves every rank with rank 0's complete state (the one its checkpoint holds).
+    """
+    if not ctx.is_distributed:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
+def build_sampler(
+    dataset: Dataset[Any], ctx: DistributedContext, seed: int, shuffle: bool = True
+) -> DistributedSampler[Any]:
+    """This process's share of every epoch; call ``set_epoch(epoch)`` before each epoch.
+
+    Also used for a single process (a world of one): the order is then a function of
+    ``(seed, epoch)`` only, which is what makes a resumed run repeat an uninterrupted one.
+    Shuffling uniformly over the concatenated datasets samples each face with equal
+    probability, i.e. each dataset in proportion to its size (CNT stage 1, Sec. IV).
+
+    Args:
+        dataset: The (concatenated) training set.
+        ctx: The process's place in the run.
+        seed: The run seed.
+        shuffle: Reshuffle every epoch.
+
+    Returns:
+        The sampler (every process gets the same number of samples; DistributedSampler
+        repeats a few when the size does not divide).
+    """
+    if not isinstance(dataset, Sized) or len(dataset) == 0:
+        raise ValueError("the training set is empty")
+    return DistributedSampler(
+        dataset,
+        num_replicas=ctx.world_size,
+        rank=ctx.rank,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=False,
+    )
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Every ``BatchNorm*d`` of ``model`` (SepBN's inner one included) to ``SyncBatchNorm``."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def wrap_model(
+    model: nn.Module,
+    ctx: DistributedContext,
+    *,
+    sync_bn: bool = False,
+    find_unused_parameters: bool = False,
+) -> nn.Module:
+    """Move ``model`` to the device and wrap it for this run.
+
+    Args:
+        model: The model (on any device).
+        ctx: The process's place in the run.
+        sync_bn: Convert batch norms to ``SyncBatchNorm`` (multi-process CUDA runs only; a
+            single process has nothing to synchronize, so it is skipped there).
+        find_unused_parameters: DDP's option, needed when some parameters get no gradient in
+            a step (a protocol branch absent from a batch).
+
+    Returns:
+        The model itself for a single process, else a ``DistributedDataParallel``.
+
+    Raises:
+        ValueError: ``sync_bn`` in a multi-process CPU run.
+    """
+    if not ctx.is_distributed:
+        return model.to(ctx.device)
+    if sync_bn:
+        if ctx.device.type != "cuda":
+            raise ValueError(
+                "train.sync_bn needs CUDA: PyTorch's SyncBatchNorm does not synchronize CPU "
+                "tensors; set train.sync_bn=false for CPU runs"
+            )
+        model = convert_sync_batchnorm(model)
+    model = model.to(ctx.device)
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+    )
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP and ``torch.compile`` wrappers (for ``state_dict``)."""
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model

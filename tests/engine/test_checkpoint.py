@@ -1,0 +1,166 @@
+"""Checkpoints: atomic writes, clear errors, RNG states, rebuilding a model from its config."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sepbn.config import ExperimentConfig, ModelConfig, to_dict
+from sepbn.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    load_model_from_checkpoint,
+    load_model_state,
+    restore_rng_state,
+    save_checkpoint,
+)
+from sepbn.engine.trainer import build_model_from_config
+
+
+def _state(value: float = 1.0) -> dict:
+    return {
+        "model": {"w": torch.full((3,), value)},
+        "model_info": {"kind": "single", "num_points": 5},
+        "config": {"name": "x"},
+        "epoch": 2,
+    }
+
+
+def test_save_load_round_trip_leaves_no_temporary(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "sub" / "last.pt", _state())
+    assert path == tmp_path / "sub" / "last.pt"
+    state = load_checkpoint(path)
+    assert state["format"] == CHECKPOINT_FORMAT and state["epoch"] == 2
+    assert torch.equal(state["model"]["w"], torch.ones(3))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+    # Only plain values: the file opens with the safe loader.
+    torch.load(path, weights_only=True)
+
+
+def test_crash_while_writing_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    path = save_checkpoint(tmp_path / "last.pt", _state(1.0))
+    real_save = torch.save
+
+    def crash(obj, f, *args, **kwargs) -> None:
+        f.write(b"partial bytes")  # half a file, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, _state(2.0))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_missing_truncated_corrupt_foreign_and_newer_files(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"nothere\.pt: no such checkpoint"):
+        load_checkpoint(tmp_path / "nothere.pt")
+
+    good = save_checkpoint(tmp_path / "good.pt", _state())
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"truncated\.pt: cannot read the checkpoint"):
+        load_checkpoint(truncated)
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match=r"garbage\.pt: cannot read"):
+        load_checkpoint(garbage)
+
+    bare = tmp_path / "bare.pt"
+    torch.save({"w": torch.ones(3)}, bare)
+    with pytest.raises(CheckpointError, match=r"bare\.pt: not a sepbn checkpoint"):
+        load_checkpoint(bare)
+
+    newer = save_checkpoint(tmp_path / "newer.pt", {**_state(), "format_version": 99})
+    with pytest.raises(CheckpointError, match=r"format version 99 is newer"):
+        load_checkpoint(newer)
+
+    incomplete = save_checkpoint(tmp_path / "incomplete.pt", {"epoch": 1})
+    with pytest.raises(CheckpointError, match=r"lacks \['model', 'model_info', 'config'\]"):
+        load_checkpoint(incomplete)
+
+
+def test_rng_states_round_trip_through_a_file(tmp_path: Path) -> None:
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    np.random.randn()  # leaves a cached Gaussian in NumPy's state
+    path = save_checkpoint(tmp_path / "rng.pt", {**_state(), "rng": capture_rng_state()})
+    expected = (random.random(), np.random.randn(3).tolist(), torch.rand(3))
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    restore_rng_state(load_checkpoint(path)["rng"])
+    got = (random.random(), np.random.randn(3).tolist(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1]
+    assert torch.equal(got[2], expected[2])
+
+
+def test_load_model_state_names_what_does_not_fit() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    state = model.state_dict()
+    bad = dict(state)
+    del bad["1.bias"]
+    bad["extra"] = torch.zeros(1)
+    bad["0.weight"] = torch.zeros(4, 2)
+    with pytest.raises(CheckpointError) as info:
+        load_model_state(model, bad, "ckpt.pt")
+    msg = str(info.value)
+    assert "ckpt.pt" in msg and "missing: 1.bias" in msg and "unexpected: extra" in msg
+    assert "0.weight (4, 2) vs (3, 2)" in msg
+
+
+def _tiny_model_config() -> ModelConfig:
+    return ModelConfig(arch="vanilla_cnn", norm="sepbn", width_mult=0.125, input_size=64)
+
+
+@pytest.mark.parametrize(
+    "build", [{"num_points": 5}, {"heads": {"wflw": 98, "cofw": 29}}], ids=["single", "cross"]
+)
+def test_load_model_from_checkpoint_rebuilds_the_same_network(tmp_path: Path, build) -> None:
+    config = ExperimentConfig(model=_tiny_model_config())
+    model = build_model_from_config(config.model, **build)
+    with torch.no_grad():  # make every weight differ from a fresh build
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.eval()
+    info = (
+        {"kind": "single", "num_points": 5}
+        if "num_points" in build
+        else {"kind": "cross", "heads": build["heads"]}
+    )
+    path = save_checkpoint(
+        tmp_path / "m.pt",
+        {"model": model.state_dict(), "model_info": info, "config": to_dict(config)},
+    )
+    rebuilt, cfg = load_model_from_checkpoint(path)
+    assert cfg == config and not rebuilt.training
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        if "num_points" in build:
+            assert torch.equal(rebuilt(x), model(x))
+        else:
+            ids = torch.tensor([0, 1])
+            out, ref = rebuilt(x, ids), model(x, ids)
+            assert out.keys() == ref.keys() == {"wflw", "cofw"}
+            assert all(torch.equal(out[k], ref[k]) for k in out)
+
+
+def test_load_model_from_checkpoint_rejects_a_bad_embedded_config(tmp_path: Path) -> None:
+    config = to_dict(ExperimentConfig(model=_tiny_model_config()))
+    config["model"]["nrom"] = "bn"
+    path = save_checkpoint(
+        tmp_path / "m.pt",
+        {"model": {}, "model_info": {"kind": "single", "num_points": 5}, "config": config},
+    )
+    with pytest.raises(CheckpointError, match=r"embedded config.*unknown key 'model\.nrom'"):
+        load_model_from_checkpoint(path)

