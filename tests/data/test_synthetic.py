@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from scipy.io import loadmat
 from scipy.ndimage import map_coordinates
 
+from sepbn.data.formats.aflw import read_aflw2000
+from sepbn.data.formats.coco import read_coco
+from sepbn.data.formats.cofw import read_cofw68
 from sepbn.data.protocols import PROTOCOLS
 from sepbn.data.synthetic import (
     SYNTHETIC_PROTOCOLS,
@@ -21,8 +26,16 @@ from sepbn.data.synthetic import (
     save_synthetic_preview,
 )
 from sepbn.data.synthetic_render import project, render_face
+from sepbn.data.synthetic_template import (
+    FULL_MATRIX,
+    FULL_OFFSET,
+    NUM_BASE,
+    NUM_LANDMARKS,
+    PROTOCOL_WEIGHTS,
+    TEMPLATE,
+)
 
-NUM_POINTS = {"300w": 68, "wflw": 98, "wider5": 5}
+NUM_POINTS = {"300w": 68, "wflw": 98, "wider5": 5, "cofw": 29, "cofw_pupil": 29, "aflw": 19}
 NEUTRAL = SyntheticFaceConfig(identity=0.0, expression=0.0, occlusion_prob=0.0, noise_std=0.0)
 
 
@@ -33,13 +46,22 @@ def _neutral_frontal(protocol: str = "300w") -> np.ndarray:
     return render_face(p, NEUTRAL.image_size).landmarks(protocol)
 
 
+def _similarity(src: np.ndarray, dst: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The least-squares similarity transform taking ``src`` (L, 2) onto ``dst`` (L, 2)."""
+    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    ca, cb = (src - src_mean) @ np.array([1, 1j]), (dst - dst_mean) @ np.array([1, 1j])
+    z = (np.conj(ca) @ cb) / (np.conj(ca) @ ca)  # rotation and scale as one complex number
+
+    def apply(points: np.ndarray) -> np.ndarray:
+        r = z * ((points - src_mean) @ np.array([1, 1j]))
+        return np.stack([r.real, r.imag], axis=-1) + dst_mean
+
+    return apply
+
+
 def _similarity_align(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity transform of ``src`` (L, 2) onto ``dst`` (L, 2)."""
-    a, b = src - src.mean(0), dst - dst.mean(0)
-    ca, cb = a[:, 0] + 1j * a[:, 1], b[:, 0] + 1j * b[:, 1]
-    z = (np.conj(ca) @ cb) / (np.conj(ca) @ ca)
-    r = z * ca
-    return np.stack([r.real, r.imag], axis=1) + dst.mean(0)
+    """``src`` (L, 2) moved onto ``dst`` (L, 2) by the least-squares similarity transform."""
+    return _similarity(src, dst)(src)
 
 
 def test_config_rejects_bad_values_naming_them() -> None:
@@ -87,8 +109,9 @@ def test_records_follow_the_face_record_contract() -> None:
 
 
 def test_bad_arguments_raise_with_valid_choices() -> None:
-    with pytest.raises(ValueError, match=r"'cofw'.*'300w'.*'wflw'.*'wider5'"):
-        make_synthetic_records(1, "cofw")
+    valid = r"'300w'.*'aflw'.*'cofw'.*'cofw_pupil'.*'wflw'.*'wider5'"
+    with pytest.raises(ValueError, match=r"'lapa'.*" + valid):
+        make_synthetic_records(1, "lapa")
     for kwargs in (
         {"num_faces": -1},
         {"num_faces": 1, "seed": -2},
@@ -96,8 +119,8 @@ def test_bad_arguments_raise_with_valid_choices() -> None:
     ):
         with pytest.raises(ValueError, match=">= 0"):
             make_synthetic_records(**kwargs)
-    with pytest.raises(ValueError, match="wider5"):
-        generate_face(0, 0).landmarks("aflw")
+    with pytest.raises(ValueError, match=valid):
+        generate_face(0, 0).landmarks("lapa")
 
 
 def test_same_seed_gives_identical_faces_whatever_the_request() -> None:
@@ -154,6 +177,80 @@ def test_wflw_extra_points_are_where_their_names_say() -> None:
     assert (w[38:42, 1] > w[[37, 36, 35, 34], 1]).all()
     assert (w[[50, 49, 48, 47], 1] > w[42:46, 1]).all()
     assert (w[38:42, 1] < w[60, 1]).all()
+
+
+def test_cofw_and_aflw_points_are_the_documented_combinations() -> None:
+    """Expected points written out from the 300-W and WFLW points of the same faces."""
+    cfg = SyntheticFaceConfig(occlusion_prob=0.5)
+    protocols = ("300w", "wflw", "cofw", "cofw_pupil", "aflw")
+    faces = {p: make_synthetic_records(5, p, seed=11, config=cfg) for p in protocols}
+    again = make_synthetic_records(5, "aflw", seed=11, config=cfg)
+    for r68, r98, r29, r29p, r19, r19b in zip(*faces.values(), again):
+        assert r68.image.tobytes() == r29.image.tobytes() == r29p.image.tobytes()
+        assert r68.image.tobytes() == r19.image.tobytes() == r19b.image.tobytes()
+        np.testing.assert_array_equal(r19.landmarks, r19b.landmarks)
+        np.testing.assert_array_equal(r29.box, r68.box)
+        np.testing.assert_array_equal(r19.box, r68.box)
+        np.testing.assert_array_equal(r29.landmarks, r29p.landmarks)
+        lm, w = r68.landmarks, r98.landmarks
+        ala_l, ala_r = 1.35 * lm[31] - 0.35 * lm[33], 1.35 * lm[35] - 0.35 * lm[33]
+        expected29 = np.stack(
+            [lm[17], lm[26], lm[21], lm[22],  # brow ends
+             lm[19], w[40], lm[24], w[48],  # brow middles: top (upper edge), bottom (lower edge)
+             lm[36], lm[45], lm[39], lm[42],  # eye corners
+             w[62], w[66], w[70], w[74],  # lid middles
+             w[96], w[97],  # pupils
+             ala_l, ala_r, lm[30], lm[33],  # nose
+             lm[48], lm[54], lm[51], lm[62], lm[66], lm[57], lm[8]]  # mouth, chin
+        )  # fmt: skip
+        np.testing.assert_allclose(r29.landmarks, expected29, atol=1e-9)
+        expected19 = np.stack(
+            [0.8 * lm[17] + 0.2 * lm[18], lm[19], lm[21],
+             lm[22], lm[24], 0.8 * lm[26] + 0.2 * lm[25],
+             1.1 * lm[36] - 0.1 * lm[39], lm[[37, 38, 40, 41]].mean(0), lm[39],
+             lm[42], lm[[43, 44, 46, 47]].mean(0), 1.1 * lm[45] - 0.1 * lm[42],
+             ala_l, lm[30], ala_r,
+             lm[48], 0.5 * (lm[62] + lm[66]), lm[54],
+             lm[8]]
+        )  # fmt: skip
+        np.testing.assert_allclose(r19.landmarks, expected19, atol=1e-9)
+        same = {8: 36, 9: 45, 10: 39, 11: 42, 20: 30, 21: 33, 22: 48, 23: 54, 28: 8}
+        assert r29.occluded[list(same)].tolist() == r68.occluded[list(same.values())].tolist()
+        assert r19.occluded[[13, 18]].tolist() == r68.occluded[[30, 8]].tolist()
+
+
+def _assert_left_first(x: np.ndarray, protocol: str, mid: float) -> None:
+    """Of each flip pair the image-left point comes first; unpaired points are on the midline."""
+    for i, j in enumerate(PROTOCOLS[protocol].flip_perm):
+        if i < j:
+            assert x[i] < x[j], (protocol, i, j)
+        elif i == j:
+            assert abs(x[i] - mid) < 1e-6, (protocol, i)
+
+
+def test_cofw_and_aflw_points_are_where_their_names_say() -> None:
+    lm = _neutral_frontal("300w")
+    x, y = _neutral_frontal("cofw").T
+    mid = lm[8, 0]  # the neutral frontal face is symmetric about the chin's column
+    _assert_left_first(x, "cofw", mid)
+    assert x[0] < x[4] < x[2] and x[3] < x[6] < x[1]  # brow outer, middle, inner end
+    assert x[8] < x[16] < x[10] < x[11] < x[17] < x[9]  # eye corners around the pupils
+    for top, bottom, upper_lid, pupil, lower_lid in ((4, 5, 12, 16, 13), (6, 7, 14, 17, 15)):
+        assert y[top] < y[bottom] < y[upper_lid] < y[pupil] < y[lower_lid]
+    assert x[18] < lm[31, 0] and x[19] > lm[35, 0]  # nose wings beyond iBUG's alar base
+    assert y[16] < y[20] < y[21] < y[24] < y[25] < y[26] < y[27] < y[28] == y.max()
+    assert x[22] < x[18] and x[23] > x[19]  # mouth corners wider than the nose
+
+    x, y = _neutral_frontal("aflw").T
+    _assert_left_first(x, "aflw", mid)
+    for group in (np.r_[0:6], np.r_[6:12], np.r_[12:15], np.r_[15:18]):
+        assert (np.diff(x[group]) > 0).all()  # brows, eyes, nose, mouth run left to right
+    assert y[0:6].max() < y[6:12].min() and y[6:12].max() < y[13] < y[16] < y[18] == y.max()
+    assert x[6] < lm[36, 0] and x[11] > lm[45, 0]  # outer eye corners beyond iBUG's
+    assert x[12] < lm[31, 0] and x[14] > lm[35, 0]  # nose wings beyond the alar base
+    for centre, upper, lower in ((7, [37, 38], [41, 40]), (10, [43, 44], [47, 46])):
+        assert (lm[upper, 1] < y[centre]).all() and (y[centre] < lm[lower, 1]).all()
+    assert lm[62, 1] < y[16] < lm[66, 1]  # mouth centre between the inner lips
 
 
 def test_template_has_300w_semantics_on_a_frontal_face() -> None:
@@ -339,3 +436,85 @@ def test_template_matches_real_annotations(data_root: Path) -> None:
     mean98 = _frontal_mean(np.stack(rows), ref98, (60, 72), 54)
     err98 = np.linalg.norm(_similarity_align(ref98, mean98) - mean98, axis=1)
     assert (err98 / np.linalg.norm(mean98[60] - mean98[72])).mean() < 0.04
+
+
+def _layout_on_real_68(protocol: str, real68: np.ndarray) -> np.ndarray:
+    """A synthetic protocol layout applied to real 68-point annotations ``(68, 2)``.
+
+    Template points that the 68-point markup lacks (lower brow edge, irises) are put where
+    the frontal template has them relative to its landmarks within 0.6 units (the brow
+    and eye of their side), by a least-squares similarity transform.
+    """
+    assert not (PROTOCOL_WEIGHTS[protocol] @ FULL_OFFSET).any()  # no iris or pupil rims
+    weights = PROTOCOL_WEIGHTS[protocol] @ FULL_MATRIX  # (L, P_base)
+    base = np.zeros((NUM_BASE, 2))
+    base[:NUM_LANDMARKS] = real68
+    frontal = TEMPLATE[:, :2]
+    for b in NUM_LANDMARKS + np.flatnonzero(weights[:, NUM_LANDMARKS:].any(axis=0)):
+        near = np.linalg.norm(frontal[:NUM_LANDMARKS] - frontal[b], axis=1) < 0.6
+        base[b] = _similarity(frontal[:NUM_LANDMARKS][near], real68[near])(frontal[b])
+    return weights @ base
+
+
+def _check_layout(protocol: str, pred: np.ndarray, gt: np.ndarray, iod: np.ndarray) -> np.ndarray:
+    """Compare ``(N, L, 2)`` mapped points with real ones (NaN where not annotated).
+
+    Thresholds, in inter-ocular distances: points that both markups define alike (eye
+    corners, nose tip, mouth corners) differ by 0.01-0.05 between the two annotations
+    of one face, so the mean must stay below 0.05 and each point's mean below 0.09 (the
+    largest seen, 0.066, is at the brows, which COFW and iBUG outline differently); a
+    left/right swap costs over 0.4, and a wrong feature typically 0.1-0.3.
+    """
+    err = np.linalg.norm(pred - gt, axis=-1) / iod[:, None]  # (N, L)
+    per_point = np.nanmean(err, axis=0)
+    assert np.nanmean(err) < 0.05, (protocol, per_point)
+    assert per_point.max() < 0.09, (protocol, per_point)
+    flip = list(PROTOCOLS[protocol].flip_perm)
+    swapped = np.linalg.norm(pred[:, flip] - gt, axis=-1) / iod[:, None]
+    assert np.nanmean(swapped) > 0.3
+    return err
+
+
+def _check_beats_ibug(
+    err: np.ndarray,
+    real68: np.ndarray,
+    gt: np.ndarray,
+    iod: np.ndarray,
+    ours: list[int],
+    ibug: list[int],
+) -> None:
+    """Points placed off the iBUG points (``err`` (N, L)) fit better than those points would."""
+    plain = np.linalg.norm(real68[:, ibug] - gt[:, ours], axis=-1) / iod[:, None]
+    assert (np.nanmean(err[:, ours], axis=0) < np.nanmean(plain, axis=0)).all()
+    assert np.nanmean(err[:, ours]) < 0.75 * np.nanmean(plain)
+
+
+@pytest.mark.realdata
+def test_cofw_and_aflw_layouts_match_real_annotations(data_root: Path) -> None:
+    """The layouts applied to real 68-point ground truth give the real COFW / AFLW points."""
+    # COFW: the two COFW test faces that mmpose ships with 29 points; COFW68 re-annotated
+    # the same faces with 68 points in the same pixel frame (test index = image id - 1345).
+    cofw = read_coco(data_root / "mmpose_testdata" / "cofw" / "test_cofw.json")
+    cofw68 = {Path(r.source).name: r for r in read_cofw68(data_root / "COFW68" / "COFW68_Data")}
+    assert len(cofw) == 2
+    real68 = np.stack(
+        [cofw68[f"{int(r.image_path.stem) - 1345}_points.mat"].landmarks for r in cofw]
+    )
+    gt = np.stack([r.landmarks for r in cofw])
+    pred = np.stack([_layout_on_real_68("cofw", lm) for lm in real68])
+    iod = PROTOCOLS["cofw"].normalizer(gt)
+    err = _check_layout("cofw", pred, gt, iod)
+    _check_beats_ibug(err, real68, gt, iod, [18, 19], [31, 35])  # the nose wings
+
+    # AFLW: the AFLW2000-3D samples hold the AFLW points and a 68-point 3-D fit of the
+    # same face; the 3-D outer-eye-corner distance does not shrink with yaw.
+    faces = read_aflw2000(data_root / "AFLW2000-3D_samples" / "AFLW2000")
+    assert len(faces) == 16
+    fits = [loadmat(r.source)["pt3d_68"].T.astype(np.float64) for r in faces]
+    real68 = np.stack([f[:, :2] - 1.0 for f in fits])  # 1-based like pt2d
+    iod = np.array([np.linalg.norm(f[36] - f[45]) for f in fits])
+    gt = np.stack([np.where(r.valid[:, None], r.landmarks, np.nan) for r in faces])
+    pred = np.stack([_layout_on_real_68("aflw", lm) for lm in real68])
+    err = _check_layout("aflw", pred, gt, iod)
+    _check_beats_ibug(err, real68, gt, iod, [12, 14], [31, 35])  # nose wings
+    _check_beats_ibug(err, real68, gt, iod, [6, 11], [36, 45])  # outer eye corners

@@ -5,8 +5,11 @@ by identity and expression modes, turned by a random head pose, projected, and d
 with OpenCV from the same projected points (:mod:`sepbn.data.synthetic_render`), so
 the landmarks are visible in the pixels. Poses form unbalanced sub-domains, most faces
 near-frontal and fewer left and right profiles, the situation SepBN targets (paper
-Sec. III-A, Fig. 3). The same face can be annotated under several protocols
-(``"300w"``, ``"wflw"``, ``"wider5"``), which is what cross-protocol training needs.
+Sec. III-A, Fig. 3). The same face, pixel for pixel, can be annotated under every
+protocol of the project (``"300w"``, ``"wflw"``, ``"cofw"``, ``"aflw"``, ``"wider5"``,
+and ``"cofw_pupil"``), which is what cross-protocol training needs; each layout is a
+fixed linear map of the projected template points, derived from real annotations
+(see :data:`sepbn.data.synthetic_template.PROTOCOL_WEIGHTS`).
 
 Face ``i`` of a seed is drawn from its own generator seeded with ``(seed, i)``, so it
 is the same whatever protocol, ``num_faces`` or ``start_index`` is asked for: index
@@ -43,7 +46,11 @@ from sepbn.data.synthetic_template import (
     TEMPLATE,
 )
 
-#: Protocols a synthetic face can be annotated with.
+#: Protocols a synthetic face can be annotated with, sorted: ``"300w"`` (68 points),
+#: ``"aflw"`` (19), ``"cofw"`` and ``"cofw_pupil"`` (29, the same points under two NME
+#: normalizers), ``"wflw"`` (98) and ``"wider5"`` (5). Point order and flip pairs follow
+#: :data:`sepbn.data.protocols.PROTOCOLS`; the layouts are documented at
+#: :data:`sepbn.data.synthetic_template.PROTOCOL_WEIGHTS`.
 SYNTHETIC_PROTOCOLS: tuple[str, ...] = tuple(sorted(PROTOCOL_WEIGHTS))
 #: Pose sub-domain labels (``FaceRecord.domain``).
 DOMAIN_NAMES: tuple[str, ...] = ("frontal", "left", "right")
@@ -319,9 +326,10 @@ def make_synthetic_records(
     Returns:
         Records with ``image`` ``(S, S, 3)`` uint8 RGB, ``image_path=None``, landmarks in
         0-based pixels, ``box`` the tight box of the 68 projected points (the same under
-        every protocol), ``valid`` all True, ``occluded`` True under an occluder,
-        ``domain`` 0 frontal / 1 left (nose to the image's left) / 2 right, WFLW-style
-        ``attributes`` and ``source`` ``"synthetic[seed=..., i=...]"``.
+        every protocol; it is also the ``"aflw"`` NME normalizer), ``valid`` all True,
+        ``occluded`` True under an occluder, ``domain`` 0 frontal / 1 left (nose to the
+        image's left) / 2 right, WFLW-style ``attributes`` and ``source``
+        ``"synthetic[seed=..., i=...]"``.
 
     Raises:
         ValueError: On an unknown protocol or a negative count, seed or index.

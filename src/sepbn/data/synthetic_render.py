@@ -241,7 +241,8 @@ class SyntheticFace:
     occluder_mask: np.ndarray | None
 
     def landmarks(self, protocol: str) -> np.ndarray:
-        """Landmarks of ``protocol`` (``"300w"``, ``"wflw"`` or ``"wider5"``).
+        """Landmarks of ``protocol``, a key of :data:`PROTOCOL_WEIGHTS` (``"300w"``,
+        ``"aflw"``, ``"cofw"``, ``"cofw_pupil"``, ``"wflw"`` or ``"wider5"``).
 
         Shape:
             ``(L, 2)`` float64, 0-based pixels.
