@@ -1,11 +1,243 @@
-"""The ``sepbn`` command line: thin wiring around the library modules."""
+"""The ``sepbn`` command line: thin wiring around the library modules.
+
+Commands::
+
+    sepbn demo                      train BN / SepBN / CNT+SepBN on synthetic faces, compare
+    sepbn train CONFIG [--set k=v]  train an experiment (CNT stage 1 and 2 included)
+    sepbn eval CHECKPOINT --data K --path P [--split S]
+    sepbn prepare --data K --path P --out CACHE_DIR
+    sepbn preview --data K --path P --out grid.png     augmented samples with landmarks
+    sepbn predict CHECKPOINT photo.jpg [--box x0,y0,x1,y1] --out annotated.png
+
+Known errors (bad data, bad config, bad checkpoint, a diverged run) print one line and
+exit with status 1 instead of a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
+from pathlib import Path
 
 from sepbn import __version__
+
+logger = logging.getLogger("sepbn")
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--data",
+        required=required,
+        metavar="KIND",
+        help="dataset format: wflw, wflw_attr, 300w, pts_folder, cofw, cofw68, aflw, "
+        "aflw2000, wider5, coco or synthetic",
+    )
+    p.add_argument("--path", help="annotation file or dataset folder")
+    p.add_argument("--split", help="split of the dataset (train, test, common, full, ...)")
+    p.add_argument("--protocol", help="landmark protocol key (default: the reader's)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra reader option, e.g. --option image_root=/data/WFLW/WFLW_images",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="stop at the first bad record, or skip bad records and report them",
+    )
+
+
+def _dataset_config(args: argparse.Namespace):
+    import yaml
+
+    from sepbn.config import DatasetConfig
+
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+        options[key] = yaml.safe_load(value)
+    return DatasetConfig(
+        kind=args.data,
+        path=args.path,
+        split=args.split,
+        protocol=args.protocol,
+        options=options,
+        on_error=args.on_error,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sepbn.config import load_config
+    from sepbn.engine.trainer import train
+
+    config = load_config(args.config, args.set)
+    run_dir = Path(args.run_dir or Path("runs") / config.name)
+    result = train(config, run_dir, resume=args.resume)
+    if result.evaluation:
+        print(f"\nTest results ({run_dir / 'eval'}):")
+        print(_metrics_table({k: v for k, v in result.evaluation.items()}))
+    return 0
+
+
+def _metrics_table(rows: dict[str, dict[str, float]]) -> str:
+    width = max([len(k) for k in rows] + [10])
+    lines = [f"{'':{width}}  {'NME(%)':>7}  {'FR(%)':>6}  {'AUC':>6}  {'faces':>6}"]
+    for name, m in rows.items():
+        lines.append(
+            f"{name:{width}}  {100 * m['nme']:7.2f}  {100 * m['failure_rate']:6.2f}  "
+            f"{m['auc']:6.4f}  {int(m['num_images']):6d}"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from sepbn.data.datasets import collate_landmarks
+    from sepbn.engine.checkpoint import load_model_from_checkpoint
+    from sepbn.engine.data_builder import load_records, make_eval_set
+    from sepbn.engine.evaluator import evaluate, evaluate_best_of_domains, is_cross_protocol
+    from sepbn.engine.trainer import _domain_layers
+    from sepbn.metrics import attribute_table, format_attribute_table
+
+    model, config = load_model_from_checkpoint(args.checkpoint, map_location=args.device)
+    loaded = load_records(_dataset_config(args), config.seed)
+    protocol = loaded.protocol.name
+    if is_cross_protocol(model) and protocol not in model.protocols:
+        raise ValueError(
+            f"{args.checkpoint} has no branch for protocol {protocol!r}; "
+            f"valid: {list(model.protocols)}"
+        )
+    dataset = make_eval_set(loaded, config)
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=False,
+        num_workers=args.workers,
+        collate_fn=collate_landmarks,
+    )
+    kwargs = {"device": args.device, "progress": True}
+    domains = _domain_layers(model)
+    if domains:
+        print(f"brute-force SepBN model: best of {domains} domains per face (oracle, Table II)")
+        result = evaluate_best_of_domains(model, loader, protocol, domains, **kwargs)
+    else:
+        result = evaluate(model, loader, protocol, **kwargs)
+    out = Path(args.out)
+    name = args.name or loaded.name
+    paths = result.save(out, name)
+    print(f"{loaded.name} ({protocol}): {result.metrics.format()}")
+    if any(r.attributes for r in loaded.records):
+        table = attribute_table(result, loaded.records)
+        print(format_attribute_table({Path(args.checkpoint).stem: table}))
+        (out / f"{name}_attributes.json").write_text(
+            json.dumps({k: v.to_dict() for k, v in table.items()}, indent=2)
+        )
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from sepbn.data.cache import CACHE_SIZE, prepare_cache
+    from sepbn.engine.data_builder import load_records
+
+    loaded = load_records(_dataset_config(args), seed=0)
+    size = max(CACHE_SIZE, -(-CACHE_SIZE * args.input_size // 128))
+    cache = prepare_cache(
+        loaded.records, args.out, loaded.protocol, crop_size=size, on_error=args.on_error
+    )
+    print(f"cache {args.out}: {len(cache)} faces ({loaded.protocol.name}, {size} px crops)")
+    return 0
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from sepbn.data.datasets import LandmarkDataset
+    from sepbn.data.transforms import DEFAULT_BOX_SCALE, AugmentConfig, FaceCropTransform
+    from sepbn.data.visualize import save_augmentation_grid
+    from sepbn.engine.data_builder import load_records
+
+    loaded = load_records(_dataset_config(args), seed=args.seed)
+    augment = None
+    if not args.no_augment:
+        augment = AugmentConfig()
+        if args.photometric:
+            augment = AugmentConfig(
+                brightness=0.2, contrast=0.3, grayscale_prob=0.2, blur_prob=0.2, occlusion_prob=0.3
+            )
+    transform = FaceCropTransform(loaded.protocol, args.input_size, DEFAULT_BOX_SCALE, augment)
+    dataset = LandmarkDataset(loaded.records, loaded.protocol, transform, seed=args.seed)
+    title = f"{loaded.name}: {'augmented' if augment else 'evaluation'} crops ({len(dataset)})"
+    path = save_augmentation_grid(
+        dataset, args.out, num=args.num, seed=args.seed, show_index=args.index, title=title
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from sepbn.data.image_io import load_image
+    from sepbn.data.visualize import draw_landmarks, write_png
+    from sepbn.inference import HaarFaceDetector, LandmarkDetector
+
+    detector = LandmarkDetector.from_checkpoint(
+        args.checkpoint, protocol=args.protocol, device=args.device
+    )
+    out_dir = Path(args.out)
+    results = {}
+    for image_path in args.images:
+        image = load_image(image_path)
+        if args.box:
+            boxes = np.array([[float(v) for v in b.split(",")] for b in args.box])
+            if boxes.shape[1] != 4:
+                raise ValueError(f"--box expects x_min,y_min,x_max,y_max, got {args.box}")
+        else:
+            boxes = HaarFaceDetector()(image)
+            if len(boxes) == 0:
+                print(f"{image_path}: no face found (pass --box x_min,y_min,x_max,y_max)")
+                continue
+        landmarks = detector.predict(image, boxes)
+        drawn = image
+        radius = max(1.5, image.shape[1] / 400)
+        for pts in landmarks:
+            drawn = draw_landmarks(drawn, pts, radius=radius)
+        stem = Path(image_path).stem
+        png = write_png(out_dir / f"{stem}_landmarks.png", drawn)
+        results[str(image_path)] = {
+            "protocol": detector.protocol.name,
+            "boxes": boxes.tolist(),
+            "landmarks": landmarks.round(3).tolist(),
+        }
+        print(f"{image_path}: {len(landmarks)} face(s) -> {png}")
+    json_path = out_dir / "landmarks.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1))
+    print(f"wrote {json_path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sepbn.engine.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(
+        out_dir=Path(args.out),
+        quick=args.quick,
+        train_data=args.data,
+        test_data=args.test_data,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
+    run_demo(settings)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +247,80 @@ def build_parser() -> argparse.ArgumentParser:
         "for facial landmark localization.",
     )
     parser.add_argument("--version", action="version", version=f"sepbn {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="BN vs SepBN vs CNT+SepBN on synthetic faces (no download)")
+    p.add_argument("--out", default="demo_output", help="output folder")
+    p.add_argument("--quick", action="store_true", help="a tiny run (seconds) for smoke tests")
+    p.add_argument(
+        "--data",
+        metavar="KIND:PATH[:SPLIT]",
+        help="train on a real dataset instead of synthetic 68-point faces, "
+        "e.g. pts_folder:../shared/data/300W_train_crops",
+    )
+    p.add_argument(
+        "--test-data",
+        metavar="KIND:PATH[:SPLIT]",
+        help="test set for --data, e.g. 300w:../shared/data/300W:common",
+    )
+    p.add_argument("--epochs", type=int, help="training epochs per model")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="train an experiment from a YAML config")
+    p.add_argument("config", help="YAML file (see configs/)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set optim.lr=0.01 (repeatable)",
+    )
+    p.add_argument("--run-dir", help="output folder (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: NME, FR, AUC, CED, per-image CSV")
+    p.add_argument("checkpoint")
+    _add_data_args(p)
+    p.add_argument("--out", default="eval_output", help="output folder")
+    p.add_argument("--name", help="file name prefix (default: the dataset name)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("prepare", help="pre-crop a dataset into a fast memory-mapped cache")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="cache folder")
+    p.add_argument("--input-size", type=int, default=128, help="network input size S")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("preview", help="save a grid of augmented samples with their landmarks")
+    _add_data_args(p)
+    p.add_argument("--out", default="augmentation_grid.png")
+    p.add_argument("--num", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--no-augment", action="store_true", help="show the evaluation crops")
+    p.add_argument("--photometric", action="store_true", help="add photometric augmentation")
+    p.add_argument("--index", action="store_true", help="write landmark indices")
+    p.set_defaults(func=_cmd_preview)
+
+    p = sub.add_parser("predict", help="landmarks on photos (OpenCV face detector or --box)")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+", help="photo files")
+    p.add_argument(
+        "--box",
+        action="append",
+        metavar="X0,Y0,X1,Y1",
+        help="face box in pixels (repeatable); default: OpenCV's Haar face detector",
+    )
+    p.add_argument("--protocol", help="branch of a cross-protocol checkpoint")
+    p.add_argument("--out", default="predictions", help="output folder")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 
@@ -25,7 +330,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+    )
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+    from sepbn.data.errors import DatasetError
+    from sepbn.engine.checkpoint import CheckpointError
+    from sepbn.engine.trainer import TrainingError
+
+    try:
+        return int(args.func(args) or 0)
+    except (DatasetError, CheckpointError, TrainingError, ValueError, FileNotFoundError) as exc:
+        print(f"sepbn {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"sepbn {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
