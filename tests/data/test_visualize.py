@@ -88,6 +88,7 @@ def test_save_augmentation_grid_writes_a_bgr_png(tmp_path):
     )
     assert png.shape == expected.shape
     np.testing.assert_array_equal(png[..., ::-1], expected)  # file is BGR
-    assert (png[..., 2] == 200).sum() > 1000 and (png[..., 0] == 200).sum() == 0
+    # The red crops land in the file's third (R) channel; anti-aliased dots may hit 200 elsewhere.
+    assert (png[..., 2] == 200).sum() > 1000 > 10 * (png[..., 0] == 200).sum()
     with pytest.raises(ValueError, match="empty dataset"):
         save_augmentation_grid([], tmp_path / "x.png")

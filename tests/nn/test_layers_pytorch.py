@@ -1,0 +1,220 @@
+"""The SepBN layers work the way PyTorch users expect: serialization, compile, autocast,
+memory formats, SyncBatchNorm, ONNX, gradcheck and torch.func."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from contextlib import nullcontext
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from sepbn.nn import DomainBatchNorm2d, SepBatchNorm2d, SimpleSepBatchNorm2d, domain_routing
+
+DTYPE = torch.float64
+
+
+def randomize(module: nn.Module) -> nn.Module:
+    """Random parameters and running statistics everywhere, so sets differ."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, 0.5)
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.normal_()
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+    return module
+
+
+def small_net(norm: nn.Module, channels: int = 6) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, channels, 3, padding=1), norm, nn.ReLU(), nn.Conv2d(channels, 2, 1)
+    )
+
+
+LAYERS = {
+    "sep": lambda: SepBatchNorm2d(6, num_sets=3, num_groups=2, pool_size=3),
+    "sep-hard": lambda: SepBatchNorm2d(6, aggregation="hard"),
+    "simple": lambda: SimpleSepBatchNorm2d(6, num_sets=3, reduction=2),
+}
+
+
+@pytest.mark.parametrize("kind", [*LAYERS, "domain"])
+def test_state_dict_round_trip(kind: str, tmp_path) -> None:
+    make = (lambda: DomainBatchNorm2d(6)) if kind == "domain" else LAYERS[kind]
+    source = randomize(small_net(make()))
+    if kind != "domain":
+        source[1].temperature = 7.0
+        source[1].norm.num_batches_tracked.fill_(5)
+    torch.save(source.state_dict(), tmp_path / "weights.pt")
+    target = small_net(make())
+    target.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
+    assert source.state_dict().keys() == target.state_dict().keys()
+    for key, value in source.state_dict().items():
+        assert torch.equal(value, target.state_dict()[key]), key
+    if kind != "domain":
+        assert target[1].temperature == 7.0
+    x = torch.randn(4, 3, 6, 6)
+    source.eval()
+    target.eval()
+    domains = torch.tensor([0, 2, 1, 0])
+    with domain_routing(source, domains) if kind == "domain" else nullcontext():
+        y_source = source(x)
+    with domain_routing(target, domains) if kind == "domain" else nullcontext():
+        torch.testing.assert_close(target(x), y_source)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_torch_compile_traces_whole_layer(kind: str) -> None:
+    """fullgraph=True: dynamo traces the layer with no graph break, train and eval."""
+    torch._dynamo.reset()
+    eager = randomize(small_net(LAYERS[kind]()))
+    compiled_net = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_net, backend="aot_eager", fullgraph=True)
+    x = torch.randn(4, 3, 7, 7)
+    y_eager, y_compiled = eager(x), compiled(x)
+    torch.testing.assert_close(y_compiled, y_eager)
+    y_eager.square().sum().backward()
+    y_compiled.square().sum().backward()
+    for (name, p_eager), p_compiled in zip(eager.named_parameters(), compiled_net.parameters()):
+        if p_eager.grad is None:
+            assert p_compiled.grad is None, name
+        else:
+            torch.testing.assert_close(p_compiled.grad, p_eager.grad, msg=name)
+    torch.testing.assert_close(compiled_net[1].norm.running_var, eager[1].norm.running_var)
+    eager.eval()
+    compiled.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), eager(x))
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("training", [True, False])
+def test_cpu_autocast_bfloat16(kind: str, training: bool) -> None:
+    net = randomize(small_net(LAYERS[kind]())).train(training)
+    reference = copy.deepcopy(net)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = net[0](x)
+        normalized = net[1](hidden)
+        y = net[3](net[2](normalized))
+    assert hidden.dtype == normalized.dtype == torch.bfloat16  # the layer keeps the input dtype
+    y.float().square().mean().backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in net.parameters())
+    torch.testing.assert_close(y.float(), reference(x), rtol=0.05, atol=0.05)
+    # a float32 input straight into the layer under autocast (the fused path steps aside)
+    direct = torch.randn(4, 6, 5, 5, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net[1](direct)
+    out.float().square().mean().backward()
+    assert torch.isfinite(direct.grad).all()
+    torch.testing.assert_close(out.float(), reference[1](direct.detach()), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("training", [True, False])
+def test_channels_last_input(kind: str, training: bool) -> None:
+    layer = randomize(LAYERS[kind]()).to(DTYPE).train(training)
+    plain = copy.deepcopy(layer)
+    x = torch.randn(4, 6, 7, 5, dtype=DTYPE)
+    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    x = x.requires_grad_()
+    y, y_cl = plain(x), layer(x_cl)
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_cl, y)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    y_cl.backward(grad)
+    torch.testing.assert_close(x_cl.grad, x.grad)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_sync_batchnorm_conversion_leaves_a_working_model(kind: str) -> None:
+    net = randomize(small_net(LAYERS[kind]()))
+    reference = copy.deepcopy(net)
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    assert isinstance(synced[1], type(reference[1]))
+    assert isinstance(synced[1].norm, nn.SyncBatchNorm)
+    x = torch.randn(4, 3, 6, 6)
+    y, y_ref = synced(x), reference(x)  # one process: SyncBatchNorm needs no communication
+    torch.testing.assert_close(y, y_ref)
+    y.sum().backward()
+    assert synced[1].weight.grad is not None
+    torch.testing.assert_close(synced[1].norm.running_mean, reference[1].norm.running_mean)
+    synced.eval()
+    reference.eval()
+    torch.testing.assert_close(synced(x), reference(x))
+
+
+@pytest.mark.parametrize("kind", ["sep", "simple"])
+def test_onnx_export_matches_pytorch(kind: str, tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    net = randomize(small_net(LAYERS[kind]())).eval()
+    x = torch.randn(2, 3, 9, 9)
+    path = tmp_path / "net.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), str(path), input_names=["x"], output_names=["y"], dynamo=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (y_onnx,) = session.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        expected = net(x).numpy()
+    assert abs(y_onnx - expected).max() < 1e-4
+
+
+def _functional(layer: nn.Module, names: list[str]):
+    def f(x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        return functional_call(layer, dict(zip(names, params)), (x,))
+
+    return f
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_gradcheck_float64(kind: str, fused: bool, training: bool) -> None:
+    layer = LAYERS[kind]()
+    if isinstance(layer, SepBatchNorm2d):  # a narrow MLP keeps the numerical Jacobian cheap
+        layer = SepBatchNorm2d(6, aggregation=layer.aggregation, hidden_features=5)
+    layer = randomize(layer).to(DTYPE).train(training)
+    layer.use_fused = fused
+    trainable = {n: p for n, p in layer.named_parameters()}
+    if kind == "sep-hard":  # no gradient crosses the arg-max; check the rest
+        trainable = {n: p for n, p in trainable.items() if n in ("weight", "bias")}
+    names = list(trainable)
+    params = [p.detach().clone().requires_grad_() for p in trainable.values()]
+    x = torch.randn(3, 6, 4, 3, dtype=DTYPE, requires_grad=True)
+    assert torch.autograd.gradcheck(_functional(layer, names), (x, *params), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["sep", "simple"])
+@pytest.mark.parametrize("training", [True, False])
+def test_torch_func_grad_matches_autograd(kind: str, training: bool) -> None:
+    """Buffers are passed in explicitly, as torch.func requires for any batch norm in training."""
+    layer = randomize(LAYERS[kind]()).to(DTYPE).train(training)
+    reference = copy.deepcopy(layer)
+    params = {n: p.detach() for n, p in layer.named_parameters()}
+    buffers = {n: b.clone() for n, b in layer.named_buffers()}
+    x = torch.randn(3, 6, 4, 4, dtype=DTYPE)
+    target = torch.randn(3, 6, 4, 4, dtype=DTYPE)
+
+    def loss(p: dict, b: dict, inp: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(functional_call(layer, {**p, **b}, (inp,)), target)
+
+    grads = torch.func.grad(loss, argnums=(0, 2))(params, buffers, x)
+    params_only = torch.func.grad(loss)(params, {n: b.clone() for n, b in buffers.items()}, x)
+    x_ref = x.clone().requires_grad_()
+    F.mse_loss(reference(x_ref), target).backward()
+    torch.testing.assert_close(grads[1], x_ref.grad)
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(grads[0][name], p.grad, msg=name)
+        torch.testing.assert_close(params_only[name], p.grad, msg=name)
+    if not training:  # a per-sample Jacobian in eval mode
+        jac = torch.func.jacrev(lambda inp: functional_call(layer, params, (inp,)))(x[:1])
+        assert jac.shape == (1, 6, 4, 4, 1, 6, 4, 4)
