@@ -218,3 +218,18 @@ def test_torch_func_grad_matches_autograd(kind: str, training: bool) -> None:
     if not training:  # a per-sample Jacobian in eval mode
         jac = torch.func.jacrev(lambda inp: functional_call(layer, params, (inp,)))(x[:1])
         assert jac.shape == (1, 6, 4, 4, 1, 6, 4, 4)
+
+
+@pytest.mark.parametrize("layer_type", [SepBatchNorm2d, SimpleSepBatchNorm2d])
+def test_output_can_be_modified_in_place_like_batchnorm(layer_type) -> None:
+    # torchvision's bottleneck does `out = bn3(...); out += identity`.
+    layer = layer_type(8).train()
+    x = torch.randn(4, 8, 6, 6, requires_grad=True)
+    identity = torch.randn(4, 8, 6, 6)
+    out = layer(x)
+    out += identity
+    (out**2).sum().backward()
+    expected_grad = x.grad.clone()
+    x.grad = None
+    ((layer(x) + identity) ** 2).sum().backward()
+    torch.testing.assert_close(x.grad, expected_grad)

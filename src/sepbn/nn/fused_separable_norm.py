@@ -81,7 +81,9 @@ class _SeparableNormTrain(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, scale, mean, var)
         ctx.eps = eps
-        return normalize_per_sample(x, mean, var, scale, shift, eps)
+        # detach(): a view returned from a Function may not be modified in place (the
+        # `out += identity` of a ResNet bottleneck); a detached alias may, at no cost.
+        return normalize_per_sample(x, mean, var, scale, shift, eps).detach()
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor | None) -> tuple[Tensor | None, ...]:
@@ -253,7 +255,8 @@ class _SepBatchNormTrain(torch.autograd.Function):
             pi, positions, index, flat, hidden, scale, mean, var,
         )  # fmt: skip
         ctx.eps, ctx.hard = eps, hard
-        return normalize_per_sample(x, mean, var, scale, shift, eps), pi  # Eqs. 1, 7
+        # detach(): see _SeparableNormTrain.forward (in-place use of the output).
+        return normalize_per_sample(x, mean, var, scale, shift, eps).detach(), pi  # Eqs. 1, 7
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor | None, _grad_pi: None) -> tuple[Tensor | None, ...]:
