@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -99,7 +100,15 @@ def register_config_protocols(config: ExperimentConfig) -> list[LandmarkProtocol
 
 
 def _expand(path: str) -> Path:
-    return Path(os.path.expandvars(os.path.expanduser(path)))
+    """``~`` and ``$VAR`` / ``${VAR}`` expanded; an unset variable is an error, not a path."""
+    expanded = os.path.expandvars(os.path.expanduser(path))
+    unset = re.findall(r"\$\{?(\w+)", expanded)
+    if unset:
+        raise ValueError(
+            f"path {path!r} uses the environment variable {unset[0]} which is not set; "
+            f"export {unset[0]}=/folder/with/the/datasets (see docs/reproduce.md)"
+        )
+    return Path(expanded)
 
 
 def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
