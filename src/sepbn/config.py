@@ -51,6 +51,7 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",
+    "deep_merge",
     "load_config",
     "save_config",
     "to_dict",
@@ -540,11 +541,12 @@ def config_from_dict(data: Mapping[str, Any], source: str = "") -> ExperimentCon
 # --------------------------------------------------------------------------- YAML files
 
 
-def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base`` key by key; lists and scalars replace (the ``base:`` rule)."""
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -576,8 +578,8 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ValueError(f"{path}: 'base' must be a file name or a list of them, got {bases!r}")
     merged: dict[str, Any] = {}
     for base in bases:
-        merged = _deep_merge(merged, _read_yaml(path.parent / base, (*chain, path)))
-    return _deep_merge(merged, data)
+        merged = deep_merge(merged, _read_yaml(path.parent / base, (*chain, path)))
+    return deep_merge(merged, data)
 
 
 def _parse_override(override: str) -> tuple[list[str], Any]:

@@ -45,6 +45,7 @@ from sepbn.data.synthetic_template import (
     PROTOCOL_WEIGHTS,
     TEMPLATE,
 )
+from sepbn.data.visualize import write_png
 
 #: Protocols a synthetic face can be annotated with, sorted: ``"300w"`` (68 points),
 #: ``"aflw"`` (19), ``"cofw"`` and ``"cofw_pupil"`` (29, the same points under two NME
@@ -384,11 +385,7 @@ def save_synthetic_preview(
             cv2.putText(tile, label, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, thickness)
         r, c = divmod(k, cols)
         canvas[title_h + r * size : title_h + (r + 1) * size, c * size : (c + 1) * size] = tile
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write the preview to {out}")
-    return out
+    return write_png(path, canvas)
 
 
 def benchmark_generator(

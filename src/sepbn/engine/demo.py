@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from torch.utils.data import DataLoader
 
-from sepbn.config import ExperimentConfig, config_from_dict
+from sepbn.config import ExperimentConfig, config_from_dict, deep_merge
 from sepbn.data.datasets import collate_landmarks
 from sepbn.data.transforms import apply_affine
 from sepbn.data.visualize import GREEN, RED, add_title, make_grid, write_png
@@ -148,19 +148,9 @@ def demo_configs(settings: DemoSettings) -> dict[str, ExperimentConfig]:
         },
     }
     return {
-        label: config_from_dict(_merge(base, variant), source=f"demo {label}")
+        label: config_from_dict(deep_merge(base, variant), source=f"demo {label}")
         for label, variant in variants.items()
     }
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _final_checkpoint(run_dir: Path, config: ExperimentConfig) -> Path:
