@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sepbn.nn import SepBatchNorm2d
+from sepbn.nn.fused_separable_norm import _band_max_pool2d, adaptive_max_pool2d
 
 DTYPE = torch.float64
 
@@ -329,3 +330,25 @@ def test_extra_repr_and_parameter_shapes() -> None:
     assert layer.weight.shape == layer.bias.shape == (3, 64)
     assert isinstance(layer.norm, nn.BatchNorm2d) and not layer.norm.affine
     assert layer.mlp[0].in_features == 2 * 3 * 3 and layer.mlp[-1].out_features == 2 * 3
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 2, 2), (3, 2, 17, 33), (2, 2, 40, 3)])
+@pytest.mark.parametrize("pool_size", [1, 2, 3, 5])
+def test_band_max_pool_equals_aten_with_overlapping_bands_and_ties(shape, pool_size):
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64)
+    for values in (x, x.round()):  # rounded: many ties inside windows
+        expected = F.adaptive_max_pool2d(values, pool_size)
+        assert torch.equal(_band_max_pool2d(values, pool_size), expected)
+
+
+def test_adaptive_max_pool2d_takes_band_route_for_large_maps_and_keeps_nan():
+    torch.manual_seed(0)
+    x = torch.randn(1, 64, 64, 64)
+    x[0, 3, 5, 5] = float("nan")
+    with torch.no_grad():
+        pooled = adaptive_max_pool2d(x, 3)
+    expected = F.adaptive_max_pool2d(x, 3)
+    assert torch.equal(pooled.isnan(), expected.isnan()) and int(pooled.isnan().sum()) == 1
+    finite = ~expected.isnan()
+    assert torch.equal(pooled[finite], expected[finite])
