@@ -127,17 +127,23 @@ def test_prepare_and_preview_on_synthetic_faces(tmp_path: Path) -> None:
 
 
 @pytest.mark.realdata
-def test_haar_detector_finds_the_face_in_a_300w_photo(data_root: Path) -> None:
+def test_haar_detector_finds_faces_in_300w_photos(data_root: Path) -> None:
     from sepbn.data.formats import read_records
     from sepbn.data.image_io import load_image
 
-    record = read_records("pts_folder", data_root / "300W" / "lfpw" / "testset")[0]
-    boxes = HaarFaceDetector()(load_image(record.image_path))
-    assert len(boxes) >= 1
-    # The detection overlaps the annotated face: its centre lies inside the landmark box.
-    cx, cy = (boxes[0, :2] + boxes[0, 2:]) / 2
-    x0, y0, x1, y1 = record.box
-    assert x0 < cx < x1 and y0 < cy < y1
+    records = read_records("pts_folder", data_root / "300W" / "lfpw" / "testset")[:30]
+    found = false = 0
+    for record in records:
+        boxes = HaarFaceDetector()(load_image(record.image_path))
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        x0, y0, x1, y1 = record.box
+        inside = (centres[:, 0] > x0) & (centres[:, 0] < x1)
+        inside &= (centres[:, 1] > y0) & (centres[:, 1] < y1)
+        found += bool(inside.any())
+        false += int((~inside).sum())
+    # Measured: 29/30 faces found, 4 false detections (6 without the relative-size filter).
+    assert found >= 27
+    assert false <= 5
 
 
 @pytest.mark.slow
