@@ -92,3 +92,12 @@ def test_save_augmentation_grid_writes_a_bgr_png(tmp_path):
     assert (png[..., 2] == 200).sum() > 1000 > 10 * (png[..., 0] == 200).sum()
     with pytest.raises(ValueError, match="empty dataset"):
         save_augmentation_grid([], tmp_path / "x.png")
+
+
+def test_long_titles_are_shrunk_to_fit_not_cut() -> None:
+    image = np.zeros((40, 120, 3), np.uint8)
+    titled = add_title(image, "a title much longer than the image is wide, in full")
+    band = titled[: titled.shape[0] - 40]
+    ink = np.flatnonzero((band < 128).any(axis=(0, 2)))  # columns with dark text
+    assert ink.size > 0
+    assert ink[0] >= 1 and ink[-1] <= 118  # both ends of the text are inside the band

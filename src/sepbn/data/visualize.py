@@ -63,6 +63,9 @@ def draw_landmarks(
 def _title_band(width: int, text: str, height: int, scale: float) -> np.ndarray:
     band = np.full((height, width, 3), 255, dtype=np.uint8)
     (tw, th), _ = cv2.getTextSize(text, _FONT, scale, 1)
+    if tw > width - 4:  # shrink long titles to fit instead of cutting them off
+        scale *= (width - 4) / tw
+        (tw, th), _ = cv2.getTextSize(text, _FONT, scale, 1)
     org = (max(2, (width - tw) // 2), (height + th) // 2)
     cv2.putText(band, text, org, _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return band
