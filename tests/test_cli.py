@@ -126,6 +126,18 @@ def test_prepare_and_preview_on_synthetic_faces(tmp_path: Path) -> None:
     assert image is not None and image.shape[0] > 128 and image.shape[1] > 3 * 128
 
 
+def test_similarity_of_the_trained_sepbn_sets(trained: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "fig4.png"
+    assert main(["similarity", str(trained), "--out", str(out)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if ".norm" in line]
+    assert len(rows) == 6  # one SepBN layer per Vanilla CNN block
+    for row in rows:  # SepBN shares its statistics: only scale and shift are compared
+        _name, mean, var, scale, shift = row.split()
+        assert mean == var == "-"
+        assert -1.0 <= float(scale) <= 1.0 and -1.0 <= float(shift) <= 1.0
+    assert cv2.imread(str(out)) is not None
+
+
 @pytest.mark.realdata
 def test_haar_detector_finds_faces_in_300w_photos(data_root: Path) -> None:
     from sepbn.data.formats import read_records

@@ -8,6 +8,7 @@ Commands::
     sepbn prepare --data K --path P --out CACHE_DIR
     sepbn preview --data K --path P --out grid.png     augmented samples with landmarks
     sepbn predict CHECKPOINT photo.jpg [--box x0,y0,x1,y1] --out annotated.png
+    sepbn similarity CHECKPOINT --out fig4.png         Eq. 2 / Fig. 4 for multi-branch BN layers
 
 Known errors (bad data, bad config, bad checkpoint, a diverged run) print one line and
 exit with status 1 instead of a traceback.
@@ -225,6 +226,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_similarity(args: argparse.Namespace) -> int:
+    from sepbn.analysis import branch_similarity, plot_branch_similarity
+    from sepbn.engine.checkpoint import load_model_from_checkpoint
+
+    model, _ = load_model_from_checkpoint(args.checkpoint)
+    sims = branch_similarity(model)
+    if not sims:
+        raise ValueError(f"{args.checkpoint} has no SepBN or brute-force SepBN layer to compare")
+    kinds = ("running_mean", "running_var", "scale", "shift")
+    print(f"{'layer':40}" + "".join(f"{k:>14}" for k in kinds))
+    for name, row in sims.items():
+        cells = "".join(f"{row[k]:14.4f}" if k in row else f"{'-':>14}" for k in kinds)
+        print(f"{name:40}{cells}")
+    print(f"wrote {plot_branch_similarity(sims, args.out)}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sepbn.engine.demo import DemoSettings, run_demo
 
@@ -321,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions", help="output folder")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "similarity", help="Eq. 2 / Fig. 4: how similar the branches / sets of each layer are"
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("--out", default="similarity.png", help="bar chart (PNG)")
+    p.set_defaults(func=_cmd_similarity)
     return parser
 
 
