@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -168,3 +170,30 @@ def test_demo_quick_writes_table_plot_and_grid(tmp_path: Path) -> None:
     assert set(metrics) == {"BN", "SepBN", "CNT+SepBN"}
     for name in ("ced.png", "predictions.png"):
         assert cv2.imread(str(tmp_path / name)) is not None
+
+
+def test_data_warnings_print_as_one_line_each(tmp_path: Path) -> None:
+    # A COCO file whose second face points at a missing image: skipped, with a warning.
+    record = make_synthetic_records(1, seed=1)[0]
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(record.image, cv2.COLOR_RGB2BGR))
+    from sepbn.data.formats import write_coco
+
+    coco = write_coco([record], tmp_path / "faces.json", image_root=tmp_path)
+    data = json.loads(coco.read_text())
+    ghost = dict(data["images"][0], id=99, file_name="missing.png")
+    data["images"].append(ghost)
+    data["annotations"].append(dict(data["annotations"][0], id=99, image_id=99))
+    coco.write_text(json.dumps(data))
+    grid = tmp_path / "grid.png"
+    args = ["preview", "--data", "coco", "--path", str(coco), "--on-error", "skip"]
+    # A real process: pytest would capture the warnings itself.
+    run = subprocess.run(
+        [sys.executable, "-m", "sepbn.cli", *args, "--out", str(grid), "--num", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.startswith("warning: ") and "image file not found" in run.stderr
+    assert "return reader(" not in run.stderr  # no source line from inside the library

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from sepbn import __version__
@@ -349,6 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    # Data warnings (skipped records, fallbacks) are for the user: no source line, no path.
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -360,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s",
     )
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    warnings.formatwarning = _format_warning
 
     from sepbn.data.errors import DatasetError
     from sepbn.engine.checkpoint import CheckpointError
