@@ -258,3 +258,41 @@ def branch_norm(norm: nn.Module, x: Tensor) -> Tensor:
         finally:
             norm.train(True)
     return norm(x)
+
+
+class ProtocolBranch(nn.Module):
+    """One CNT branch of Fig. 5: an extra convolution keeping the C channels, its norm and
+    activation, then the protocol's regression ``head``.
+
+    Args:
+        in_channels: C of the shared feature map.
+        kernel_size: Odd kernel size of the extra convolution (padding keeps the map size).
+        norm_layer: Normalization after the extra convolution.
+        activation: The activation module.
+        head: Regression head, ``(n, C, s, s) -> (n, L, 2)``.
+
+    Shape:
+        - Input: ``(n, C, s, s)``.
+        - Output: ``(n, L, 2)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        kernel_size: int,
+        norm_layer: Callable[[int], nn.Module],
+        activation: nn.Module,
+        head: nn.Module,
+    ) -> None:
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
+        self.conv = nn.Conv2d(
+            in_channels, in_channels, kernel_size, padding=kernel_size // 2, bias=False
+        )
+        self.norm = norm_layer(in_channels)
+        self.act = activation
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.act(branch_norm(self.norm, self.conv(x))))

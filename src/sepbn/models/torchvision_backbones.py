@@ -41,7 +41,7 @@ from torchvision.models import MobileNet_V2_Weights, ResNeXt50_32X4D_Weights, We
 from torchvision.models.mobilenetv2 import InvertedResidual, MobileNetV2
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from sepbn.models.cross_protocol import LandmarkRegressor, branch_norm
+from sepbn.models.cross_protocol import LandmarkRegressor, ProtocolBranch
 from sepbn.models.preprocess import ImageNormalize
 from sepbn.nn import convert_batchnorm
 
@@ -88,7 +88,7 @@ class PooledHead(nn.Module):
         return v.view(x.shape[0], self.num_points, 2)  # (N, L, 2)
 
 
-class PooledBranch(nn.Module):
+class PooledBranch(ProtocolBranch):
     """CNT branch for the torchvision backbones: extra conv, norm, activation, pooled head.
 
     The extra convolution of Fig. 5 keeps the C channels; its kernel size is not
@@ -121,18 +121,13 @@ class PooledBranch(nn.Module):
         activation: Callable[[], nn.Module] = nn.ReLU,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
-        self.conv = nn.Conv2d(
-            in_channels, in_channels, kernel_size, padding=kernel_size // 2, bias=False
+        super().__init__(
+            in_channels,
+            kernel_size,
+            norm_layer,
+            activation(),
+            PooledHead(in_channels, num_points, dropout),
         )
-        self.norm = norm_layer(in_channels)
-        self.act = activation()
-        self.head = PooledHead(in_channels, num_points, dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.act(branch_norm(self.norm, self.conv(x))))
 
 
 def bottleneck_norm_positions(model: nn.Module) -> dict[str, str]:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from sepbn.models.cross_protocol import LandmarkRegressor, branch_norm
+from sepbn.models.cross_protocol import LandmarkRegressor, ProtocolBranch
 from sepbn.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageNormalize
 
 NormLayer = Callable[[int], nn.Module]
@@ -121,7 +121,7 @@ class VanillaHead(nn.Module):
         return v.view(x.shape[0], self.num_points, 2)  # (N, L, 2)
 
 
-class VanillaBranch(nn.Module):
+class VanillaBranch(ProtocolBranch):
     """CNT branch for the Vanilla CNN: extra conv, norm, LReLU, then the Table I head.
 
     Fig. 5 starts every branch with an extra convolution but the paper gives no
@@ -152,18 +152,13 @@ class VanillaBranch(nn.Module):
         norm_layer: NormLayer = nn.BatchNorm2d,
         hidden_features: int = HIDDEN_FEATURES,
     ) -> None:
-        super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
-        self.conv = nn.Conv2d(
-            in_channels, in_channels, kernel_size, padding=kernel_size // 2, bias=False
+        super().__init__(
+            in_channels,
+            kernel_size,
+            norm_layer,
+            nn.LeakyReLU(NEGATIVE_SLOPE),
+            VanillaHead(in_channels, feature_size, num_points, hidden_features),
         )
-        self.norm = norm_layer(in_channels)
-        self.act = nn.LeakyReLU(NEGATIVE_SLOPE)
-        self.head = VanillaHead(in_channels, feature_size, num_points, hidden_features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.act(branch_norm(self.norm, self.conv(x))))
 
 
 class VanillaBackbone(nn.Module):
