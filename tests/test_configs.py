@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from sepbn.config import DatasetConfig, ExperimentConfig, load_config
-from sepbn.engine.checkpoint import load_model_from_checkpoint
-from sepbn.engine.trainer import train
+from sepbn.engine.experiment import train
+from sepbn.engine.model_builder import load_model_from_checkpoint
 from sepbn.nn import DomainBatchNorm2d, SepBatchNorm2d, SimpleSepBatchNorm2d
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

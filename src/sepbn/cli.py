@@ -17,7 +17,6 @@ exit with status 1 instead of a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -78,7 +77,7 @@ def _dataset_config(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from sepbn.config import load_config
-    from sepbn.engine.trainer import train
+    from sepbn.engine.experiment import train
 
     config = load_config(args.config, args.set)
     run_dir = Path(args.run_dir or Path("runs") / config.name)
@@ -101,58 +100,31 @@ def _metrics_table(rows: dict[str, dict[str, float]]) -> str:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
+    from sepbn.engine.evaluate_checkpoint import evaluate_checkpoint
+    from sepbn.metrics import format_attribute_table
 
-    from sepbn.data.datasets import collate_landmarks
-    from sepbn.engine.checkpoint import load_model_from_checkpoint
-    from sepbn.engine.data_builder import load_records, make_eval_set
-    from sepbn.engine.evaluator import evaluate, evaluate_best_of_domains, is_cross_protocol
-    from sepbn.engine.trainer import _domain_layers
-    from sepbn.metrics import attribute_table, format_attribute_table
-
-    model, config = load_model_from_checkpoint(args.checkpoint, map_location=args.device)
-    loaded = load_records(_dataset_config(args), config.seed)
-    protocol = loaded.protocol.name
-    if is_cross_protocol(model) and protocol not in model.protocols:
-        raise ValueError(
-            f"{args.checkpoint} has no branch for protocol {protocol!r}; "
-            f"valid: {list(model.protocols)}"
-        )
-    dataset = make_eval_set(loaded, config)
-    loader = DataLoader(
-        dataset,
+    done = evaluate_checkpoint(
+        args.checkpoint,
+        _dataset_config(args),
+        args.out,
+        name=args.name,
+        device=args.device,
         batch_size=args.batch_size,
-        shuffle=False,
         num_workers=args.workers,
-        collate_fn=collate_landmarks,
     )
-    kwargs = {"device": args.device, "progress": True}
-    domains = _domain_layers(model)
-    if domains:
-        print(f"brute-force SepBN model: best of {domains} domains per face (oracle, Table II)")
-        result = evaluate_best_of_domains(model, loader, protocol, domains, **kwargs)
-    else:
-        result = evaluate(model, loader, protocol, **kwargs)
-    out = Path(args.out)
-    name = args.name or loaded.name
-    paths = result.save(out, name)
-    print(f"{loaded.name} ({protocol}): {result.metrics.format()}")
-    if any(r.attributes for r in loaded.records):
-        table = attribute_table(result, loaded.records)
-        print(format_attribute_table({Path(args.checkpoint).stem: table}))
-        (out / f"{name}_attributes.json").write_text(
-            json.dumps({k: v.to_dict() for k, v in table.items()}, indent=2)
-        )
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print(f"{done.dataset.name} ({done.dataset.protocol.name}): {done.result.metrics.format()}")
+    if done.attributes:
+        print(format_attribute_table({Path(args.checkpoint).stem: done.attributes}))
+    print("wrote " + ", ".join(str(p) for p in done.paths.values()))
     return 0
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from sepbn.data.cache import CACHE_SIZE, prepare_cache
+    from sepbn.data.cache import cache_crop_size, prepare_cache
     from sepbn.engine.data_builder import load_records
 
     loaded = load_records(_dataset_config(args), seed=0)
-    size = max(CACHE_SIZE, -(-CACHE_SIZE * args.input_size // 128))
+    size = cache_crop_size(args.input_size)
     cache = prepare_cache(
         loaded.records, args.out, loaded.protocol, crop_size=size, on_error=args.on_error
     )
@@ -187,49 +159,23 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from sepbn.data.image_io import load_image
-    from sepbn.data.visualize import draw_landmarks, write_png
-    from sepbn.inference import HaarFaceDetector, LandmarkDetector
+    from sepbn.inference import LandmarkDetector, predict_photos
 
+    boxes = None
+    if args.box:
+        boxes = np.array([[float(v) for v in b.split(",")] for b in args.box])
+        if boxes.shape[1] != 4:
+            raise ValueError(f"--box expects x_min,y_min,x_max,y_max, got {args.box}")
     detector = LandmarkDetector.from_checkpoint(
         args.checkpoint, protocol=args.protocol, device=args.device
     )
-    out_dir = Path(args.out)
-    results = {}
-    for image_path in args.images:
-        image = load_image(image_path)
-        if args.box:
-            boxes = np.array([[float(v) for v in b.split(",")] for b in args.box])
-            if boxes.shape[1] != 4:
-                raise ValueError(f"--box expects x_min,y_min,x_max,y_max, got {args.box}")
-        else:
-            boxes = HaarFaceDetector()(image)
-            if len(boxes) == 0:
-                print(f"{image_path}: no face found (pass --box x_min,y_min,x_max,y_max)")
-                continue
-        landmarks = detector.predict(image, boxes)
-        drawn = image
-        radius = max(1.5, image.shape[1] / 400)
-        for pts in landmarks:
-            drawn = draw_landmarks(drawn, pts, radius=radius)
-        stem = Path(image_path).stem
-        png = write_png(out_dir / f"{stem}_landmarks.png", drawn)
-        results[str(image_path)] = {
-            "protocol": detector.protocol.name,
-            "boxes": boxes.tolist(),
-            "landmarks": landmarks.round(3).tolist(),
-        }
-        print(f"{image_path}: {len(landmarks)} face(s) -> {png}")
-    json_path = out_dir / "landmarks.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=1))
-    print(f"wrote {json_path}")
+    predict_photos(detector, args.images, args.out, boxes=boxes)
     return 0
 
 
 def _cmd_similarity(args: argparse.Namespace) -> int:
     from sepbn.analysis import branch_similarity, plot_branch_similarity
-    from sepbn.engine.checkpoint import load_model_from_checkpoint
+    from sepbn.engine.model_builder import load_model_from_checkpoint
 
     model, _ = load_model_from_checkpoint(args.checkpoint)
     sims = branch_similarity(model)

@@ -11,7 +11,14 @@ import cv2
 import numpy as np
 import pytest
 
-from sepbn.data.cache import CACHE_MARGIN, FaceCache, crop_for_cache, prepare_cache
+from sepbn.data.cache import (
+    CACHE_MARGIN,
+    CACHE_SIZE,
+    FaceCache,
+    cache_crop_size,
+    crop_for_cache,
+    prepare_cache,
+)
 from sepbn.data.errors import DatasetError
 from sepbn.data.image_io import load_image
 from sepbn.data.records import FaceRecord, box_from_landmarks
@@ -252,3 +259,9 @@ def test_real_300w_faces(data_root, tmp_path):
     assert np.abs(back - np.stack([r.landmarks for r in recs])).max() < 1e-3
     # Every face (and the 2.7-box-side margin around it) lies inside the 280 px crop.
     assert cache.landmarks.min() > 0 and cache.landmarks.max() < cache.crop_size - 1
+
+
+def test_cache_crop_size_grows_with_the_input_above_128_px() -> None:
+    assert cache_crop_size(64) == cache_crop_size(128) == CACHE_SIZE == 280
+    assert cache_crop_size(256) == 560
+    assert cache_crop_size(129) == 283  # ceil(280 * 129 / 128) = ceil(282.19)

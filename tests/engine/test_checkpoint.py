@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, clear errors, RNG states, rebuilding a model from its config."""
+"""Checkpoints: atomic writes, clear errors, RNG states."""
 
 from __future__ import annotations
 
@@ -9,18 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from sepbn.config import ExperimentConfig, ModelConfig, to_dict
 from sepbn.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     capture_rng_state,
     load_checkpoint,
-    load_model_from_checkpoint,
     load_model_state,
     restore_rng_state,
     save_checkpoint,
 )
-from sepbn.engine.trainer import build_model_from_config
 
 
 def _state(value: float = 1.0) -> dict:
@@ -117,50 +114,3 @@ def test_load_model_state_names_what_does_not_fit() -> None:
     msg = str(info.value)
     assert "ckpt.pt" in msg and "missing: 1.bias" in msg and "unexpected: extra" in msg
     assert "0.weight (4, 2) vs (3, 2)" in msg
-
-
-def _tiny_model_config() -> ModelConfig:
-    return ModelConfig(arch="vanilla_cnn", norm="sepbn", width_mult=0.125, input_size=64)
-
-
-@pytest.mark.parametrize(
-    "build", [{"num_points": 5}, {"heads": {"wflw": 98, "cofw": 29}}], ids=["single", "cross"]
-)
-def test_load_model_from_checkpoint_rebuilds_the_same_network(tmp_path: Path, build) -> None:
-    config = ExperimentConfig(model=_tiny_model_config())
-    model = build_model_from_config(config.model, **build)
-    with torch.no_grad():  # make every weight differ from a fresh build
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    model.eval()
-    info = (
-        {"kind": "single", "num_points": 5}
-        if "num_points" in build
-        else {"kind": "cross", "heads": build["heads"]}
-    )
-    path = save_checkpoint(
-        tmp_path / "m.pt",
-        {"model": model.state_dict(), "model_info": info, "config": to_dict(config)},
-    )
-    rebuilt, cfg = load_model_from_checkpoint(path)
-    assert cfg == config and not rebuilt.training
-    x = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
-        if "num_points" in build:
-            assert torch.equal(rebuilt(x), model(x))
-        else:
-            ids = torch.tensor([0, 1])
-            out, ref = rebuilt(x, ids), model(x, ids)
-            assert out.keys() == ref.keys() == {"wflw", "cofw"}
-            assert all(torch.equal(out[k], ref[k]) for k in out)
-
-
-def test_load_model_from_checkpoint_rejects_a_bad_embedded_config(tmp_path: Path) -> None:
-    config = to_dict(ExperimentConfig(model=_tiny_model_config()))
-    config["model"]["nrom"] = "bn"
-    path = save_checkpoint(
-        tmp_path / "m.pt",
-        {"model": {}, "model_info": {"kind": "single", "num_points": 5}, "config": config},
-    )
-    with pytest.raises(CheckpointError, match=r"embedded config.*unknown key 'model\.nrom'"):
-        load_model_from_checkpoint(path)

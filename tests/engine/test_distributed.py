@@ -169,7 +169,7 @@ import ddp_toy  # noqa: E402
 
 from sepbn.config import config_from_dict  # noqa: E402
 from sepbn.engine.distributed import cleanup_distributed, init_distributed  # noqa: E402
-from sepbn.engine.trainer import train  # noqa: E402
+from sepbn.engine.experiment import train  # noqa: E402
 
 out = Path(sys.argv[1])
 ctx = init_distributed("cpu")

@@ -26,11 +26,12 @@ from sepbn.engine.evaluator import (
     EvalResult,
     evaluate,
     evaluate_best_of_domains,
-    is_cross_protocol,
+    evaluate_model,
     predict,
 )
 from sepbn.metrics import LandmarkMetrics
-from sepbn.nn import DomainBatchNorm2d
+from sepbn.models import is_cross_protocol
+from sepbn.nn import DomainBatchNorm2d, num_model_domains
 
 S = 32  # input size
 NAMES = ["aflw", "wider5"]  # dataset protocol ids 0 and 1
@@ -355,3 +356,18 @@ def test_eval_result_indices_follow_predictions() -> None:
     assert isinstance(result, EvalResult)
     assert result.sources == ["faces.txt:2", "faces.txt:1"]
     assert result.indices is result.predictions.indices
+
+
+def test_evaluate_model_chooses_the_evaluation_of_the_model() -> None:
+    data = FakeFaces(["aflw"] * 7, num_domains=3, seed=5)
+    loader = DataLoader(data, batch_size=3, collate_fn=collate)
+    brute = DomainTableModel(data, 3)
+    assert num_model_domains(brute) == 3 and num_model_domains(TableModel(data)) == 0
+    chosen = evaluate_model(brute, loader, "aflw", progress=False)
+    oracle = evaluate_best_of_domains(brute, loader, "aflw", 3, progress=False)
+    np.testing.assert_array_equal(chosen.best_domain, oracle.best_domain)
+    np.testing.assert_array_equal(chosen.nmes, oracle.nmes)
+    plain = TableModel(data)
+    chosen = evaluate_model(plain, loader, "aflw", progress=False)
+    assert chosen.best_domain is None
+    np.testing.assert_array_equal(chosen.nmes, evaluate(plain, loader, "aflw", progress=False).nmes)

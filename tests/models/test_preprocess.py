@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sepbn.models import IMAGENET_MEAN, IMAGENET_STD, ImageNormalize
+from sepbn.models import IMAGENET_MEAN, IMAGENET_STD, ImageNormalize, to_model_input
 
 
 def test_imagenet_values_by_hand() -> None:
@@ -37,3 +37,13 @@ def test_rejects_wrong_input() -> None:
         ImageNormalize((0.5,), (0.0,))
     with pytest.raises(ValueError, match="same non-zero length"):
         ImageNormalize((0.5, 0.5), (0.5,))
+
+
+def test_to_model_input_scales_uint8_to_unit_floats() -> None:
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1)
+    x = to_model_input(images, "cpu")
+    assert x.dtype == torch.float32
+    assert x.flatten().tolist() == pytest.approx([0.0, 0.2, 1.0])
+    assert images.flatten().tolist() == [0, 51, 255]  # the batch itself is untouched
+    with pytest.raises(TypeError, match="expected uint8 images"):
+        to_model_input(x)

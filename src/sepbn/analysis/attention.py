@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sepbn.models import to_model_input
 from sepbn.nn import SeparableNormBase
 
 
@@ -50,7 +51,7 @@ def attention_by_domain(
     try:
         for batch in loader:
             domains = batch["domain"].numpy()
-            model(batch["image"].to(device).float().div_(255.0))
+            model(to_model_input(batch["image"], device))
             for name, layer in layers.items():
                 pi = layer.last_attention.float().cpu().numpy()  # (N, G, K) or (N, K)
                 pi = pi.reshape(pi.shape[0], -1, pi.shape[-1])

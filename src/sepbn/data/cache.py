@@ -51,6 +51,16 @@ CACHE_MARGIN = 2.7
 # network inputs are never upsampled from the cache; 235 KB per face.
 CACHE_SIZE = 280
 
+
+def cache_crop_size(input_size: int) -> int:
+    """The cached crop side for a network input of ``input_size`` px.
+
+    :data:`CACHE_SIZE` up to 128 px inputs, then in proportion, so that evaluation
+    windows are never upsampled from the cache.
+    """
+    return max(CACHE_SIZE, -(-CACHE_SIZE * int(input_size) // 128))  # ceil division
+
+
 _IMAGES, _INDEX, _META = "images.u8", "index.npz", "meta.json"
 
 

@@ -24,7 +24,6 @@ augmentation (evaluation) nothing is permuted.
 from __future__ import annotations
 
 import bisect
-import os
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -326,13 +325,15 @@ def collate_landmarks(samples: Sequence[Sample]) -> dict[str, Any]:
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """DataLoader worker setup: one torch thread each and passive OpenMP waiting.
+    """DataLoader worker setup: one torch thread each.
 
     Without it every worker spins as many threads as there are cores, which slows the
-    data pipeline and the training process alike. OpenCV's thread count is left alone:
+    data pipeline and the training process alike. Passive OpenMP waiting has to be in the
+    environment before the process starts (``OMP_WAIT_POLICY=PASSIVE``, which the ``sepbn``
+    command and the Makefile set); setting it here would be too late for the workers'
+    OpenMP runtime. OpenCV's thread count is left alone:
     reconfiguring its pthreads pool in a forked worker can deadlock (OpenCV 5.0), and
     the 128-px warps here barely use it.
     """
     del worker_id  # the augmentation seed comes from the sample index, not the worker
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     torch.set_num_threads(1)

@@ -21,6 +21,9 @@ A checkpoint is one ``torch.save`` file holding a plain dict:
 
 Everything in it is a tensor or a plain Python value, so it loads with
 ``torch.load(weights_only=True)``: opening a checkpoint never runs pickled code.
+
+This module reads and writes the files only; rebuilding the network a checkpoint describes
+is :func:`sepbn.engine.model_builder.load_model_from_checkpoint`.
 """
 
 from __future__ import annotations
@@ -40,15 +43,12 @@ from sepbn import __version__
 if TYPE_CHECKING:
     from torch import nn
 
-    from sepbn.config import ExperimentConfig
-
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "CheckpointError",
     "capture_rng_state",
     "load_checkpoint",
-    "load_model_from_checkpoint",
     "load_model_state",
     "restore_rng_state",
     "save_checkpoint",
@@ -210,45 +210,3 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, Any], source: st
                 parts.append(f"{label}: {', '.join(items[:5])}{more}")
         raise CheckpointError(f"{source}: weights do not fit the model; " + "; ".join(parts))
     model.load_state_dict(state_dict)
-
-
-def load_model_from_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, ExperimentConfig]:
-    """Rebuild the model described by a checkpoint's embedded config and load its weights.
-
-    This is what ``sepbn eval`` uses: no config file is needed, and nothing is downloaded
-    (``pretrained`` is ignored since the weights come from the checkpoint).
-
-    Args:
-        path: The checkpoint.
-        map_location: Device of the returned model's tensors.
-
-    Returns:
-        The model in eval mode, and the config it was trained with.
-
-    Raises:
-        CheckpointError: The file is bad, or its weights do not fit the rebuilt model.
-    """
-    # Imported here: the trainer imports this module.
-    from sepbn.config import config_from_dict
-    from sepbn.engine.trainer import build_model_from_config
-
-    state = load_checkpoint(path, map_location=map_location)
-    try:
-        config = config_from_dict(state["config"], source=f"{path} (embedded config)")
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from exc
-    info = state["model_info"]
-    kind = info.get("kind")
-    if kind == "cross":
-        model = build_model_from_config(config.model, heads=dict(info["heads"]), pretrained=False)
-    elif kind == "single":
-        model = build_model_from_config(
-            config.model, num_points=int(info["num_points"]), pretrained=False
-        )
-    else:
-        raise CheckpointError(f"{path}: unknown model kind {kind!r}; valid: 'cross', 'single'")
-    load_model_state(model, state["model"], str(path))
-    model.to(map_location).eval()
-    return model, config

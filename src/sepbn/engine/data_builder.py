@@ -11,16 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader, Dataset
 
 from sepbn.config import DatasetConfig, ExperimentConfig
-from sepbn.data.cache import CACHE_SIZE, FaceCache, prepare_cache
-from sepbn.data.datasets import LandmarkDataset, MultiProtocolDataset
+from sepbn.data.cache import FaceCache, cache_crop_size, prepare_cache
+from sepbn.data.datasets import LandmarkDataset, MultiProtocolDataset, worker_init_fn
 from sepbn.data.formats import read_records
 from sepbn.data.protocols import LandmarkProtocol, get_protocol, register_protocol
 from sepbn.data.records import FaceRecord
@@ -35,6 +37,7 @@ __all__ = [
     "build_data",
     "load_records",
     "make_eval_set",
+    "make_loader",
     "make_train_set",
     "register_config_protocols",
 ]
@@ -199,8 +202,7 @@ def _cache_source(
     key = json.dumps([ds.kind, ds.path, ds.split, ds.protocol, ds.options], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     root = _expand(config.data.cache_dir) / f"{loaded.name}-{digest}"
-    # Keep the cache resolution in step with the input size (the default suits 128 px).
-    crop_size = max(CACHE_SIZE, math.ceil(CACHE_SIZE * config.model.input_size / 128))
+    crop_size = cache_crop_size(config.model.input_size)
     if is_main:
         return prepare_cache(
             loaded.records,
@@ -249,3 +251,41 @@ def make_eval_set(
 ) -> LandmarkDataset:
     """The un-augmented evaluation crop of ``loaded``."""
     return _dataset(loaded, config, False, protocol_id, is_main)
+
+
+def make_loader(
+    dataset: Dataset[Any],
+    batch_size: int,
+    num_workers: int,
+    collate_fn: Callable[[list[Any]], Any],
+    *,
+    sampler: Any = None,
+    train: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader in the order of ``sampler`` (or the dataset's order).
+
+    Training loaders drop a last partial batch (a batch of one face breaks batch
+    statistics) unless the epoch holds less than one batch. Workers run one torch thread
+    each (:func:`sepbn.data.datasets.worker_init_fn`); set ``OMP_WAIT_POLICY=PASSIVE`` in
+    the environment of the training process (the ``sepbn`` command and the Makefile do) so
+    that idle OpenMP threads do not spin on the training cores.
+    """
+    num = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]
+    worker_init = worker_init_fn if num_workers else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        drop_last=train and num >= batch_size,
+        worker_init_fn=worker_init,
+        # New workers each epoch pick up the dataset's set_epoch (augmentation draws).
+        persistent_workers=False,
+    )
+
+
+# --------------------------------------------------------------------------- one stage

@@ -41,10 +41,10 @@ from sepbn.config import ExperimentConfig, config_from_dict, deep_merge
 from sepbn.data.datasets import collate_landmarks
 from sepbn.data.transforms import apply_affine
 from sepbn.data.visualize import GREEN, RED, add_title, make_grid, write_png
-from sepbn.engine.checkpoint import load_model_from_checkpoint
 from sepbn.engine.data_builder import load_records, make_eval_set
 from sepbn.engine.evaluator import EvalResult, evaluate
-from sepbn.engine.trainer import train
+from sepbn.engine.experiment import train
+from sepbn.engine.model_builder import load_model_from_checkpoint
 from sepbn.metrics import plot_ced
 
 logger = logging.getLogger(__name__)

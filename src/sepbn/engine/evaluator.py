@@ -31,7 +31,8 @@ from sepbn.data.transforms import apply_affine, invert_affine
 from sepbn.metrics.ced import plot_ced
 from sepbn.metrics.nme import FAILURE_THRESHOLD, nme_per_image
 from sepbn.metrics.report import LandmarkMetrics, write_per_image_csv, write_summary_json
-from sepbn.nn import best_of_domains
+from sepbn.models import is_cross_protocol, to_model_input
+from sepbn.nn import best_of_domains, num_model_domains
 
 
 @dataclass
@@ -121,11 +122,6 @@ class EvalResult:
                 title=f"CED on {self.protocol} (NME up to {100 * threshold:g}%)",
             ),
         }
-
-
-def is_cross_protocol(model: nn.Module) -> bool:
-    """True for a model called as ``model(x, protocol_ids)`` (it has ``protocols``)."""
-    return isinstance(getattr(model, "protocols", None), (list, tuple))
 
 
 class _ProtocolBranch(nn.Module):
@@ -249,6 +245,28 @@ def evaluate_best_of_domains(
     return _result(preds, loader, threshold, records, best_domain=best)
 
 
+def evaluate_model(
+    model: nn.Module,
+    loader: Iterable[Mapping[str, Any]],
+    protocol: str | LandmarkProtocol | None = None,
+    **kwargs: Any,
+) -> EvalResult:
+    """The evaluation that fits ``model``: :func:`evaluate_best_of_domains` (paper Table II)
+    for a model with brute-force SepBN layers, :func:`evaluate` for any other.
+
+    Args:
+        model: A single- or cross-protocol model.
+        loader: Batches in the collate format.
+        protocol: The protocol to evaluate; ``None`` takes the only one present.
+        **kwargs: ``device``, ``amp``, ``threshold``, ``records``, ``progress`` as for
+            :func:`evaluate`.
+    """
+    num_domains = num_model_domains(model)
+    if num_domains:
+        return evaluate_best_of_domains(model, loader, protocol, num_domains, **kwargs)
+    return evaluate(model, loader, protocol, **kwargs)
+
+
 def _protocol_name(protocol: str | LandmarkProtocol | None) -> str | None:
     return protocol.name if isinstance(protocol, LandmarkProtocol) else protocol
 
@@ -297,7 +315,7 @@ def _run(
             if forward is None:
                 forward = _single_input(model, name)
             target = _Target.from_batch(batch, name)
-            x = target.images.to(device, non_blocking=True).float().div_(255)
+            x = to_model_input(target.images, device)
             autocast = (
                 torch.autocast(device.type, dtype=amp_dtype) if amp else contextlib.nullcontext()
             )

@@ -1,32 +1,8 @@
-"""Training: one library call runs a whole experiment, CNT stage 1 and stage 2 included.
+"""One training stage: epochs, validation, checkpoints, logs (:class:`Trainer`).
 
-:func:`train` is what ``sepbn train CONFIG`` calls. It reads the data of the config
-(:func:`sepbn.engine.data_builder.build_data`), builds the model, and runs:
-
-1. **Stage 1** on every training set at once. With several landmark protocols the model is
-   the cross-protocol network of paper Fig. 5 (one branch per protocol, faces sampled in
-   proportion to the dataset sizes, L1 loss per branch); with one protocol and no
-   ``finetune`` section it is a plain single-protocol model.
-2. **Stage 2** (when ``finetune`` is set), for each target protocol: start from the stage-1
-   weights, keep only that branch (``keep_branches``), and fine-tune on that protocol's
-   training sets with the backbone at the constant ``finetune.backbone_lr`` (1e-7) and the
-   branch on the stage-1 warm-up + cosine schedule (paper Sec. IV and V-A). τ stays at
-   ``temperature.end`` in this stage (it was annealed in stage 1).
-3. **Evaluation** of each stage's final model on the test sets of its protocols.
-
-Run directory layout::
-
-    run_dir/
-      config.yaml                 the resolved config (also inside every checkpoint)
-      stage1/
-        last.pt                   every train.checkpoint_every epochs and after the last one
-        best.pt                   lowest validation NME so far (when data.val is set)
-        metrics.jsonl, metrics.csv  one row per epoch: loss, lr, tau, val NME/FR/AUC, speed
-        tensorboard/              TensorBoard scalars (when tensorboard is installed)
-      finetune_<protocol>/        the same files for each CNT stage-2 target
-      eval/
-        <stage>_<dataset>_summary.json, _per_image.csv, _ced.png
-        summary.json              every stage x test set: NME, FR, AUC
+:func:`sepbn.engine.experiment.train` runs a whole experiment (CNT stage 1, stage 2, the
+final evaluation) with one :class:`Trainer` per stage; a Trainer can also train any model of
+the batch contract on any dataset by itself.
 
 Conventions: epochs and steps in messages, logs and checkpoints count from 1 (a
 checkpoint's ``epoch`` is the number of completed epochs). The learning rate follows
@@ -34,39 +10,34 @@ checkpoint's ``epoch`` is the number of completed epochs). The learning rate fol
 epoch's first step); τ is set at the start of every epoch (``temperature.per_step`` for every
 step). NMEs are fractions of the normalizer d (x100 for the paper's percent). The data order
 of epoch ``e`` depends only on ``(seed, e)`` and augmentation only on ``(seed, e, index)``, so
-``resume=True`` continues a killed run to the same final weights as an uninterrupted one.
+``fit(resume=True)`` continues a killed stage to the same final weights as an uninterrupted
+one.
 
 Devices: ``train.device="auto"`` takes the GPU when there is one, with bf16 autocast (fp16 and
 a gradient scaler where bf16 is unsupported) and ``channels_last``; ``train.compile`` adds
-``torch.compile``. On CPU these stay off unless asked for. Under ``torchrun`` every process
-runs this same code, with DDP and a :class:`~torch.utils.data.DistributedSampler`; only rank 0
-writes files (see :mod:`sepbn.engine.distributed`).
+``torch.compile``. On CPU these stay off unless asked for. ``train.deterministic`` asks
+PyTorch for deterministic kernels for the duration of :meth:`Trainer.fit` only. Under
+``torchrun`` the model is wrapped in DDP and the data split by a
+:class:`~torch.utils.data.DistributedSampler`; only rank 0 writes files.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import inspect
-import json
 import logging
-import os
-import random
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from sepbn.config import ExperimentConfig, ModelConfig, OptimConfig, save_config, to_dict
-from sepbn.data.datasets import collate_landmarks, worker_init_fn
+from sepbn.config import ExperimentConfig, to_dict
+from sepbn.data.datasets import collate_landmarks
 from sepbn.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -75,342 +46,61 @@ from sepbn.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from sepbn.engine.data_builder import build_data, make_eval_set, make_train_set
+from sepbn.engine.data_builder import make_loader
 from sepbn.engine.distributed import (
     DistributedContext,
     all_reduce_sum,
     barrier,
     broadcast_buffers,
     build_sampler,
-    cleanup_distributed,
-    init_distributed,
     resolve_device,
     unwrap_model,
     wrap_model,
 )
-from sepbn.engine.evaluator import evaluate, evaluate_best_of_domains
+from sepbn.engine.evaluator import evaluate_model
 from sepbn.engine.losses import landmark_loss
+from sepbn.engine.model_builder import model_info
+from sepbn.engine.optim import build_optimizer, resolve_amp
+from sepbn.engine.results import Callback, EpochEnd, StageResult
+from sepbn.engine.run_config import check_resume_config
+from sepbn.engine.run_log import MetricsLog
 from sepbn.engine.schedules import build_lr_scheduler
-from sepbn.models import NORM_LAYERS, build_model
-from sepbn.nn import (
-    TemperatureSchedule,
-    domain_routing,
-    find_domain_batchnorms,
-    set_temperature,
-)
+from sepbn.models import is_cross_protocol, to_model_input
+from sepbn.nn import TemperatureSchedule, domain_routing, num_model_domains, set_temperature
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "Callback",
     "EpochEnd",
     "StageResult",
-    "TrainResult",
     "Trainer",
     "TrainingError",
-    "build_model_from_config",
-    "build_optimizer",
-    "make_loader",
-    "seed_everything",
-    "train",
+    "deterministic_algorithms",
 ]
-
-METRIC_COLUMNS = (
-    "stage",
-    "epoch",
-    "global_step",
-    "train_loss",
-    "lr",
-    "tau",
-    "val_nme",
-    "val_failure_rate",
-    "val_auc",
-    "epoch_time_s",
-    "images_per_s",
-)
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, a run directory in the way, ...)."""
 
 
-@dataclass
-class EpochEnd:
-    """What a callback sees after each epoch (on every rank, after the checkpoint).
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` inside the block only.
 
-    Attributes:
-        stage: ``"stage1"`` or ``"finetune_<protocol>"``.
-        epoch: Completed epochs (1-based index of the epoch that just ended).
-        epochs: Epochs of the stage.
-        metrics: The epoch's row of ``metrics.jsonl``.
-        model: The plain (unwrapped) model.
-        checkpoint: ``last.pt`` when it was written at this epoch, else ``None``.
+    The previous global setting is restored on exit, also when the block raises; with
+    ``enabled=False`` nothing is changed.
     """
-
-    stage: str
-    epoch: int
-    epochs: int
-    metrics: dict[str, Any]
-    model: nn.Module
-    checkpoint: Path | None
-
-
-Callback = Callable[[EpochEnd], None]
-
-
-@dataclass
-class StageResult:
-    """The outcome of one training stage.
-
-    Attributes:
-        name: ``"stage1"`` or ``"finetune_<protocol>"``.
-        stage_dir: Its folder in the run directory.
-        epochs: Epochs trained in total (resumed ones included).
-        last_checkpoint: ``last.pt``.
-        best_checkpoint: ``best.pt``, or ``None`` without validation.
-        best_metric: Lowest validation NME (fraction of d), or ``None``.
-        best_epoch: The epoch of ``best_metric``.
-        history: The rows of ``metrics.jsonl``.
-    """
-
-    name: str
-    stage_dir: Path
-    epochs: int
-    last_checkpoint: Path
-    best_checkpoint: Path | None = None
-    best_metric: float | None = None
-    best_epoch: int | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class TrainResult:
-    """The outcome of :func:`train`.
-
-    Attributes:
-        run_dir: The run directory.
-        config: The resolved config.
-        stages: Stage name to its result, in training order.
-        evaluation: ``"<stage>/<test set>"`` to its metrics (``nme``, ``failure_rate``,
-            ``auc``, ``num_images``, ``threshold``); empty on ranks other than 0.
-    """
-
-    run_dir: Path
-    config: ExperimentConfig
-    stages: dict[str, StageResult]
-    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- building blocks
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_model_from_config(
-    config: ModelConfig,
-    *,
-    num_points: int | None = None,
-    heads: Mapping[str, int] | None = None,
-    pretrained: bool = True,
-) -> nn.Module:
-    """:func:`sepbn.models.build_model` from a :class:`ModelConfig`.
-
-    ``num_sets`` (K), ``num_groups`` (G), ``pool_size`` (T) and ``aggregation`` go to the norm
-    layer when its constructor takes them (``num_sets`` is also the brute-force SepBN's
-    ``num_domains``), then ``norm_kwargs`` on top.
-
-    Args:
-        config: The model section.
-        num_points: L of a single-protocol model; give this or ``heads``.
-        heads: Protocol name to L of a cross-protocol model (the order fixes the ids).
-        pretrained: Load ``config.pretrained``; False when weights come from a checkpoint.
-    """
-    norm_kwargs: dict[str, Any] = {}
-    if config.norm in NORM_LAYERS:
-        accepted = inspect.signature(NORM_LAYERS[config.norm]).parameters
-        candidates = {
-            "num_sets": config.num_sets,
-            "num_domains": config.num_sets,
-            "num_groups": config.num_groups,
-            "pool_size": config.pool_size,
-            "aggregation": config.aggregation,
-        }
-        norm_kwargs = {k: v for k, v in candidates.items() if k in accepted}
-    norm_kwargs.update(config.norm_kwargs)
-    return build_model(
-        config.arch,
-        num_points=num_points,
-        heads=dict(heads) if heads is not None else None,
-        norm=config.norm,
-        norm_kwargs=norm_kwargs,
-        sepbn_blocks=config.sepbn_blocks,
-        sepbn_positions=config.sepbn_positions,
-        width_mult=config.width_mult,
-        input_size=config.input_size,
-        pretrained=config.pretrained if pretrained and config.pretrained else None,
-        branch_conv_kernel=config.branch_conv_kernel,
-    )
-
-
-def build_optimizer(
-    config: OptimConfig, param_groups: Sequence[dict[str, Any]]
-) -> torch.optim.Optimizer:
-    """The optimizer of ``config`` over ``param_groups`` (each with its own ``lr``).
-
-    Raises:
-        ValueError: Unknown optimizer name.
-    """
-    groups = [dict(g) for g in param_groups]
-    if config.name == "sgd":
-        return torch.optim.SGD(
-            groups,
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            nesterov=config.nesterov,
-        )
-    if config.name == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
-    if config.name == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-    raise ValueError(f"unknown optimizer {config.name!r}; valid: 'sgd', 'adam', 'adamw'")
-
-
-def _resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    if mode == "off":
-        return None
-    if mode == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if mode == "bf16":
-        return torch.bfloat16
-    if mode == "fp16":
-        return torch.float16
-    raise ValueError(f"unknown train.amp {mode!r}; valid: 'auto', 'off', 'bf16', 'fp16'")
-
-
-def _model_info(model: nn.Module) -> dict[str, Any]:
-    """How :func:`load_model_from_checkpoint` rebuilds ``model``."""
-    if isinstance(getattr(model, "protocols", None), (list, tuple)):
-        heads = getattr(model, "heads", None)
-        if not isinstance(heads, Mapping):
-            heads = getattr(model, "num_points", None)
-        if not isinstance(heads, Mapping):
-            raise TypeError(
-                "a cross-protocol model needs a 'heads' mapping (protocol name -> L) to be saved"
-            )
-        return {"kind": "cross", "heads": {str(k): int(v) for k, v in heads.items()}}
-    num_points = getattr(model, "num_points", None)
-    if not isinstance(num_points, int):
-        raise TypeError("a single-protocol model needs an int 'num_points' (L) to be saved")
-    return {"kind": "single", "num_points": num_points}
-
-
-def _domain_layers(model: nn.Module) -> int:
-    """K of the brute-force SepBN layers of ``model`` (0 when it has none)."""
-    layers = find_domain_batchnorms(model)
-    return max((layer.num_domains for _, layer in layers), default=0)
-
-
-def make_loader(
-    dataset: Dataset[Any],
-    batch_size: int,
-    num_workers: int,
-    collate_fn: Callable[[list[Any]], Any],
-    *,
-    sampler: Any = None,
-    train: bool = False,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """A DataLoader in the order of ``sampler`` (or the dataset's order).
-
-    Training loaders drop a last partial batch (a batch of one face breaks batch
-    statistics) unless the epoch holds less than one batch.
-    """
-    num = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]
-    worker_init = None
-    if num_workers:
-        worker_init = worker_init_fn
-        # Idle OpenMP threads of the workers must not spin on the training cores.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        pin_memory=pin_memory,
-        drop_last=train and num >= batch_size,
-        worker_init_fn=worker_init,
-        # New workers each epoch pick up the dataset's set_epoch (augmentation draws).
-        persistent_workers=False,
-    )
-
-
-class _MetricsLog:
-    """Per-epoch rows to ``metrics.jsonl`` / ``metrics.csv`` and TensorBoard (rank 0 only)."""
-
-    def __init__(self, stage_dir: Path, enabled: bool, tensorboard: bool) -> None:
-        self.enabled = enabled
-        self.jsonl = stage_dir / "metrics.jsonl"
-        self.csv = stage_dir / "metrics.csv"
-        self.rows: list[dict[str, Any]] = []
-        self.writer: Any = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                logger.info("tensorboard is not installed; no TensorBoard scalars")
-            else:
-                self.writer = SummaryWriter(str(stage_dir / "tensorboard"))
-
-    def restore(self, completed_epochs: int) -> None:
-        """Keep the rows of the epochs a resumed run does not repeat."""
-        if not self.enabled or not self.jsonl.is_file():
-            return
-        rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
-        self.rows = [r for r in rows if int(r.get("epoch", 0)) <= completed_epochs]
-        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
-        self._write_csv()
-
-    def append(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.rows.append(row)
-        with self.jsonl.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        self._write_csv()
-        if self.writer is not None:
-            for key, value in row.items():
-                if key not in ("stage", "epoch") and isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"epoch/{key}", value, row["epoch"])
-            self.writer.flush()
-
-    def scalar(self, key: str, value: float, step: int) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar(key, value, step)
-
-    def _write_csv(self) -> None:
-        extra = sorted({k for r in self.rows for k in r} - set(METRIC_COLUMNS))
-        columns = [*METRIC_COLUMNS, *extra]
-        with self.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-
-# --------------------------------------------------------------------------- one stage
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
 
 
 @dataclass
@@ -425,7 +115,7 @@ class _Loop:
     scheduler: Any
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
-    log: _MetricsLog
+    log: MetricsLog
     tau: float
     epoch: int = 0  # completed epochs
     global_step: int = 0
@@ -500,6 +190,14 @@ class Trainer:
         self.collate_fn = collate_fn
         self.last_path = self.stage_dir / "last.pt"
         self.best_path = self.stage_dir / "best.pt"
+        # What the model needs per batch: known from the model alone, so that validate()
+        # works before fit() (and after it, once wrappers have replaced layers).
+        self._cross = is_cross_protocol(model)
+        self._domains = num_model_domains(model)
+        channels_last = config.train.channels_last
+        if channels_last is None:
+            channels_last = self.ctx.device.type == "cuda"
+        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     # ------------------------------------------------------------------ setup
 
@@ -539,18 +237,23 @@ class Trainer:
             )
         if self.ctx.is_main:
             self.stage_dir.mkdir(parents=True, exist_ok=True)
-        if self.config.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        run = self._setup()
-        if resume and self.last_path.exists():
-            self._resume(run)
-        else:
-            run.log.restore(0)  # drop rows a run killed before its first checkpoint wrote
-        try:
-            for epoch in range(run.epoch, self.epochs):
-                self._epoch(run, epoch)
-        finally:
-            run.log.close()
+        with deterministic_algorithms(self.config.train.deterministic):
+            run = self._setup()
+            if resume and self.last_path.exists():
+                self._resume(run)
+            else:
+                if resume:
+                    logger.info(
+                        "%s: no %s to resume from; starting this stage from scratch",
+                        self.stage,
+                        self.last_path,
+                    )
+                run.log.restore(0)  # drop rows a run killed before its first checkpoint wrote
+            try:
+                for epoch in range(run.epoch, self.epochs):
+                    self._epoch(run, epoch)
+            finally:
+                run.log.close()
         return StageResult(
             name=self.stage,
             stage_dir=self.stage_dir,
@@ -566,14 +269,8 @@ class Trainer:
         """Device, wrappers, optimizer, data loader, schedule, scaler, logs."""
         cfg = self.config
         ctx = self.ctx
-        amp_dtype = _resolve_amp(cfg.train.amp, ctx.device)
-        channels_last = cfg.train.channels_last
-        if channels_last is None:
-            channels_last = ctx.device.type == "cuda"
-        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        amp_dtype = resolve_amp(cfg.train.amp, ctx.device)
         raw = self.model.to(device=ctx.device, memory_format=self._memory_format)
-        self._cross = isinstance(getattr(raw, "protocols", None), (list, tuple))
-        self._domains = _domain_layers(raw)
         find_unused = cfg.train.find_unused_parameters
         if find_unused is None:
             # Branches of protocols (or domains) absent from a batch get no gradient.
@@ -610,7 +307,7 @@ class Trainer:
             scheduler=scheduler,
             scaler=torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16),
             amp_dtype=amp_dtype,
-            log=_MetricsLog(self.stage_dir, ctx.is_main, cfg.train.tensorboard),
+            log=MetricsLog(self.stage_dir, ctx.is_main, cfg.train.tensorboard),
             tau=float(self.temperature(0)),
         )
 
@@ -620,6 +317,7 @@ class Trainer:
             raise CheckpointError(
                 f"{self.last_path}: written by stage {state.get('stage')!r}, not {self.stage!r}"
             )
+        check_resume_config(state["config"], self.config, self.last_path)
         load_model_state(self.model, state["model"], str(self.last_path))
         try:
             run.optimizer.load_state_dict(state["optimizer"])
@@ -719,8 +417,7 @@ class Trainer:
         return float(optimizer.param_groups[0]["lr"])
 
     def _images(self, batch: Mapping[str, Any]) -> Tensor:
-        images = batch["image"].to(self.ctx.device, non_blocking=True)
-        images = images.float().div_(255.0)  # uint8 -> [0, 1]; the model normalizes itself
+        images = to_model_input(batch["image"], self.ctx.device)
         return images.contiguous(memory_format=self._memory_format)
 
     def _forward(self, model: nn.Module, images: Tensor, batch: Mapping[str, Any]) -> Any:
@@ -814,18 +511,26 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
-        """NME, failure rate and AUC of the current model on ``val_set`` (fractions of d)."""
+        """NME, failure rate and AUC of the current model on ``val_set`` (fractions of d).
+
+        Works before, during and after :meth:`fit`; the model is moved to the trainer's
+        device and left in the mode it was in.
+
+        Args:
+            amp_dtype: Autocast dtype; ``None`` = full precision.
+        """
         if self.val_set is None:
             raise ValueError(f"{self.stage}: no validation set")
+        self.model.to(self.ctx.device)
         loader = self._loader(self.val_set, None, self.config.optim.batch_size * 4, train=False)
-        kwargs = {"device": self.ctx.device, "amp": amp_dtype is not None, "progress": False}
-        if self._domains:
-            result = evaluate_best_of_domains(
-                self.model, loader, self.val_protocol, self._domains, **kwargs
-            )
-        else:
-            result = evaluate(self.model, loader, self.val_protocol, **kwargs)
-        self.model.train()
+        result = evaluate_model(
+            self.model,
+            loader,
+            self.val_protocol,
+            device=self.ctx.device,
+            amp=amp_dtype is not None,
+            progress=False,
+        )
         m = result.metrics
         return {"nme": float(m.nme), "failure_rate": float(m.failure_rate), "auc": float(m.auc)}
 
@@ -835,7 +540,7 @@ class Trainer:
         return {
             "stage": self.stage,
             "model": self.model.state_dict(),
-            "model_info": _model_info(self.model),
+            "model_info": model_info(self.model),
             "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
@@ -848,266 +553,3 @@ class Trainer:
             "best_metric": run.best,
             "best_epoch": run.best_epoch,
         }
-
-
-# --------------------------------------------------------------------------- the experiment
-
-
-def _param_groups_finetune(
-    backbone_lr: float, head_lr: float
-) -> Callable[[nn.Module], list[dict[str, Any]]]:
-    """CNT stage 2: constant backbone rate, scheduled branch rate (paper Sec. IV)."""
-
-    def groups(model: nn.Module) -> list[dict[str, Any]]:
-        backbone = [p for p in model.backbone_parameters() if p.requires_grad]  # type: ignore[operator]
-        head = [p for p in model.head_parameters() if p.requires_grad]  # type: ignore[operator]
-        covered = {id(p) for p in backbone + head}
-        missing = [
-            n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered
-        ]
-        if missing:
-            raise ValueError(
-                f"parameters in neither backbone_parameters() nor head_parameters(): {missing[:5]}"
-            )
-        return [
-            {"params": backbone, "lr": backbone_lr, "scheduled": False, "name": "backbone"},
-            {"params": head, "lr": head_lr, "scheduled": True, "name": "head"},
-        ]
-
-    return groups
-
-
-def _constant(value: float) -> Callable[[float], float]:
-    def schedule(epoch: float) -> float:
-        del epoch
-        return value
-
-    return schedule
-
-
-def _config_differences(
-    old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
-) -> list[str]:
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        path = f"{prefix}{key}"
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            diffs += _config_differences(a, b, f"{path}.")
-        elif a != b:
-            diffs.append(f"{path}: {a!r} -> {b!r}")
-    return diffs
-
-
-def _write_run_config(config: ExperimentConfig, run_dir: Path, resume: bool) -> None:
-    path = run_dir / "config.yaml"
-    if resume and path.is_file():
-        import yaml
-
-        old = yaml.safe_load(path.read_text()) or {}
-        diffs = _config_differences(old, to_dict(config))
-        if diffs:
-            logger.warning("resuming with a changed config: %s", "; ".join(diffs))
-    save_config(config, path)
-
-
-def _evaluate_stage(
-    config: ExperimentConfig,
-    stage: StageResult,
-    protocols: Sequence[str],
-    tests: Sequence[Any],
-    ctx: DistributedContext,
-    out_dir: Path,
-) -> dict[str, dict[str, float]]:
-    """Evaluate a stage's final (or best) weights on the test sets of its protocols."""
-    chosen = [t for t in tests if t.protocol.name in protocols]
-    if not chosen:
-        return {}
-    path = stage.last_checkpoint
-    if config.train.eval_weights == "best" and stage.best_checkpoint is not None:
-        path = stage.best_checkpoint
-    state = load_checkpoint(path, map_location="cpu")
-    info = state["model_info"]
-    if info["kind"] == "cross":
-        model = build_model_from_config(config.model, heads=info["heads"], pretrained=False)
-    else:
-        model = build_model_from_config(
-            config.model, num_points=int(info["num_points"]), pretrained=False
-        )
-    load_model_state(model, state["model"], str(path))
-    model.to(ctx.device).eval()
-    amp = _resolve_amp(config.train.amp, ctx.device) is not None
-    domains = _domain_layers(model)
-    results = {}
-    for test in chosen:
-        name = test.protocol.name
-        ids = list(info["heads"]) if info["kind"] == "cross" else [name]
-        dataset = make_eval_set(test, config, protocol_id=ids.index(name))
-        loader = make_loader(
-            dataset,
-            config.optim.batch_size * 4,
-            config.data.num_workers,
-            collate_landmarks,
-            pin_memory=ctx.device.type == "cuda",
-        )
-        kwargs = {"device": ctx.device, "amp": amp, "progress": config.train.progress}
-        if domains:
-            result = evaluate_best_of_domains(model, loader, name, domains, **kwargs)
-        else:
-            result = evaluate(model, loader, name, **kwargs)
-        label = f"{stage.name}_{test.name}"
-        result.save(out_dir, label)
-        m = result.metrics
-        results[f"{stage.name}/{test.name}"] = {
-            "nme": float(m.nme),
-            "failure_rate": float(m.failure_rate),
-            "auc": float(m.auc),
-            "num_images": int(m.num_images),
-            "threshold": float(m.threshold),
-        }
-        logger.info("%s on %s: %s", stage.name, test.name, m.format())
-    return results
-
-
-def train(
-    config: ExperimentConfig,
-    run_dir: str | Path,
-    resume: bool = False,
-    *,
-    callbacks: Sequence[Callback] = (),
-) -> TrainResult:
-    """Run the experiment of ``config``: data, model, stage 1, stage 2, evaluation.
-
-    Works unchanged under ``torchrun`` (one process per GPU); see the module docstring for
-    the stages and the run directory layout.
-
-    Args:
-        config: The resolved experiment config.
-        run_dir: Output folder (created).
-        resume: Continue from the stages' ``last.pt``; finished stages are not retrained.
-        callbacks: Called after every epoch of every stage.
-
-    Returns:
-        The stages' results and the test metrics.
-
-    Raises:
-        TrainingError: A non-finite loss, or checkpoints in ``run_dir`` without ``resume``.
-        ValueError: A config that does not fit the data (e.g. a fine-tuning target or a
-            validation protocol without a training set).
-        CheckpointError, DatasetError: Unreadable checkpoints or data.
-    """
-    run_dir = Path(run_dir)
-    owns_group = not dist.is_initialized()
-    ctx = init_distributed(config.train.device)
-    try:
-        if ctx.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            _write_run_config(config, run_dir, resume)
-        seed_everything(config.seed)
-        data = build_data(config)
-        protocols = data.protocols
-        cross = len(protocols) > 1 or config.finetune is not None
-        val_protocol = data.val.protocol.name if data.val is not None else None
-        if val_protocol is not None and val_protocol not in protocols:
-            raise ValueError(
-                f"data.val has protocol {val_protocol!r}, which no training set has; "
-                f"training protocols: {protocols}"
-            )
-        if config.finetune is not None:
-            unknown = [t for t in config.finetune.targets if t not in protocols]
-            if unknown:
-                raise ValueError(
-                    f"finetune.targets {unknown} have no training set; valid: {protocols}"
-                )
-            if config.finetune.init == "best" and data.val is None:
-                raise ValueError("finetune.init='best' needs data.val (the best stage-1 NME)")
-
-        def datasets(sets: Sequence[Any], val_id: int) -> tuple[Any, Any]:
-            # Rank 0 prepares caches first; the other ranks then only open them.
-            made: tuple[Any, Any] = (None, None)
-            for turn in (True, False):
-                if ctx.is_main == turn:
-                    train_set = make_train_set(sets, config, is_main=turn)
-                    val_set = None
-                    if data.val is not None and data.val.protocol.name in {
-                        s.protocol.name for s in sets
-                    }:
-                        val_set = make_eval_set(data.val, config, val_id, is_main=turn)
-                    made = (train_set, val_set)
-                barrier(ctx)
-            return made
-
-        if cross:
-            model = build_model_from_config(config.model, heads=data.heads)
-        else:
-            model = build_model_from_config(config.model, num_points=data.heads[protocols[0]])
-        val_id = protocols.index(val_protocol) if val_protocol is not None else 0
-        train_set, val_set = datasets(data.train, val_id)
-        stages: dict[str, StageResult] = {}
-        stages["stage1"] = Trainer(
-            config,
-            run_dir / "stage1",
-            model,
-            train_set,
-            stage="stage1",
-            val_set=val_set,
-            val_protocol=val_protocol,
-            ctx=ctx,
-            callbacks=callbacks,
-            collate_fn=collate_landmarks,
-        ).fit(resume=resume)
-        stage_protocols = {"stage1": protocols}
-
-        ft = config.finetune
-        if ft is not None:
-            stage1 = stages["stage1"]
-            init = stage1.last_checkpoint
-            if ft.init == "best" and stage1.best_checkpoint is not None:
-                init = stage1.best_checkpoint
-            epochs = ft.epochs or config.optim.epochs
-            warmup = ft.warmup_epochs
-            if warmup is None:  # scale the stage-1 warm-up to the fine-tuning length
-                warmup = config.optim.warmup_epochs * epochs // config.optim.epochs
-            for i, target in enumerate(ft.targets or protocols):
-                name = f"finetune_{target}"
-                # Each stage starts from its own seed, whatever ran (or was resumed) before.
-                seed_everything(config.seed + 1 + i)
-                model = build_model_from_config(config.model, heads=data.heads, pretrained=False)
-                load_model_state(model, load_checkpoint(init)["model"], str(init))
-                model.keep_branches([target])  # type: ignore[operator]
-                sets = [s for s in data.train if s.protocol.name == target]
-                train_set, val_set = datasets(sets, 0)
-                stages[name] = Trainer(
-                    config,
-                    run_dir / name,
-                    model,
-                    train_set,
-                    stage=name,
-                    val_set=val_set,
-                    val_protocol=val_protocol if val_set is not None else None,
-                    epochs=epochs,
-                    warmup_epochs=warmup,
-                    param_groups=_param_groups_finetune(
-                        ft.backbone_lr, ft.head_lr or config.optim.lr
-                    ),
-                    temperature=_constant(config.temperature.end),
-                    ctx=ctx,
-                    callbacks=callbacks,
-                    collate_fn=collate_landmarks,
-                ).fit(resume=resume)
-                stage_protocols[name] = [target]
-
-        evaluation: dict[str, dict[str, float]] = {}
-        if ctx.is_main and data.test:
-            out_dir = run_dir / "eval"
-            for name, stage in stages.items():
-                evaluation.update(
-                    _evaluate_stage(config, stage, stage_protocols[name], data.test, ctx, out_dir)
-                )
-            if evaluation:
-                (out_dir / "summary.json").write_text(json.dumps(evaluation, indent=2) + "\n")
-        barrier(ctx)
-        return TrainResult(run_dir, config, stages, evaluation)
-    finally:
-        if owns_group:
-            cleanup_distributed(ctx)

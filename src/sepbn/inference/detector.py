@@ -12,6 +12,7 @@ from torch import nn
 from sepbn.data.protocols import get_protocol
 from sepbn.data.records import box_from_landmarks
 from sepbn.data.transforms import FaceCropTransform, apply_affine, invert_affine
+from sepbn.models import is_cross_protocol, to_model_input
 
 
 class LandmarkDetector:
@@ -46,7 +47,7 @@ class LandmarkDetector:
         refine_steps: int = 1,
     ) -> None:
         self.protocol = get_protocol(protocol)
-        if hasattr(model, "protocols") and callable(getattr(model, "single_protocol", None)):
+        if is_cross_protocol(model):
             if self.protocol.name not in model.protocols:
                 raise ValueError(
                     f"model has no branch for protocol {self.protocol.name!r}; "
@@ -77,7 +78,7 @@ class LandmarkDetector:
             device: Where the model runs.
             refine_steps: See the class docstring.
         """
-        from sepbn.engine.checkpoint import load_model_from_checkpoint
+        from sepbn.engine.model_builder import load_model_from_checkpoint
 
         model, config = load_model_from_checkpoint(path, map_location="cpu")
         protocols = list(getattr(model, "protocols", []))
@@ -107,8 +108,8 @@ class LandmarkDetector:
             crop, _, matrix = self.transform(image, None, box)
             crops.append(crop)
             matrices.append(matrix)
-        batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).to(self.device)
-        out = self.model(batch.float().div_(255.0)).float().cpu().numpy()  # (F, L, 2)
+        batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)  # (F, 3, S, S) uint8
+        out = self.model(to_model_input(batch, self.device)).float().cpu().numpy()  # (F, L, 2)
         crop_px = out.astype(np.float64) * self.transform.output_size
         return apply_affine(invert_affine(np.stack(matrices)), crop_px)
 

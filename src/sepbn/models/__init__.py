@@ -6,9 +6,14 @@ coordinates divided by S. Each is a ``backbone`` (all convolutional layers) plus
 ``head``; :class:`CrossProtocolModel` shares one backbone between protocol branches.
 """
 
-from sepbn.models.cross_protocol import BranchFactory, CrossProtocolModel, LandmarkRegressor
+from sepbn.models.cross_protocol import (
+    BranchFactory,
+    CrossProtocolModel,
+    LandmarkRegressor,
+    is_cross_protocol,
+)
 from sepbn.models.factory import ARCHS, NORM_LAYERS, branch_factory, build_model, make_norm_layer
-from sepbn.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageNormalize
+from sepbn.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageNormalize, to_model_input
 from sepbn.models.torchvision_backbones import (
     SEPBN_POSITIONS,
     PooledBranch,
@@ -52,10 +57,12 @@ __all__ = [
     "build_model",
     "convert_bottleneck_norms",
     "imagenet_weights_path",
+    "is_cross_protocol",
     "load_imagenet_weights",
     "make_norm_layer",
     "mobilenet_v2",
     "mobilenet_v2_backbone",
     "resnext50",
     "resnext50_backbone",
+    "to_model_input",
 ]

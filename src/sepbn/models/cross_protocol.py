@@ -248,6 +248,12 @@ def branch_norm(norm: nn.Module, x: Tensor) -> Tensor:
     64 px), batch statistics do not exist and BatchNorm raises; that face is then normalized
     with the running statistics (the layer's eval path) and does not update them.
 
+    This is the one forward in the project that changes a module's mode, and only the branch
+    norm's, for that call: the norm may be BN, SepBN, the simple SepBN or the brute-force
+    SepBN (or a user's layer), and ``train(False)`` is the one interface they all share for
+    "use the running statistics". The mode is restored in ``finally``, also when the layer
+    raises.
+
     Shape:
         - x: ``(n, C, s, s)``; output: the same.
     """
@@ -296,3 +302,10 @@ class ProtocolBranch(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.act(branch_norm(self.norm, self.conv(x))))
+
+
+def is_cross_protocol(model: nn.Module) -> bool:
+    """True for a model called as ``model(x, protocol_ids)``: it names its branches in a
+    ``protocols`` list (as :class:`CrossProtocolModel` does); any other model is called as
+    ``model(x) -> (N, L, 2)``."""
+    return isinstance(getattr(model, "protocols", None), (list, tuple))

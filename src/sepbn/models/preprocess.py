@@ -1,6 +1,6 @@
 """Input normalization, the first step of every model.
 
-Models take float images in ``[0, 1]`` (the engine divides uint8 by 255) and
+Models take float images in ``[0, 1]`` (:func:`to_model_input` makes them from uint8) and
 standardize them with the ImageNet mean and standard deviation, which is what the
 torchvision ImageNet weights expect (paper Sec. V-D keeps those weights).
 """
@@ -14,6 +14,25 @@ from torch import Tensor, nn
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def to_model_input(images: Tensor, device: torch.device | str | None = None) -> Tensor:
+    """uint8 images as the float ``[0, 1]`` input every model takes.
+
+    The division happens after the move, so only uint8 crosses to the device.
+
+    Args:
+        images: ``(N, 3, S, S)`` uint8 (a batch of the data pipeline's crops).
+        device: Where the result goes; ``None`` keeps the images' device.
+
+    Shape:
+        - images: ``(N, C, H, W)``; output: the same, float32.
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {images.dtype}")
+    if device is not None:
+        images = images.to(device, non_blocking=True)
+    return images.float().div_(255.0)
 
 
 class ImageNormalize(nn.Module):
@@ -59,7 +78,7 @@ class ImageNormalize(nn.Module):
         if not x.is_floating_point():
             raise TypeError(
                 f"expected float images in [0, 1], got dtype {x.dtype} "
-                "(convert uint8 with x.float() / 255)"
+                "(convert uint8 with sepbn.models.to_model_input)"
             )
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 

@@ -15,6 +15,7 @@ from sepbn.nn.domain_batch_norm import (
     check_domains,
     domain_routing,
     find_domain_batchnorms,
+    num_model_domains,
 )
 from sepbn.nn.separable_batch_norm import SepBatchNorm2d
 from sepbn.nn.separable_norm_base import SeparableNormBase
@@ -32,5 +33,6 @@ __all__ = [
     "convert_batchnorm",
     "domain_routing",
     "find_domain_batchnorms",
+    "num_model_domains",
     "set_temperature",
 ]

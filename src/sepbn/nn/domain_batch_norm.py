@@ -213,6 +213,15 @@ def find_domain_batchnorms(model: nn.Module) -> list[tuple[str, DomainBatchNorm2
     return [(name, m) for name, m in model.named_modules() if isinstance(m, DomainBatchNorm2d)]
 
 
+def num_model_domains(model: nn.Module) -> int:
+    """K of the brute-force SepBN layers of ``model``, or 0 when it has none.
+
+    A model with such layers needs its samples' domains in training
+    (:func:`domain_routing`) and the best of K passes at test time (:func:`best_of_domains`).
+    """
+    return max((layer.num_domains for _, layer in find_domain_batchnorms(model)), default=0)
+
+
 @contextmanager
 def domain_routing(model: nn.Module, domains: Tensor) -> Iterator[None]:
     """Route every sample through its domain's branch in every ``DomainBatchNorm2d`` of ``model``.

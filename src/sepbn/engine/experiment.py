@@ -1,0 +1,296 @@
+"""One experiment from its config: data, model, CNT stage 1, stage 2, final evaluation.
+
+:func:`train` is what ``sepbn train CONFIG`` calls. It reads the data of the config
+(:func:`sepbn.engine.data_builder.build_data`), builds the model
+(:func:`sepbn.engine.model_builder.build_model_from_config`), and runs, each stage with a
+:class:`~sepbn.engine.trainer.Trainer`:
+
+1. **Stage 1** on every training set at once. With several landmark protocols the model is
+   the cross-protocol network of paper Fig. 5 (one branch per protocol, faces sampled in
+   proportion to the dataset sizes, L1 loss per branch); with one protocol and no
+   ``finetune`` section it is a plain single-protocol model.
+2. **Stage 2** (when ``finetune`` is set), for each target protocol: start from the stage-1
+   weights, keep only that branch (``keep_branches``), and fine-tune on that protocol's
+   training sets with the backbone at the constant ``finetune.backbone_lr`` (1e-7) and the
+   branch on the stage-1 warm-up + cosine schedule (paper Sec. IV and V-A). τ stays at
+   ``temperature.end`` in this stage (it was annealed in stage 1).
+3. **Evaluation** of each stage's final model on the test sets of its protocols.
+
+Run directory layout::
+
+    run_dir/
+      config.yaml                 the resolved config (also inside every checkpoint)
+      stage1/
+        last.pt                   every train.checkpoint_every epochs and after the last one
+        best.pt                   lowest validation NME so far (when data.val is set)
+        metrics.jsonl, metrics.csv  one row per epoch: loss, lr, tau, val NME/FR/AUC, speed
+        tensorboard/              TensorBoard scalars (when tensorboard is installed)
+      finetune_<protocol>/        the same files for each CNT stage-2 target
+      eval/
+        <stage>_<dataset>_summary.json, _per_image.csv, _ced.png
+        summary.json              every stage x test set: NME, FR, AUC
+
+``resume=True`` continues a killed run to the same final weights as an uninterrupted one
+(see :mod:`sepbn.engine.trainer`). It refuses a config that differs from the run's in a field
+that changes the training (:mod:`sepbn.engine.run_config` lists the fields that may change:
+paths, devices, workers, logging), and it says so when there is nothing to resume.
+
+Under ``torchrun`` every process runs this same code, with DDP and a
+:class:`~torch.utils.data.DistributedSampler`; only rank 0 writes files (see
+:mod:`sepbn.engine.distributed`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sepbn.config import ExperimentConfig
+from sepbn.data.datasets import collate_landmarks
+from sepbn.engine.data_builder import build_data, make_eval_set, make_loader, make_train_set
+from sepbn.engine.distributed import (
+    DistributedContext,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+)
+from sepbn.engine.evaluator import evaluate_model
+from sepbn.engine.model_builder import build_model_from_config, load_model_from_checkpoint
+from sepbn.engine.optim import constant_schedule, finetune_param_groups, resolve_amp
+from sepbn.engine.run_config import write_run_config
+from sepbn.engine.trainer import (
+    Callback,
+    StageResult,
+    Trainer,
+)
+from sepbn.models import is_cross_protocol
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainResult", "seed_everything", "train"]
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`train`.
+
+    Attributes:
+        run_dir: The run directory.
+        config: The resolved config.
+        stages: Stage name to its result, in training order.
+        evaluation: ``"<stage>/<test set>"`` to its metrics (``nme``, ``failure_rate``,
+            ``auc``, ``num_images``, ``threshold``); empty on ranks other than 0.
+    """
+
+    run_dir: Path
+    config: ExperimentConfig
+    stages: dict[str, StageResult]
+    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _evaluate_stage(
+    config: ExperimentConfig,
+    stage: StageResult,
+    protocols: Sequence[str],
+    tests: Sequence[Any],
+    ctx: DistributedContext,
+    out_dir: Path,
+) -> dict[str, dict[str, float]]:
+    """Evaluate a stage's final (or best) weights on the test sets of its protocols."""
+    chosen = [t for t in tests if t.protocol.name in protocols]
+    if not chosen:
+        return {}
+    path = stage.last_checkpoint
+    if config.train.eval_weights == "best" and stage.best_checkpoint is not None:
+        path = stage.best_checkpoint
+    model, _ = load_model_from_checkpoint(path, map_location=ctx.device, config=config)
+    amp = resolve_amp(config.train.amp, ctx.device) is not None
+    ids = list(model.protocols) if is_cross_protocol(model) else None
+    results = {}
+    for test in chosen:
+        name = test.protocol.name
+        dataset = make_eval_set(test, config, protocol_id=ids.index(name) if ids else 0)
+        loader = make_loader(
+            dataset,
+            config.optim.batch_size * 4,
+            config.data.num_workers,
+            collate_landmarks,
+            pin_memory=ctx.device.type == "cuda",
+        )
+        result = evaluate_model(
+            model, loader, name, device=ctx.device, amp=amp, progress=config.train.progress
+        )
+        label = f"{stage.name}_{test.name}"
+        result.save(out_dir, label)
+        m = result.metrics
+        results[f"{stage.name}/{test.name}"] = {
+            "nme": float(m.nme),
+            "failure_rate": float(m.failure_rate),
+            "auc": float(m.auc),
+            "num_images": int(m.num_images),
+            "threshold": float(m.threshold),
+        }
+        logger.info("%s on %s: %s", stage.name, test.name, m.format())
+    return results
+
+
+def train(
+    config: ExperimentConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    *,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Run the experiment of ``config``: data, model, stage 1, stage 2, evaluation.
+
+    Works unchanged under ``torchrun`` (one process per GPU); see the module docstring for
+    the stages and the run directory layout.
+
+    Args:
+        config: The resolved experiment config.
+        run_dir: Output folder (created).
+        resume: Continue from the stages' ``last.pt``; finished stages are not retrained.
+        callbacks: Called after every epoch of every stage.
+
+    Returns:
+        The stages' results and the test metrics.
+
+    Raises:
+        TrainingError: A non-finite loss, or checkpoints in ``run_dir`` without ``resume``.
+        ValueError: A config that does not fit the data (e.g. a fine-tuning target or a
+            validation protocol without a training set).
+        CheckpointError, DatasetError: Unreadable checkpoints or data.
+    """
+    run_dir = Path(run_dir)
+    owns_group = not dist.is_initialized()
+    ctx = init_distributed(config.train.device)
+    try:
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_run_config(config, run_dir, resume)
+        barrier(ctx)  # a refused resume stops every rank here, not at the first collective
+        seed_everything(config.seed)
+        data = build_data(config)
+        protocols = data.protocols
+        # CNT (a finetune section) keeps the branch structure even with one protocol.
+        cross = len(protocols) > 1 or config.finetune is not None
+        val_protocol = data.val.protocol.name if data.val is not None else None
+        if val_protocol is not None and val_protocol not in protocols:
+            raise ValueError(
+                f"data.val has protocol {val_protocol!r}, which no training set has; "
+                f"training protocols: {protocols}"
+            )
+        if config.finetune is not None:
+            unknown = [t for t in config.finetune.targets if t not in protocols]
+            if unknown:
+                raise ValueError(
+                    f"finetune.targets {unknown} have no training set; valid: {protocols}"
+                )
+            if config.finetune.init == "best" and data.val is None:
+                raise ValueError("finetune.init='best' needs data.val (the best stage-1 NME)")
+
+        def datasets(sets: Sequence[Any], val_id: int) -> tuple[Any, Any]:
+            # Rank 0 prepares caches first; the other ranks then only open them.
+            made: tuple[Any, Any] = (None, None)
+            for turn in (True, False):
+                if ctx.is_main == turn:
+                    train_set = make_train_set(sets, config, is_main=turn)
+                    val_set = None
+                    if data.val is not None and data.val.protocol.name in {
+                        s.protocol.name for s in sets
+                    }:
+                        val_set = make_eval_set(data.val, config, val_id, is_main=turn)
+                    made = (train_set, val_set)
+                barrier(ctx)
+            return made
+
+        if cross:
+            model = build_model_from_config(config.model, heads=data.heads)
+        else:
+            model = build_model_from_config(config.model, num_points=data.heads[protocols[0]])
+        val_id = protocols.index(val_protocol) if val_protocol is not None else 0
+        train_set, val_set = datasets(data.train, val_id)
+        stages: dict[str, StageResult] = {}
+        stages["stage1"] = Trainer(
+            config,
+            run_dir / "stage1",
+            model,
+            train_set,
+            stage="stage1",
+            val_set=val_set,
+            val_protocol=val_protocol,
+            ctx=ctx,
+            callbacks=callbacks,
+            collate_fn=collate_landmarks,
+        ).fit(resume=resume)
+        stage_protocols = {"stage1": protocols}
+
+        ft = config.finetune
+        if ft is not None:
+            stage1 = stages["stage1"]
+            init = stage1.last_checkpoint
+            if ft.init == "best" and stage1.best_checkpoint is not None:
+                init = stage1.best_checkpoint
+            epochs = ft.epochs or config.optim.epochs
+            warmup = ft.warmup_epochs
+            if warmup is None:  # scale the stage-1 warm-up to the fine-tuning length
+                warmup = config.optim.warmup_epochs * epochs // config.optim.epochs
+            for i, target in enumerate(ft.targets or protocols):
+                name = f"finetune_{target}"
+                # Each stage starts from its own seed, whatever ran (or was resumed) before.
+                seed_everything(config.seed + 1 + i)
+                model, _ = load_model_from_checkpoint(init, config=config)
+                model.train()
+                model.keep_branches([target])  # type: ignore[operator]
+                sets = [s for s in data.train if s.protocol.name == target]
+                train_set, val_set = datasets(sets, 0)
+                stages[name] = Trainer(
+                    config,
+                    run_dir / name,
+                    model,
+                    train_set,
+                    stage=name,
+                    val_set=val_set,
+                    val_protocol=val_protocol if val_set is not None else None,
+                    epochs=epochs,
+                    warmup_epochs=warmup,
+                    param_groups=finetune_param_groups(
+                        ft.backbone_lr, ft.head_lr or config.optim.lr
+                    ),
+                    temperature=constant_schedule(config.temperature.end),
+                    ctx=ctx,
+                    callbacks=callbacks,
+                    collate_fn=collate_landmarks,
+                ).fit(resume=resume)
+                stage_protocols[name] = [target]
+
+        evaluation: dict[str, dict[str, float]] = {}
+        if ctx.is_main and data.test:
+            out_dir = run_dir / "eval"
+            for name, stage in stages.items():
+                evaluation.update(
+                    _evaluate_stage(config, stage, stage_protocols[name], data.test, ctx, out_dir)
+                )
+            if evaluation:
+                (out_dir / "summary.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+        barrier(ctx)
+        return TrainResult(run_dir, config, stages, evaluation)
+    finally:
+        if owns_group:
+            cleanup_distributed(ctx)
