@@ -160,18 +160,6 @@ def test_haar_detector_finds_faces_in_300w_photos(data_root: Path) -> None:
     assert false <= 5
 
 
-@pytest.mark.slow
-def test_demo_quick_writes_table_plot_and_grid(tmp_path: Path) -> None:
-    assert main(["-q", "demo", "--quick", "--out", str(tmp_path)]) == 0
-    report = (tmp_path / "results.md").read_text()
-    for label in ("| BN |", "| SepBN |", "| CNT+SepBN |"):
-        assert label in report
-    metrics = json.loads((tmp_path / "results.json").read_text())
-    assert set(metrics) == {"BN", "SepBN", "CNT+SepBN"}
-    for name in ("ced.png", "predictions.png"):
-        assert cv2.imread(str(tmp_path / name)) is not None
-
-
 def test_data_warnings_print_as_one_line_each(tmp_path: Path) -> None:
     # A COCO file whose second face points at a missing image: skipped, with a warning.
     record = make_synthetic_records(1, seed=1)[0]

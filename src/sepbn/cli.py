@@ -191,7 +191,7 @@ def _cmd_similarity(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sepbn.engine.demo import DemoSettings, run_demo
+    from sepbn.demo import DemoSettings, run_demo
 
     settings = DemoSettings(
         out_dir=Path(args.out),
@@ -200,6 +200,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         test_data=args.test_data,
         epochs=args.epochs,
         seed=args.seed,
+        config_dir=args.config_dir,
     )
     run_demo(settings)
     return 0
@@ -230,7 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="test set for --data, e.g. 300w:../shared/data/300W:common",
     )
     p.add_argument("--epochs", type=int, help="training epochs per model")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, help="seeds faces, weights and data order (default: the configs', 0)"
+    )
+    p.add_argument(
+        "--config-dir",
+        type=Path,
+        metavar="DIR",
+        help="folder of the demo's YAML configs (default: configs/demo of the sepbn checkout)",
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("train", help="train an experiment from a YAML config")

@@ -14,6 +14,9 @@ This is minutes of CPU training, not the paper's 500 epochs: expect SepBN and BN
 and CNT, whose per-protocol branches get fewer updates each, not yet to pay off (see the
 README for the figures of a run).
 
+The experiments are the YAML files of ``configs/demo/`` (``bn.yaml``, ``sepbn.yaml``,
+``cnt_sepbn.yaml``; ``configs/demo/quick/`` for ``--quick``), read with
+:func:`sepbn.config.load_config`; the options of :class:`DemoSettings` are overrides of them.
 By default the faces come from :mod:`sepbn.data.synthetic` (seeded, unbalanced poses: most
 near-frontal, fewer left/right profiles, the situation SepBN targets). ``--data`` swaps the
 68-point training faces for a real dataset (then ``--test-data`` is the test set); the 98-point
@@ -37,33 +40,43 @@ import cv2
 import numpy as np
 from torch.utils.data import DataLoader
 
-from sepbn.config import ExperimentConfig, config_from_dict, deep_merge
+from sepbn.config import ExperimentConfig, apply_overrides, load_config
 from sepbn.data.datasets import collate_landmarks
 from sepbn.data.transforms import apply_affine
 from sepbn.data.visualize import GREEN, RED, add_title, make_grid, write_png
+from sepbn.engine import EvalResult, evaluate, load_model_from_checkpoint, train
 from sepbn.engine.data_builder import load_records, make_eval_set
-from sepbn.engine.evaluator import EvalResult, evaluate
-from sepbn.engine.experiment import train
-from sepbn.engine.model_builder import load_model_from_checkpoint
 from sepbn.metrics import plot_ced
 
 logger = logging.getLogger(__name__)
 
-# Synthetic face index ranges: disjoint, so no test face is ever trained on.
-_TRAIN_START, _AUX_START, _TEST_START = 0, 100_000, 200_000
+#: ``configs/demo`` of the checkout this module lives in (``src/sepbn/demo.py``); a package
+#: installed without its checkout has none, and needs ``DemoSettings.config_dir``.
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "demo"
+#: Model label (table row) -> its config file in the config folder, in training order.
+DEMO_MODELS: dict[str, str] = {
+    "BN": "bn.yaml",
+    "SepBN": "sepbn.yaml",
+    "CNT+SepBN": "cnt_sepbn.yaml",
+}
+# The datasets that --data and --test-data replace.
+_TRAIN_NAME, _TEST_NAME = "train68", "test68"
 
 
 @dataclass
 class DemoSettings:
-    """What ``sepbn demo`` trains.
+    """What ``sepbn demo`` trains: overrides of the YAML configs of ``configs/demo/``.
 
     Attributes:
         out_dir: Output folder.
-        quick: A tiny run (a few seconds per model) for smoke tests.
+        quick: A tiny run (a few seconds per model) for smoke tests: the configs of
+            ``configs/demo/quick/``.
         train_data: ``KIND:PATH[:SPLIT]`` real 68-point training set instead of synthetic faces.
         test_data: ``KIND:PATH[:SPLIT]`` test set for ``train_data``.
-        epochs: Training epochs of every model (CNT stage 1; stage 2 adds a quarter of them).
-        seed: Seeds the faces, the weights and the data order.
+        epochs: Training epochs of every model (CNT stage 1; stage 2 gets a quarter of them,
+            τ anneals over a third); ``None`` keeps the configs' epochs.
+        seed: Seeds the faces, the weights and the data order; ``None`` keeps the configs' seed.
+        config_dir: The folder of the demo configs; ``None`` = :data:`DEFAULT_CONFIG_DIR`.
     """
 
     out_dir: Path = Path("demo_output")
@@ -71,7 +84,8 @@ class DemoSettings:
     train_data: str | None = None
     test_data: str | None = None
     epochs: int | None = None
-    seed: int = 0
+    seed: int | None = None
+    config_dir: Path | None = None
 
 
 def _parse_spec(spec: str, what: str) -> dict[str, Any]:
@@ -84,75 +98,89 @@ def _parse_spec(spec: str, what: str) -> dict[str, Any]:
     return out
 
 
-def _synthetic(num: int, start: int, protocol: str, name: str) -> dict[str, Any]:
-    return {
-        "kind": "synthetic",
-        "protocol": protocol,
-        "name": name,
-        "options": {"num_faces": num, "start_index": start},
-    }
+def demo_config_paths(settings: DemoSettings) -> dict[str, Path]:
+    """Model label to the YAML file it is trained from.
+
+    Raises:
+        FileNotFoundError: Naming the missing files and the folder they were looked for in.
+    """
+    folder = Path(settings.config_dir) if settings.config_dir is not None else DEFAULT_CONFIG_DIR
+    if settings.quick:
+        folder = folder / "quick"
+    paths = {label: folder / name for label, name in DEMO_MODELS.items()}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"demo config(s) not found: {', '.join(missing)}; pass --config-dir with the "
+            "configs/demo folder of a sepbn checkout"
+        )
+    return paths
+
+
+def _dataset_index(config: ExperimentConfig, section: str, name: str, path: Path) -> int:
+    """Position of the dataset called ``name`` in ``data.<section>`` of ``config``."""
+    names = [ds.display_name for ds in getattr(config.data, section)]
+    if name not in names:
+        raise ValueError(f"{path}: data.{section} has no dataset named {name!r}, got {names}")
+    return names.index(name)
+
+
+def _real_sets(settings: DemoSettings) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``--data`` and ``--test-data`` as dataset entries named like the sets they replace."""
+    if not settings.train_data:
+        if settings.test_data:
+            raise ValueError("--test-data needs --data")
+        return None
+    if not settings.test_data:
+        raise ValueError("--data needs --test-data (KIND:PATH[:SPLIT]) to evaluate on")
+    train68 = _parse_spec(settings.train_data, "--data") | {"name": _TRAIN_NAME}
+    test68 = _parse_spec(settings.test_data, "--test-data") | {"name": _TEST_NAME}
+    return train68, test68
+
+
+def _overrides(
+    settings: DemoSettings,
+    real_sets: tuple[dict[str, Any], dict[str, Any]] | None,
+    config: ExperimentConfig,
+    path: Path,
+) -> list[str]:
+    """``--set`` overrides of the demo config ``config`` (read from ``path``) for ``settings``."""
+    out: list[str] = []
+    if settings.seed is not None:
+        out.append(f"seed={settings.seed}")
+    if settings.epochs:
+        epochs = settings.epochs
+        out += [
+            f"optim.epochs={epochs}",
+            # τ from 30 to 1 over the first ~third of training (paper: 30 epochs of 500).
+            f"temperature.epochs={max(1, epochs // 3)}",
+            f"train.checkpoint_every={max(1, epochs)}",
+            f"train.val_every={max(1, epochs)}",
+        ]
+        if config.finetune is not None:
+            out.append(f"finetune.epochs={max(1, epochs // 4)}")
+    if real_sets is not None:
+        i = _dataset_index(config, "train", _TRAIN_NAME, path)
+        j = _dataset_index(config, "test", _TEST_NAME, path)
+        # JSON is YAML, and it quotes any path that the override parser could misread.
+        out.append(f"data.train.{i}={json.dumps(real_sets[0])}")
+        out.append(f"data.test.{j}={json.dumps(real_sets[1])}")
+    return out
 
 
 def demo_configs(settings: DemoSettings) -> dict[str, ExperimentConfig]:
-    """The three experiments, as validated configs (also saved in each run directory)."""
-    quick = settings.quick
-    num_train = 48 if quick else 1500
-    num_test = 24 if quick else 300
-    epochs = settings.epochs or (1 if quick else 15)
-    if settings.train_data:
-        if not settings.test_data:
-            raise ValueError("--data needs --test-data (KIND:PATH[:SPLIT]) to evaluate on")
-        train68 = _parse_spec(settings.train_data, "--data") | {"name": "train68"}
-        test68 = _parse_spec(settings.test_data, "--test-data") | {"name": "test68"}
-    else:
-        if settings.test_data:
-            raise ValueError("--test-data needs --data")
-        train68 = _synthetic(num_train, _TRAIN_START, "300w", "train68")
-        test68 = _synthetic(num_test, _TEST_START, "300w", "test68")
-    aux98 = _synthetic(num_train, _AUX_START, "wflw", "aux98")
+    """The three experiments, as validated configs (also saved in each run directory).
 
-    base: dict[str, Any] = {
-        "seed": settings.seed,
-        "model": {"arch": "vanilla_cnn", "width_mult": 0.25, "input_size": 64},
-        "data": {"train": [train68], "test": [test68], "num_workers": 0},
-        # Adam converges in a few epochs, where the paper's SGD schedule needs hundreds.
-        "optim": {
-            "name": "adam",
-            "lr": 2e-3,
-            "min_lr": 1e-5,
-            "weight_decay": 0.0,
-            "batch_size": 16,
-            "epochs": epochs,
-            "warmup_epochs": 1,
-        },
-        # τ from 30 to 1 over the first ~third of training (paper: 30 epochs of 500).
-        "temperature": {"start": 30.0, "end": 1.0, "epochs": max(1, epochs // 3)},
-        "train": {
-            "device": "cpu",
-            "checkpoint_every": max(1, epochs),
-            "val_every": max(1, epochs),
-            "tensorboard": False,
-        },
-    }
-    variants: dict[str, dict[str, Any]] = {
-        "BN": {"name": "demo_bn", "model": {"norm": "bn"}},
-        "SepBN": {"name": "demo_sepbn", "model": {"norm": "sepbn"}},
-        "CNT+SepBN": {
-            "name": "demo_cnt_sepbn",
-            "model": {"norm": "sepbn"},
-            "data": {"train": [train68, aux98]},
-            "finetune": {
-                "targets": ["300w"],
-                "epochs": max(1, epochs // 4),
-                "warmup_epochs": 0,
-                "backbone_lr": 1e-7,  # paper Sec. V-A
-            },
-        },
-    }
-    return {
-        label: config_from_dict(deep_merge(base, variant), source=f"demo {label}")
-        for label, variant in variants.items()
-    }
+    Raises:
+        FileNotFoundError: A demo config is missing (see :func:`demo_config_paths`).
+        ValueError: On a bad ``--data`` / ``--test-data`` pair or override.
+    """
+    real_sets = _real_sets(settings)
+    configs: dict[str, ExperimentConfig] = {}
+    for label, path in demo_config_paths(settings).items():
+        config = load_config(path)
+        configs[label] = apply_overrides(config, _overrides(settings, real_sets, config, path))
+    return configs
 
 
 def _final_checkpoint(run_dir: Path, config: ExperimentConfig) -> Path:

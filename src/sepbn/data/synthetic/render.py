@@ -1,11 +1,12 @@
 """Drawing one synthetic face with OpenCV from its sampled parameters.
 
-The template of :mod:`sepbn.data.synthetic_template` is deformed, rotated by the head
-pose, projected with a pinhole camera, and every part of the face is drawn from those
-projected points: the landmarks of any protocol are a fixed linear map of the same
-array, so they sit on the drawn features by construction. All drawing uses
-anti-aliased primitives with ``_SHIFT`` fractional bits, and pixel centres lie on
-integer coordinates (the 0-based convention of :class:`~sepbn.data.records.FaceRecord`).
+The template of :mod:`sepbn.data.synthetic.template` is deformed, rotated by the head
+pose, projected with a pinhole camera (:mod:`sepbn.data.synthetic.camera`), and every
+part of the face is drawn from those projected points: the landmarks of any protocol
+are a fixed linear map of the same array, so they sit on the drawn features by
+construction. All drawing uses anti-aliased primitives with ``_SHIFT`` fractional bits,
+and pixel centres lie on integer coordinates (the 0-based convention of
+:class:`~sepbn.data.records.FaceRecord`).
 """
 
 from __future__ import annotations
@@ -13,32 +14,26 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 
-from sepbn.data.records import FaceRecord
-from sepbn.data.synthetic_template import (
-    DERIVED_MATRIX,
-    DERIVED_OFFSET,
+from sepbn.data.synthetic.camera import project
+from sepbn.data.synthetic.face import SyntheticFace
+from sepbn.data.synthetic.params import Clutter, Color, FaceParams, Occluder
+from sepbn.data.synthetic.template import (
+    FACE_WIDTH_UNITS,
     FULL_GROUPS,
     GROUPS,
     LID_STEPS,
-    MIRROR,
     NUM_LANDMARKS,
-    PROTOCOL_WEIGHTS,
     TEMPLATE,
     eye_polygon,
 )
 
-Color = tuple[float, float, float]
-
 _SHIFT = 4  # fractional bits of every coordinate handed to OpenCV
 _ONE = 1 << _SHIFT
 _AA = cv2.LINE_AA
-#: Frontal width of the jaw contour (points 0 to 16) in template units.
-FACE_WIDTH_UNITS = 3.30
 _FAR_EAR_DEPTH = -0.8  # an ear further back than this is hidden behind the hair
 _NOISE_SEED = 0x5EB  # the fixed noise texture; faces differ by where they cut it
 
@@ -56,241 +51,6 @@ _LOWER_LIP = np.r_[54:60, 48, 60, 67, 66, 65, 64]
 _LIP_LINE = np.r_[48, 60:65, 54]
 _FACE = np.r_[0:NUM_LANDMARKS, GROUPS["forehead"]]
 _SHELL_Y = TEMPLATE[GROUPS["shell"], 1]
-
-
-@dataclass(frozen=True)
-class Occluder:
-    """An object in front of the face, placed relative to one landmark.
-
-    Attributes:
-        kind: ``"rect"``, ``"ellipse"`` or ``"hand"``.
-        anchor: The 300-W landmark (0..67) it is centred near.
-        offset: Centre offset from the anchor, template units ``(dx, dy)``.
-        size: ``(width, height)`` in template units.
-        angle: In-plane rotation in degrees.
-        color: RGB.
-        handedness: +1 or -1; mirrors the thumb of a hand.
-    """
-
-    kind: str
-    anchor: int
-    offset: tuple[float, float]
-    size: tuple[float, float]
-    angle: float
-    color: Color
-    handedness: float = 1.0
-
-
-@dataclass(frozen=True)
-class Clutter:
-    """A background shape: ``"rect"``, ``"ellipse"`` or ``"line"``, in pixels."""
-
-    kind: str
-    center: tuple[float, float]
-    size: tuple[float, float]
-    angle: float
-    color: Color
-
-
-@dataclass(frozen=True)
-class FaceParams:
-    """Everything random about one synthetic face; :func:`render_face` is deterministic.
-
-    Attributes:
-        domain: Pose sub-domain it was sampled from: 0 near-frontal, 1 left profile
-            (``yaw < 0``, the nose points to the image's left), 2 right profile.
-        yaw: Degrees; positive turns the nose towards the image's right.
-        pitch: Degrees; positive tilts the face up.
-        roll: Degrees; in-plane, positive turns the face clockwise in the image.
-        scale: Pixels per template unit at the head's centre.
-        center: Pixel centre of the tight box of the 68 projected landmarks.
-        shape: ``(P_base, 3)`` deformed template (identity, expression, gaze).
-        camera_distance: Distance of the camera from the head's centre, template units.
-        skin, hair, brow, lips, iris, eye_white, clothing: RGB colours.
-        hair_cut: Template ``Y`` down to which the skull is covered with hair.
-        long_hair: Whether hair falls behind the neck.
-        background: ``(2, 2, 3)`` uint8 corner colours of the background gradient.
-        clutter: Background shapes.
-        light: ``(brightness, gx, gy)``: the image is multiplied by
-            ``brightness + gx * dx + gy * dy`` (clipped to [0.3, 1.7]), ``dx, dy``
-            measured from ``center`` in face widths, so the side of the face towards
-            the light is brighter.
-        occluders: Objects drawn over the face.
-        blur_sigma: Gaussian blur of the finished image, pixels (0 = none).
-        noise_std: Standard deviation of the additive pixel noise, grey levels.
-        noise_offset: Where the fixed noise texture is cut, ``(x, y)``.
-        attributes: WFLW-style 0/1 attributes of the face.
-    """
-
-    domain: int
-    yaw: float
-    pitch: float
-    roll: float
-    scale: float
-    center: tuple[float, float]
-    shape: np.ndarray
-    camera_distance: float
-    skin: Color
-    hair: Color
-    brow: Color
-    lips: Color
-    iris: Color
-    eye_white: Color
-    clothing: Color
-    hair_cut: float
-    long_hair: bool
-    background: np.ndarray
-    clutter: tuple[Clutter, ...]
-    light: tuple[float, float, float]
-    occluders: tuple[Occluder, ...]
-    blur_sigma: float
-    noise_std: float
-    noise_offset: tuple[int, int]
-    attributes: dict[str, bool] = field(default_factory=dict)
-
-    def mirrored(self, image_size: int) -> FaceParams:
-        """The same face mirrored left-right in an image of ``image_size`` pixels.
-
-        Every geometric and photometric parameter is mirrored, so rendering the result
-        gives the mirror image of this face (up to anti-aliasing round-off), except for
-        the pixel noise, which is a fixed texture and keeps its offset.
-        """
-        last = image_size - 1.0
-        flip = np.array([-1.0, 1.0, 1.0])
-        return replace(
-            self,
-            domain=(0, 2, 1)[self.domain],
-            yaw=-self.yaw,
-            roll=-self.roll,
-            center=(last - self.center[0], self.center[1]),
-            shape=self.shape[MIRROR] * flip,
-            background=np.ascontiguousarray(self.background[:, ::-1]),
-            clutter=tuple(
-                replace(c, center=(last - c.center[0], c.center[1]), angle=-c.angle)
-                for c in self.clutter
-            ),
-            light=(self.light[0], -self.light[1], self.light[2]),
-            occluders=tuple(
-                replace(
-                    o,
-                    anchor=int(MIRROR[o.anchor]),
-                    offset=(-o.offset[0], o.offset[1]),
-                    angle=-o.angle,
-                    handedness=-o.handedness,
-                )
-                for o in self.occluders
-            ),
-        )
-
-
-def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
-    """``(3, 3)`` head rotation ``R = R_roll @ R_pitch @ R_yaw`` from degrees.
-
-    ``R_yaw`` turns about the vertical axis (positive moves the nose towards ``+X``),
-    ``R_pitch`` about ``X`` (positive moves the nose up, towards ``-Y``), ``R_roll``
-    about the optical axis.
-    """
-    y, p, r = math.radians(yaw), math.radians(pitch), math.radians(roll)
-    cy, sy, cp, sp = math.cos(y), math.sin(y), math.cos(p), math.sin(p)
-    cr, sr = math.cos(r), math.sin(r)
-    r_yaw = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
-    r_pitch = np.array([[1.0, 0.0, 0.0], [0.0, cp, -sp], [0.0, sp, cp]])
-    r_roll = np.array([[cr, -sr, 0.0], [sr, cr, 0.0], [0.0, 0.0, 1.0]])
-    return r_roll @ r_pitch @ r_yaw
-
-
-def project(params: FaceParams) -> tuple[np.ndarray, np.ndarray]:
-    """Project the full point set of a face into the image.
-
-    The projection is shifted so that the tight box of the 68 landmarks is centred on
-    ``params.center``.
-
-    Returns:
-        ``points``, pixel coordinates, and ``depth``, the rotated ``Z`` (larger is
-        nearer the camera).
-
-    Shape:
-        ``points``: ``(P_full, 2)``; ``depth``: ``(P_full,)``.
-    """
-    # the full set starts with the template points themselves; only the rest is derived
-    derived = DERIVED_MATRIX @ params.shape + DERIVED_OFFSET  # (P_full - P_base, 3)
-    full = np.concatenate([params.shape, derived])  # (P_full, 3)
-    rotated = full @ rotation_matrix(params.yaw, params.pitch, params.roll).T
-    d = params.camera_distance
-    # pinhole camera looking at the head's centre from distance d
-    xy = rotated[:, :2] * (params.scale * d / (d - rotated[:, 2:3]))
-    lm = xy[:NUM_LANDMARKS]
-    box_center = 0.5 * (lm.min(axis=0) + lm.max(axis=0))
-    return xy + (np.asarray(params.center) - box_center), rotated[:, 2]
-
-
-@dataclass
-class SyntheticFace:
-    """A rendered face: the pixels and every projected point they were drawn from.
-
-    Attributes:
-        params: What was rendered.
-        image: ``(S, S, 3)`` uint8 RGB.
-        points: ``(P_full, 2)`` projected template points, 0-based pixels.
-        occluder_mask: ``(S, S)`` uint8, 255 where an occluder covers the face, or None.
-    """
-
-    params: FaceParams
-    image: np.ndarray
-    points: np.ndarray
-    occluder_mask: np.ndarray | None
-
-    def landmarks(self, protocol: str) -> np.ndarray:
-        """Landmarks of ``protocol``, a key of :data:`PROTOCOL_WEIGHTS` (``"300w"``,
-        ``"aflw"``, ``"cofw"``, ``"cofw_pupil"``, ``"wflw"`` or ``"wider5"``).
-
-        Shape:
-            ``(L, 2)`` float64, 0-based pixels.
-        """
-        try:
-            weights = PROTOCOL_WEIGHTS[protocol]
-        except KeyError:
-            raise ValueError(
-                f"synthetic faces have no {protocol!r} layout; valid: {sorted(PROTOCOL_WEIGHTS)}"
-            ) from None
-        return weights @ self.points
-
-    def occluded(self, landmarks: np.ndarray) -> np.ndarray:
-        """True where an occluder covers the pixel nearest to a landmark.
-
-        Shape:
-            ``landmarks``: ``(L, 2)``; returns ``(L,)`` bool.
-        """
-        flags = np.zeros(len(landmarks), dtype=bool)
-        if self.occluder_mask is None:
-            return flags
-        h, w = self.occluder_mask.shape
-        ij = np.round(landmarks).astype(np.int64)
-        inside = (ij[:, 0] >= 0) & (ij[:, 0] < w) & (ij[:, 1] >= 0) & (ij[:, 1] < h)
-        flags[inside] = self.occluder_mask[ij[inside, 1], ij[inside, 0]] > 127
-        return flags
-
-    @property
-    def box(self) -> np.ndarray:
-        """``(4,)`` tight box of the 68 projected landmarks, the same for every protocol."""
-        lm = self.points[:NUM_LANDMARKS]
-        return np.concatenate([lm.min(axis=0), lm.max(axis=0)])
-
-    def to_record(self, protocol: str, source: str) -> FaceRecord:
-        """This face as a :class:`FaceRecord` annotated with ``protocol``."""
-        lm = self.landmarks(protocol)
-        return FaceRecord(
-            image_path=None,
-            landmarks=lm,
-            box=self.box,
-            protocol=protocol,
-            valid=np.ones(len(lm), dtype=bool),
-            occluded=self.occluded(lm),
-            attributes=dict(self.params.attributes),
-            source=source,
-            image=self.image,
-            domain=self.params.domain,
-        )
 
 
 def _fixed(points: np.ndarray) -> np.ndarray:
