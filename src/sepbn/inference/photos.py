@@ -25,7 +25,7 @@ __all__ = ["predict_photos"]
 
 logger = logging.getLogger(__name__)
 
-FaceFinder = Callable[[np.ndarray], np.ndarray]
+FaceFinder = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def predict_photos(
@@ -43,7 +43,8 @@ def predict_photos(
         out_dir: Output folder (created): the drawings and ``landmarks.json``.
         boxes: ``(F, 4)`` face boxes ``x_min, y_min, x_max, y_max`` used for every photo;
             ``None`` finds the faces with ``face_detector``.
-        face_detector: ``fn(rgb) -> (F, 4) boxes``; ``None`` = :class:`HaarFaceDetector`.
+        face_detector: ``fn(rgb) -> ((F, 4) boxes, (F,) scores)``; ``None`` =
+            :class:`HaarFaceDetector`.
 
     Returns:
         Photo path to ``{"protocol", "boxes", "landmarks"}``; photos without a face are
@@ -55,7 +56,7 @@ def predict_photos(
     results: dict[str, dict[str, Any]] = {}
     for image_path in images:
         image = load_image(image_path)
-        found = boxes if boxes is not None else face_detector(image)  # type: ignore[misc]
+        found = boxes if boxes is not None else face_detector(image)[0]  # type: ignore[misc]
         if len(found) == 0:
             logger.warning("%s: no face found (pass --box x_min,y_min,x_max,y_max)", image_path)
             continue

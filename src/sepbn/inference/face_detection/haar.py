@@ -1,4 +1,4 @@
-"""Face boxes for photos: OpenCV's bundled Haar cascade, no download needed.
+"""OpenCV's bundled Haar cascade: face boxes with no extra package and no download.
 
 The cascade ships inside ``opencv-python-headless`` (``cv2.data.haarcascades``), so a fresh
 install can find faces offline. It finds near-frontal faces; for profiles or crowded scenes
@@ -12,10 +12,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sepbn.inference.face_detection.base import FaceDetector
+
 _CASCADE = "haarcascade_frontalface_default.xml"
 
 
-class HaarFaceDetector:
+class HaarFaceDetector(FaceDetector):
     """Detect faces with OpenCV's frontal-face Haar cascade.
 
     The cascade fires on face-like texture too; most such false detections are much smaller
@@ -50,8 +52,12 @@ class HaarFaceDetector:
             raise ValueError(f"min_relative_size must be in [0, 1], got {min_relative_size}")
         self.min_relative_size = float(min_relative_size)
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    name = "haar"
+
+    def detect_raw(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Boxes ``(F, 4)`` as ``x_min, y_min, x_max, y_max``, largest face first.
+
+        The cascade has no calibrated confidence: every score is 1.
 
         Args:
             image: ``(H, W, 3)`` uint8 RGB.
@@ -64,8 +70,9 @@ class HaarFaceDetector:
             minSize=(self.min_size, self.min_size),
         )
         if len(found) == 0:
-            return np.zeros((0, 4), dtype=np.float64)
+            return np.zeros((0, 4), dtype=np.float64), np.zeros(0, dtype=np.float64)
         xywh = np.asarray(found, dtype=np.float64).reshape(-1, 4)
         xywh = xywh[np.argsort(-(xywh[:, 2] * xywh[:, 3]))]
         xywh = xywh[xywh[:, 2] >= self.min_relative_size * xywh[0, 2]]
-        return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        return boxes, np.ones(len(boxes), dtype=np.float64)

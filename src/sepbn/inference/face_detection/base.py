@@ -1,0 +1,85 @@
+"""The face detector interface: boxes and scores in the landmark network's box convention.
+
+A landmark network is trained on crops around one kind of box: the tight box of the
+ground-truth landmarks, made square (see :func:`sepbn.data.records.box_from_landmarks`). Every
+face detector draws its box elsewhere (Haar's box is large and low, BlazeFace's tight around
+the eyes and mouth, ...). :class:`BoxCorrection` maps a detector's raw box to the training
+convention with three numbers fitted once per detector by least squares, on training faces
+only; :class:`FaceDetector` applies it to every detection.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["BoxCorrection", "FaceDetector", "FaceDetectorError"]
+
+
+class FaceDetectorError(RuntimeError):
+    """A face detector cannot be built (unknown name, missing extra, missing model file)."""
+
+
+@dataclass(frozen=True)
+class BoxCorrection:
+    """Raw detector box -> square training-convention box.
+
+    With the raw box's centre ``(cx, cy)`` and side ``s = sqrt(w h)``, the corrected box is
+    the square of side ``scale * s`` centred at ``(cx + offset_x * s, cy + offset_y * s)``.
+
+    Attributes:
+        scale: Side of the corrected box per unit of the raw side.
+        offset_x: Horizontal centre shift, in raw sides.
+        offset_y: Vertical centre shift, in raw sides.
+    """
+
+    scale: float = 1.0
+    offset_x: float = 0.0
+    offset_y: float = 0.0
+
+    def __call__(self, boxes: np.ndarray) -> np.ndarray:
+        """Correct ``(F, 4)`` boxes ``x_min, y_min, x_max, y_max``; returns ``(F, 4)`` float64."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        w = boxes[:, 2] - boxes[:, 0]
+        h = boxes[:, 3] - boxes[:, 1]
+        side = np.sqrt(np.clip(w * h, 0.0, None))
+        cx = (boxes[:, 0] + boxes[:, 2]) / 2 + self.offset_x * side
+        cy = (boxes[:, 1] + boxes[:, 3]) / 2 + self.offset_y * side
+        half = self.scale * side / 2
+        return np.stack([cx - half, cy - half, cx + half, cy + half], axis=1)
+
+
+class FaceDetector(ABC):
+    """Finds faces in an RGB photo.
+
+    Subclasses implement :meth:`detect_raw`; calling the detector returns the boxes after
+    :attr:`box_correction`, which is what :class:`sepbn.inference.LandmarkDetector` crops.
+
+    Attributes:
+        name: The registry name (``--detector NAME``).
+        box_correction: The fitted raw -> training box mapping; identity when ``None``.
+    """
+
+    name: str = "face_detector"
+    box_correction: BoxCorrection | None = None
+
+    @abstractmethod
+    def detect_raw(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The detector's own boxes and confidence scores, highest score first.
+
+        Args:
+            rgb: ``(H, W, 3)`` uint8 RGB photo.
+
+        Returns:
+            ``(F, 4)`` float64 boxes ``x_min, y_min, x_max, y_max`` in photo pixels and
+            ``(F,)`` float64 scores in ``[0, 1]``.
+        """
+
+    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes in the training convention (``(F, 4)`` float64) and scores (``(F,)``)."""
+        boxes, scores = self.detect_raw(rgb)
+        if self.box_correction is not None and len(boxes):
+            boxes = self.box_correction(boxes)
+        return boxes, scores
