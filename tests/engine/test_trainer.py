@@ -697,3 +697,25 @@ def tiny_synthetic_config() -> ExperimentConfig:
             "train": {"device": "cpu", "progress": False, "tensorboard": False},
         }
     )
+
+
+def test_validation_logs_attention_health_and_warns_on_collapse(tmp_path: Path, caplog) -> None:
+    config = toy_config()
+    config.optim.epochs = 2
+    trainer = toy_trainer(config, tmp_path)
+    result = trainer.fit()
+    rows = read_rows(tmp_path / "metrics.jsonl")
+    keys = {"attn/backbone.1/entropy", "attn/backbone.1/dependence", "attn/backbone.1/usage_2"}
+    assert all(keys <= row.keys() for row in rows)
+    assert set(result.attention_health) == {"backbone.1"}
+    assert rows[-1]["attn/backbone.1/entropy"] == result.attention_health["backbone.1"].entropy
+    # Force the attention of the SepBN layer to one set for every face: a collapse.
+    layer = trainer.model.backbone[1]
+    with torch.no_grad():
+        layer.mlp[2].weight.zero_()
+        layer.mlp[2].bias.copy_(torch.tensor([50.0, 0.0, 0.0] * 2))
+    trainer.validate()
+    assert trainer.attention_health["backbone.1"].collapsed
+    with caplog.at_level("WARNING", logger="sepbn.engine.trainer"):
+        trainer._warn_if_collapsed()
+    assert "SepBN attention collapsed in 1 of 1 layers (backbone.1)" in caplog.text

@@ -9,6 +9,8 @@ from typing import Any
 
 from torch import nn
 
+from sepbn.nn.attention_health import AttentionHealth
+
 __all__ = ["Callback", "EpochEnd", "StageResult"]
 
 
@@ -49,6 +51,8 @@ class StageResult:
         best_metric: Lowest validation NME (fraction of d), or ``None``.
         best_epoch: The epoch of ``best_metric``.
         history: The rows of ``metrics.jsonl``.
+        attention_health: SepBN layer name -> its attention statistics at the last
+            validation (:mod:`sepbn.nn.attention_health`); empty without validation.
     """
 
     name: str
@@ -59,3 +63,4 @@ class StageResult:
     best_metric: float | None = None
     best_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    attention_health: dict[str, AttentionHealth] = field(default_factory=dict)

@@ -67,6 +67,13 @@ from sepbn.engine.run_log import MetricsLog
 from sepbn.engine.schedules import build_lr_scheduler
 from sepbn.models import is_cross_protocol, to_model_input
 from sepbn.nn import TemperatureSchedule, domain_routing, num_model_domains, set_temperature
+from sepbn.nn.attention_health import (
+    COLLAPSE_DEPENDENCE,
+    COLLAPSE_ENTROPY,
+    AttentionHealth,
+    AttentionRecorder,
+    collapsed_layers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +201,8 @@ class Trainer:
         # works before fit() (and after it, once wrappers have replaced layers).
         self._cross = is_cross_protocol(model)
         self._domains = num_model_domains(model)
+        # Layer name -> attention statistics of the last validation (SepBN layers only).
+        self.attention_health: dict[str, AttentionHealth] = {}
         channels_last = config.train.channels_last
         if channels_last is None:
             channels_last = self.ctx.device.type == "cuda"
@@ -254,6 +263,7 @@ class Trainer:
                     self._epoch(run, epoch)
             finally:
                 run.log.close()
+        self._warn_if_collapsed()
         return StageResult(
             name=self.stage,
             stage_dir=self.stage_dir,
@@ -263,7 +273,23 @@ class Trainer:
             best_metric=run.best,
             best_epoch=run.best_epoch,
             history=list(run.log.rows),
+            attention_health=dict(self.attention_health),
         )
+
+    def _warn_if_collapsed(self) -> None:
+        collapsed = collapsed_layers(self.attention_health)
+        if collapsed:
+            logger.warning(
+                "%s: SepBN attention collapsed in %d of %d layers (%s): nearly one-hot "
+                "(entropy < %g) and the same for every face (input dependence < %g), so "
+                "these layers act as BN with one chosen set; see docs/analysis.md",
+                self.stage,
+                len(collapsed),
+                len(self.attention_health),
+                ", ".join(collapsed),
+                COLLAPSE_ENTROPY,
+                COLLAPSE_DEPENDENCE,
+            )
 
     def _setup(self) -> _Loop:
         """Device, wrappers, optimizer, data loader, schedule, scaler, logs."""
@@ -372,6 +398,8 @@ class Trainer:
             if ctx.is_main:  # other ranks wait at the barrier
                 metrics = self.validate(run.amp_dtype)
                 row.update({f"val_{k}": v for k, v in metrics.items()})
+                for name, health in self.attention_health.items():
+                    row.update(health.as_row(f"attn/{name}"))
                 if run.best is None or metrics["nme"] < run.best:
                     run.best, run.best_epoch, improved = metrics["nme"], done, True
             barrier(ctx)
@@ -514,7 +542,9 @@ class Trainer:
         """NME, failure rate and AUC of the current model on ``val_set`` (fractions of d).
 
         Works before, during and after :meth:`fit`; the model is moved to the trainer's
-        device and left in the mode it was in.
+        device and left in the mode it was in. The attention statistics of every SepBN
+        layer on the same faces go to :attr:`attention_health`
+        (:mod:`sepbn.nn.attention_health`).
 
         Args:
             amp_dtype: Autocast dtype; ``None`` = full precision.
@@ -523,14 +553,16 @@ class Trainer:
             raise ValueError(f"{self.stage}: no validation set")
         self.model.to(self.ctx.device)
         loader = self._loader(self.val_set, None, self.config.optim.batch_size * 4, train=False)
-        result = evaluate_model(
-            self.model,
-            loader,
-            self.val_protocol,
-            device=self.ctx.device,
-            amp=amp_dtype is not None,
-            progress=False,
-        )
+        with AttentionRecorder(self.model) as recorder:
+            result = evaluate_model(
+                self.model,
+                loader,
+                self.val_protocol,
+                device=self.ctx.device,
+                amp=amp_dtype is not None,
+                progress=False,
+            )
+        self.attention_health = recorder.health()
         m = result.metrics
         return {"nme": float(m.nme), "failure_rate": float(m.failure_rate), "auc": float(m.auc)}
 

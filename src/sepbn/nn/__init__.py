@@ -6,8 +6,11 @@
   with :func:`domain_routing` and :func:`best_of_domains` (Table II).
 - :func:`set_temperature` and :class:`TemperatureSchedule`: τ of Eq. 5 and its annealing.
 - :func:`convert_batchnorm`: swap the ``nn.BatchNorm2d`` layers of any model.
+- :class:`AttentionRecorder` and :class:`AttentionHealth`: is the attention alive (entropy,
+  set usage, input dependence of π per layer)?
 """
 
+from sepbn.nn.attention_health import AttentionHealth, AttentionRecorder, collapsed_layers
 from sepbn.nn.convert import convert_batchnorm
 from sepbn.nn.domain_batch_norm import (
     DomainBatchNorm2d,
@@ -23,6 +26,8 @@ from sepbn.nn.simple_separable_batch_norm import SimpleSepBatchNorm2d
 from sepbn.nn.temperature import TemperatureSchedule, set_temperature
 
 __all__ = [
+    "AttentionHealth",
+    "AttentionRecorder",
     "DomainBatchNorm2d",
     "SepBatchNorm2d",
     "SeparableNormBase",
@@ -30,6 +35,7 @@ __all__ = [
     "TemperatureSchedule",
     "best_of_domains",
     "check_domains",
+    "collapsed_layers",
     "convert_batchnorm",
     "domain_routing",
     "find_domain_batchnorms",
