@@ -21,6 +21,7 @@ from sepbn.engine.checkpoint import (
     save_checkpoint,
 )
 from sepbn.engine.trainer import build_model_from_config
+from sepbn.nn import DomainBatchNorm2d
 
 
 def _state(value: float = 1.0) -> dict:
@@ -164,3 +165,25 @@ def test_load_model_from_checkpoint_rejects_a_bad_embedded_config(tmp_path: Path
     )
     with pytest.raises(CheckpointError, match=r"embedded config.*unknown key 'model\.nrom'"):
         load_model_from_checkpoint(path)
+
+
+def test_a_checkpoint_config_from_before_num_domains_still_loads(tmp_path: Path) -> None:
+    # Older configs gave the brute-force SepBN its K through num_sets.
+    model_config = ModelConfig(norm="domain_bn", num_domains=2, width_mult=0.125, input_size=64)
+    model = build_model_from_config(model_config, num_points=5)
+    old = to_dict(ExperimentConfig(model=model_config))
+    del old["model"]["num_domains"]
+    old["model"]["num_sets"] = 2
+    path = save_checkpoint(
+        tmp_path / "old.pt",
+        {
+            "model": model.state_dict(),
+            "model_info": {"kind": "single", "num_points": 5},
+            "config": old,
+        },
+    )
+    with pytest.warns(UserWarning, match=r"old\.pt .*model\.num_sets=2 read as model\.num_domains"):
+        rebuilt, config = load_model_from_checkpoint(path)
+    assert config.model == model_config
+    domains = {m.num_domains for m in rebuilt.modules() if isinstance(m, DomainBatchNorm2d)}
+    assert domains == {2}

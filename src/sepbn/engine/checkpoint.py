@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from sepbn import __version__
+from sepbn.errors import SepbnError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -58,7 +59,7 @@ CHECKPOINT_FORMAT = "sepbn-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SepbnError, RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the code or model loading it."""
 
 
@@ -231,12 +232,13 @@ def load_model_from_checkpoint(
         CheckpointError: The file is bad, or its weights do not fit the rebuilt model.
     """
     # Imported here: the trainer imports this module.
-    from sepbn.config import config_from_dict
+    from sepbn.config import config_from_dict, upgrade_legacy_config
     from sepbn.engine.trainer import build_model_from_config
 
     state = load_checkpoint(path, map_location=map_location)
     try:
-        config = config_from_dict(state["config"], source=f"{path} (embedded config)")
+        source = f"{path} (embedded config)"
+        config = config_from_dict(upgrade_legacy_config(state["config"], source), source)
     except ValueError as exc:
         raise CheckpointError(str(exc)) from exc
     info = state["model_info"]

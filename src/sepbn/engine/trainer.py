@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import inspect
 import json
 import logging
 import os
@@ -91,7 +90,8 @@ from sepbn.engine.distributed import (
 from sepbn.engine.evaluator import evaluate, evaluate_best_of_domains
 from sepbn.engine.losses import landmark_loss
 from sepbn.engine.schedules import build_lr_scheduler
-from sepbn.models import NORM_LAYERS, build_model
+from sepbn.errors import ConfigError, SepbnError
+from sepbn.models import build_model
 from sepbn.nn import (
     TemperatureSchedule,
     domain_routing,
@@ -129,7 +129,7 @@ METRIC_COLUMNS = (
 )
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SepbnError, RuntimeError):
     """Training cannot go on (a non-finite loss, a run directory in the way, ...)."""
 
 
@@ -219,34 +219,30 @@ def build_model_from_config(
 ) -> nn.Module:
     """:func:`sepbn.models.build_model` from a :class:`ModelConfig`.
 
-    ``num_sets`` (K), ``num_groups`` (G), ``pool_size`` (T) and ``aggregation`` go to the norm
-    layer when its constructor takes them (``num_sets`` is also the brute-force SepBN's
-    ``num_domains``), then ``norm_kwargs`` on top.
+    The norm layer gets :meth:`ModelConfig.norm_layer_kwargs`: the fields of its
+    :data:`sepbn.config.NORM_FIELDS` entry, then ``norm_kwargs``.
 
     Args:
         config: The model section.
         num_points: L of a single-protocol model; give this or ``heads``.
         heads: Protocol name to L of a cross-protocol model (the order fixes the ids).
         pretrained: Load ``config.pretrained``; False when weights come from a checkpoint.
+
+    Raises:
+        ConfigError: ``branch_conv_kernel`` set for a single-protocol model.
     """
-    norm_kwargs: dict[str, Any] = {}
-    if config.norm in NORM_LAYERS:
-        accepted = inspect.signature(NORM_LAYERS[config.norm]).parameters
-        candidates = {
-            "num_sets": config.num_sets,
-            "num_domains": config.num_sets,
-            "num_groups": config.num_groups,
-            "pool_size": config.pool_size,
-            "aggregation": config.aggregation,
-        }
-        norm_kwargs = {k: v for k, v in candidates.items() if k in accepted}
-    norm_kwargs.update(config.norm_kwargs)
+    if num_points is not None and config.branch_conv_kernel != 1:
+        raise ConfigError(
+            f"model.branch_conv_kernel={config.branch_conv_kernel} does not apply to a "
+            "single-protocol model (it is the kernel of each CNT branch); remove it (default: 1)",
+            key="model.branch_conv_kernel",
+        )
     return build_model(
         config.arch,
         num_points=num_points,
         heads=dict(heads) if heads is not None else None,
         norm=config.norm,
-        norm_kwargs=norm_kwargs,
+        norm_kwargs=config.norm_layer_kwargs(),
         sepbn_blocks=config.sepbn_blocks,
         sepbn_positions=config.sepbn_positions,
         width_mult=config.width_mult,
@@ -1009,18 +1005,18 @@ def train(
         cross = len(protocols) > 1 or config.finetune is not None
         val_protocol = data.val.protocol.name if data.val is not None else None
         if val_protocol is not None and val_protocol not in protocols:
-            raise ValueError(
+            raise ConfigError(
                 f"data.val has protocol {val_protocol!r}, which no training set has; "
                 f"training protocols: {protocols}"
             )
         if config.finetune is not None:
             unknown = [t for t in config.finetune.targets if t not in protocols]
             if unknown:
-                raise ValueError(
+                raise ConfigError(
                     f"finetune.targets {unknown} have no training set; valid: {protocols}"
                 )
             if config.finetune.init == "best" and data.val is None:
-                raise ValueError("finetune.init='best' needs data.val (the best stage-1 NME)")
+                raise ConfigError("finetune.init='best' needs data.val (the best stage-1 NME)")
 
         def datasets(sets: Sequence[Any], val_id: int) -> tuple[Any, Any]:
             # Rank 0 prepares caches first; the other ranks then only open them.
