@@ -46,6 +46,7 @@ from sepbn.data.synthetic_template import (
     TEMPLATE,
 )
 from sepbn.data.visualize import write_png
+from sepbn.errors import ConfigError
 
 #: Protocols a synthetic face can be annotated with, sorted: ``"300w"`` (68 points),
 #: ``"aflw"`` (19), ``"cofw"`` and ``"cofw_pupil"`` (29, the same points under two NME
@@ -302,7 +303,7 @@ def generate_face(
 
 def _check_protocol(protocol: str) -> None:
     if protocol not in PROTOCOL_WEIGHTS:
-        raise ValueError(
+        raise ConfigError(
             f"synthetic faces have no {protocol!r} layout; valid: {list(SYNTHETIC_PROTOCOLS)}"
         )
 
@@ -337,7 +338,7 @@ def make_synthetic_records(
     """
     _check_protocol(protocol)
     if num_faces < 0 or start_index < 0 or seed < 0:
-        raise ValueError(
+        raise ConfigError(
             "num_faces, start_index and seed must be >= 0, got "
             f"num_faces={num_faces}, start_index={start_index}, seed={seed}"
         )

@@ -45,6 +45,7 @@ from sepbn.engine.checkpoint import load_model_from_checkpoint
 from sepbn.engine.data_builder import load_records, make_eval_set
 from sepbn.engine.evaluator import EvalResult, evaluate
 from sepbn.engine.trainer import train
+from sepbn.errors import ConfigError
 from sepbn.metrics import plot_ced
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class DemoSettings:
 def _parse_spec(spec: str, what: str) -> dict[str, Any]:
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not all(parts[:2]):
-        raise ValueError(f"{what} must be KIND:PATH or KIND:PATH:SPLIT, got {spec!r}")
+        raise ConfigError(f"{what} must be KIND:PATH or KIND:PATH:SPLIT, got {spec!r}")
     out: dict[str, Any] = {"kind": parts[0], "path": parts[1]}
     if len(parts) == 3 and parts[2]:
         out["split"] = parts[2]
@@ -101,12 +102,12 @@ def demo_configs(settings: DemoSettings) -> dict[str, ExperimentConfig]:
     epochs = settings.epochs or (1 if quick else 15)
     if settings.train_data:
         if not settings.test_data:
-            raise ValueError("--data needs --test-data (KIND:PATH[:SPLIT]) to evaluate on")
+            raise ConfigError("--data needs --test-data (KIND:PATH[:SPLIT]) to evaluate on")
         train68 = _parse_spec(settings.train_data, "--data") | {"name": "train68"}
         test68 = _parse_spec(settings.test_data, "--test-data") | {"name": "test68"}
     else:
         if settings.test_data:
-            raise ValueError("--test-data needs --data")
+            raise ConfigError("--test-data needs --data")
         train68 = _synthetic(num_train, _TRAIN_START, "300w", "train68")
         test68 = _synthetic(num_test, _TEST_START, "300w", "test68")
     aux98 = _synthetic(num_train, _AUX_START, "wflw", "aux98")
