@@ -64,6 +64,68 @@ def test_train_rejects_a_typo_with_one_line(tmp_path: Path, capsys) -> None:
     assert len(err) == 1 and "optim.lrr" in err[0] and "did you mean 'lr'" in err[0]
 
 
+def _bad_config(tmp_path: Path, **model: object) -> Path:
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "model": {**TINY["model"], **model}}))
+    return config
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ({"norm": "simple_sepbn", "num_groups": 4}, "model.num_groups=4 does not apply to norm"),
+        ({"norm": "groupnorm"}, "model.norm: 'groupnorm' is not a valid choice"),
+    ],
+)
+def test_a_bad_model_field_is_one_line_naming_the_file_before_data_is_read(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, model: dict, expected: str
+) -> None:
+    import sepbn.engine.trainer
+
+    def read_data(config):
+        raise AssertionError("the data was read before the config was checked")
+
+    monkeypatch.setattr(sepbn.engine.experiment, "build_data", read_data)
+    config = _bad_config(tmp_path, **model)
+    code = main(["train", str(config), "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith(f"sepbn train: error: {config}:") and expected in err[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--data", "synthetic", "--option", "num_faces"], "--option expects KEY=VALUE"),
+        (["--data", "wlfw", "--path", "x"], "unknown dataset kind 'wlfw' (did you mean 'wflw'?)"),
+        (["--data", "synthetic", "--protocol", "68pts"], "synthetic faces have no '68pts' layout"),
+    ],
+)
+def test_a_bad_data_option_is_one_line(tmp_path: Path, capsys, args: list, expected: str) -> None:
+    code = main(["prepare", *args, "--out", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and expected in err[0]
+
+
+def test_a_bug_is_not_caught_and_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sepbn.cli
+
+    def broken(args) -> int:
+        return 1 // 0
+
+    monkeypatch.setattr(sepbn.cli, "_cmd_train", broken)
+    with pytest.raises(ZeroDivisionError):
+        main(["train", "any.yaml"])
+
+
+def test_debug_prints_the_traceback_of_a_known_error(tmp_path: Path, capsys) -> None:
+    config = _bad_config(tmp_path, norm="bn", pool_size=2)
+    assert main(["--debug", "train", str(config), "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "sepbn.errors.ConfigError" in err
+    assert err.strip().splitlines()[-1].startswith(f"sepbn train: error: {config}:")
+
+
 def test_eval_on_synthetic_faces_writes_reports(trained: Path, tmp_path: Path, capsys) -> None:
     args = ["eval", str(trained), "--data", "synthetic", "--protocol", "300w"]
     args += ["--option", "num_faces=5", "--option", "start_index=2000", "--out", str(tmp_path)]

@@ -1,24 +1,36 @@
-"""Config dataclasses: paper defaults, YAML inheritance, overrides, typo errors, round trip."""
+"""Config dataclasses: paper defaults, YAML inheritance, overrides, typo errors, round trip,
+fields that do not apply to the chosen norm or arch, legacy checkpoint configs."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 
 from sepbn.config import (
+    ARCH_FIELDS,
+    NORM_FIELDS,
+    Arch,
+    ConfigError,
     DatasetConfig,
     ExperimentConfig,
     FinetuneConfig,
+    ModelConfig,
+    Norm,
+    SepbnPosition,
     apply_overrides,
     config_from_dict,
     load_config,
     save_config,
     to_dict,
+    upgrade_legacy_config,
 )
 from sepbn.data.transforms import AugmentConfig
+from sepbn.errors import SepbnError
 
 
 def write(path: Path, text: str) -> Path:
@@ -76,9 +88,9 @@ def test_base_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cycle"):
         load_config(tmp_path / "x.yaml")
     write(tmp_path / "z.yaml", "base: missing.yaml\n")
-    with pytest.raises(FileNotFoundError, match=r"missing\.yaml.*the base of"):
+    with pytest.raises(ConfigError, match=r"missing\.yaml.*the base of"):
         load_config(tmp_path / "z.yaml")
-    with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml"):
         load_config(tmp_path / "nope.yaml")
 
 
@@ -199,3 +211,219 @@ def test_round_trip_through_yaml(tmp_path: Path) -> None:
     again = load_config(path)
     assert again == c
     assert dataclasses.asdict(again) == dataclasses.asdict(c)
+
+
+# --------------------------------------------------------------------------- strict model fields
+
+
+def test_a_field_the_norm_does_not_use_is_an_error_naming_file_line_and_reason(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path / "exp.yaml", "name: x\nmodel:\n  norm: simple_sepbn\n  num_groups: 4\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:4: model.num_groups=4 does not apply to norm 'simple_sepbn'")
+    assert "no channel groups" in message and "remove it (default: 2)" in message
+    assert info.value.key == "model.num_groups"
+
+
+def test_an_inherited_field_names_the_file_that_set_it(tmp_path: Path) -> None:
+    write(tmp_path / "base" / "b.yaml", "# the base\nmodel: {pool_size: 2}\n")
+    path = write(tmp_path / "exp.yaml", "base: base/b.yaml\nmodel: {norm: bn}\n")
+    with pytest.raises(
+        ConfigError, match=r"model\.pool_size=2 does not apply to norm 'bn'"
+    ) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path} (set in base/b.yaml:2): ")
+
+
+@pytest.mark.parametrize(
+    ("model", "pattern"),
+    [
+        ("{norm: bn, num_sets: 4}", r"model\.num_sets=4 does not apply to norm 'bn' \(plain"),
+        ("{norm: bn, aggregation: hard}", r"model\.aggregation='hard' does not apply to norm 'bn'"),
+        ("{norm: sepbn, num_domains: 5}", r"num_domains=5 does not apply to norm 'sepbn'"),
+        ("{norm: simple_sepbn, pool_size: 2}", r"pool_size=2 .* 'simple_sepbn' .*pooled attention"),
+        ("{norm: domain_bn, num_sets: 5}", r"num_sets=5 .* 'domain_bn' .*its K is num_domains"),
+        ("{norm: domain_bn, num_groups: 4}", r"num_groups=4 does not apply to norm 'domain_bn'"),
+        (
+            "{arch: vanilla_cnn, sepbn_positions: [bn1]}",
+            r"model\.sepbn_positions=\['bn1'\] does not apply to arch 'vanilla_cnn'",
+        ),
+        (
+            "{arch: vanilla_cnn, pretrained: true}",
+            r"pretrained=True .* arch 'vanilla_cnn'.*ImageNet",
+        ),
+        ("{arch: resnext50, sepbn_blocks: [0]}", r"sepbn_blocks=\[0\] .* arch 'resnext50'"),
+        ("{norm: bn, sepbn_blocks: [0, 1]}", r"sepbn_blocks=\[0, 1\] .* norm 'bn' .*plain BN"),
+        ("{arch: mobilenet_v2, norm: bn, sepbn_positions: [bn3]}", r"sepbn_positions=.* norm 'bn'"),
+        ("{branch_conv_kernel: 3}", r"branch_conv_kernel=3 does not apply to a single-protocol"),
+        ("{branch_conv_kernel: 2}", r"model\.branch_conv_kernel must be odd"),
+        ("{num_domains: 0}", r"model\.num_domains must be > 0"),
+        (
+            "{norm_kwargs: {hiden_features: 8}}",
+            r"model\.norm_kwargs\.hiden_features is not an argument of SepBatchNorm2d "
+            r"\(norm 'sepbn'\) \(did you mean 'hidden_features'\?\); valid: .*eps",
+        ),
+        ("{norm_kwargs: {num_sets: 4}}", r"norm_kwargs\.num_sets: set the field model\.num_sets"),
+        ("{norm: domain_bn, norm_kwargs: {num_sets: 4}}", r"not an argument of DomainBatchNorm2d"),
+        ("{norm_kwargs: {temperature: 5.0}}", r"norm_kwargs\.temperature: .*temperature section"),
+        ("{norm_kwargs: {num_features: 8}}", r"norm_kwargs\.num_features: .*from the network"),
+        ("{arch: resnet}", r"model\.arch: 'resnet' is not a valid choice .*; valid: 'vanilla_cnn'"),
+        ("{norm: sepbm}", r"model\.norm: 'sepbm' is not a valid choice \(did you mean 'sepbn'\?\)"),
+        (
+            "{arch: resnext50, sepbn_positions: [bn4]}",
+            r"sepbn_positions\[0\]: 'bn4' is not a valid",
+        ),
+    ],
+)
+def test_model_fields_that_do_not_apply_are_errors(
+    tmp_path: Path, model: str, pattern: str
+) -> None:
+    path = write(tmp_path / "bad.yaml", f"model: {model}\ndata: {{train: [{{kind: wflw}}]}}\n")
+    with pytest.raises(ConfigError, match=pattern) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}:1: ")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "model: {norm: bn, num_sets: 3, num_groups: 2}",  # the defaults may be spelled out
+        "model: {norm: domain_bn, num_domains: 2}",
+        "model: {norm: simple_sepbn, num_sets: 5, norm_kwargs: {reduction: 4}}",
+        "model: {norm: sepbn, num_sets: 4, num_groups: 8, pool_size: 2, aggregation: hard}",
+        "model: {arch: vanilla_cnn, pretrained: false, sepbn_blocks: [4, 5]}",
+        "model: {arch: resnext50, norm: bn, pretrained: true, norm_kwargs: {eps: 0.001}}",
+        "model: {branch_conv_kernel: 3}\nfinetune: {}",
+        "model: {branch_conv_kernel: 3}\ndata: {train: [{kind: wflw}, {kind: cofw}]}",
+    ],
+)
+def test_fields_that_apply_load(tmp_path: Path, text: str) -> None:
+    load_config(write(tmp_path / "ok.yaml", text + "\n"))
+
+
+def test_unknown_arch_or_norm_fails_before_any_data_is_read(tmp_path: Path) -> None:
+    # The dataset paths do not exist: a reader would fail first if it were ever called.
+    text = "model: {norm: groupnorm}\ndata: {train: [{kind: wflw, path: /no/such/WFLW}]}\n"
+    with pytest.raises(ConfigError, match=r"bad\.yaml:1: model\.norm: 'groupnorm' is not a valid"):
+        load_config(write(tmp_path / "bad.yaml", text))
+
+
+def test_dataset_kind_is_checked_against_the_readers(tmp_path: Path) -> None:
+    path = write(tmp_path / "bad.yaml", "data:\n  train:\n    - {kind: wlfw, path: x}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(
+        f"{path}:3: data.train[0]: unknown dataset kind 'wlfw' (did you mean 'wflw'?); valid: "
+    )
+    assert "'synthetic'" in str(info.value) and "'pts_folder'" in str(info.value)
+    with pytest.raises(ConfigError, match="unknown dataset kind 'nope'"):
+        DatasetConfig(kind="nope")
+
+
+def test_an_override_that_makes_a_field_inapplicable_names_the_override(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "model: {norm: sepbn, num_groups: 4}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["model.norm=bn", "optim.lr=0.01"])
+    assert str(info.value).startswith(
+        f"{path}:1 (with --set model.norm=bn, --set optim.lr=0.01): model.num_groups=4 does not "
+        "apply to norm 'bn'"
+    )
+    base = config_from_dict({"model": {"num_groups": 4}})
+    with pytest.raises(ConfigError, match=r"^--set model\.norm=bn: model\.num_groups=4 does not"):
+        apply_overrides(base, ["model.norm=bn"])
+    # The overrides are checked together: their order does not matter.
+    assert load_config(path, ["model.norm=bn", "model.num_groups=2"]).model.norm == "bn"
+
+
+def test_choices_and_the_field_table_match_the_model_factory() -> None:
+    from sepbn.models.factory import ARCHS, BUILDERS, NORM_LAYERS
+    from sepbn.models.torchvision_backbones import SEPBN_POSITIONS
+
+    assert list(get_args(Norm)) == list(NORM_LAYERS) == list(NORM_FIELDS)
+    assert list(get_args(Arch)) == list(ARCHS) == list(BUILDERS) == list(ARCH_FIELDS)
+    assert get_args(SepbnPosition) == SEPBN_POSITIONS
+    # Each norm's row is exactly the ModelConfig norm fields that its constructor takes.
+    norm_fields = {name for row in NORM_FIELDS.values() for name in row}
+    for norm, layer in NORM_LAYERS.items():
+        params = set(inspect.signature(layer).parameters)
+        assert set(NORM_FIELDS[norm]) == norm_fields & params, norm
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (ModelConfig(norm="bn", norm_kwargs={"eps": 1e-3}), {"eps": 1e-3}),
+        (
+            ModelConfig(norm="sepbn", num_sets=4, aggregation="hard"),
+            {"num_sets": 4, "num_groups": 2, "pool_size": 3, "aggregation": "hard"},
+        ),
+        (
+            ModelConfig(norm="simple_sepbn", norm_kwargs={"reduction": 4}),
+            {"num_sets": 3, "reduction": 4},
+        ),
+        (ModelConfig(norm="domain_bn", num_domains=2), {"num_domains": 2}),
+    ],
+)
+def test_norm_layer_kwargs_are_the_layers_constructor_arguments(
+    model: ModelConfig, expected: dict
+) -> None:
+    from sepbn.models.factory import NORM_LAYERS
+
+    assert model.norm_layer_kwargs() == expected
+    layer = NORM_LAYERS[model.norm](8, **model.norm_layer_kwargs())
+    for name, value in expected.items():
+        assert getattr(layer, name) == value
+
+
+def test_config_errors_are_value_errors_of_the_project() -> None:
+    from sepbn.data.errors import DatasetError
+    from sepbn.engine.checkpoint import CheckpointError
+    from sepbn.engine.trainer import TrainingError
+
+    assert issubclass(ConfigError, SepbnError) and issubclass(ConfigError, ValueError)
+    assert issubclass(DatasetError, SepbnError) and issubclass(DatasetError, ValueError)
+    assert issubclass(CheckpointError, SepbnError) and issubclass(CheckpointError, RuntimeError)
+    assert issubclass(TrainingError, SepbnError) and issubclass(TrainingError, RuntimeError)
+    with pytest.raises(ConfigError, match=r"model\.num_groups=4 does not apply"):
+        ModelConfig(norm="simple_sepbn", num_groups=4)  # checked in Python code as well
+
+
+# --------------------------------------------------------------------------- legacy configs
+
+
+def test_a_legacy_domain_bn_config_reads_num_sets_as_num_domains() -> None:
+    old = to_dict(ExperimentConfig(model=ModelConfig(norm="domain_bn")))
+    del old["model"]["num_domains"]
+    old["model"]["num_sets"] = 5
+    with pytest.warns(UserWarning, match=r"ckpt: .*model\.num_sets=5 read as model\.num_domains"):
+        new = upgrade_legacy_config(old, "ckpt")
+    config = config_from_dict(new)
+    assert (config.model.num_domains, config.model.num_sets) == (5, 3)
+    assert old["model"]["num_sets"] == 5  # the input is not modified
+
+
+def test_a_legacy_config_drops_the_fields_that_had_no_effect() -> None:
+    old = to_dict(ExperimentConfig(model=ModelConfig(norm="bn")))
+    old["model"].update(num_groups=4, aggregation="hard", branch_conv_kernel=3)
+    old["data"]["train"] = [{"kind": "wflw", "path": "w"}]
+    with pytest.warns(UserWarning) as record:
+        config = config_from_dict(upgrade_legacy_config(old))
+    message = str(record[0].message)
+    assert "model.num_groups=4 reset to its default" in message
+    assert "model.branch_conv_kernel=3 reset" in message
+    assert config.model == ModelConfig(norm="bn")
+
+    old = to_dict(ExperimentConfig(model=ModelConfig(norm="sepbn")))
+    old["model"]["norm_kwargs"] = {"num_sets": 4, "eps": 1e-3}
+    with pytest.warns(UserWarning, match=r"norm_kwargs\.num_sets moved to model\.num_sets"):
+        config = config_from_dict(upgrade_legacy_config(old))
+    assert (config.model.num_sets, config.model.norm_kwargs) == (4, {"eps": 1e-3})
+
+
+def test_a_current_config_is_not_upgraded(recwarn: pytest.WarningsRecorder) -> None:
+    current = to_dict(ExperimentConfig(model=ModelConfig(norm="domain_bn", num_domains=2)))
+    assert upgrade_legacy_config(current) == current
+    assert not recwarn.list

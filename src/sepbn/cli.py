@@ -10,8 +10,9 @@ Commands::
     sepbn predict CHECKPOINT photo.jpg [--box x0,y0,x1,y1] --out annotated.png
     sepbn similarity CHECKPOINT --out fig4.png         Eq. 2 / Fig. 4 for multi-branch BN layers
 
-Known errors (bad data, bad config, bad checkpoint, a diverged run) print one line and
-exit with status 1 instead of a traceback.
+Known errors (:class:`sepbn.errors.SepbnError`: bad data, bad config, bad checkpoint, a
+diverged run) print one line and exit with status 1; ``sepbn --debug CMD`` prints their full
+traceback. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
 from sepbn import __version__
+from sepbn.errors import ConfigError, SepbnError
 
 logger = logging.getLogger("sepbn")
 
@@ -63,7 +66,7 @@ def _dataset_config(args: argparse.Namespace):
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--option expects KEY=VALUE, got {item!r}")
         options[key] = yaml.safe_load(value)
     return DatasetConfig(
         kind=args.data,
@@ -163,9 +166,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     boxes = None
     if args.box:
-        boxes = np.array([[float(v) for v in b.split(",")] for b in args.box])
-        if boxes.shape[1] != 4:
-            raise ValueError(f"--box expects x_min,y_min,x_max,y_max, got {args.box}")
+        try:
+            boxes = np.array([[float(v) for v in b.split(",")] for b in args.box])
+        except ValueError:
+            boxes = np.zeros((0, 0))
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ConfigError(f"--box expects x_min,y_min,x_max,y_max, got {args.box}")
     detector = LandmarkDetector.from_checkpoint(
         args.checkpoint, protocol=args.protocol, device=args.device
     )
@@ -175,12 +181,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_similarity(args: argparse.Namespace) -> int:
     from sepbn.analysis import branch_similarity, plot_branch_similarity
+    from sepbn.engine.checkpoint import CheckpointError
     from sepbn.engine.model_builder import load_model_from_checkpoint
 
     model, _ = load_model_from_checkpoint(args.checkpoint)
     sims = branch_similarity(model)
     if not sims:
-        raise ValueError(f"{args.checkpoint} has no SepBN or brute-force SepBN layer to compare")
+        raise CheckpointError(
+            f"{args.checkpoint} has no SepBN or brute-force SepBN layer to compare"
+        )
     kinds = ("running_mean", "running_var", "scale", "shift")
     print(f"{'layer':40}" + "".join(f"{k:>14}" for k in kinds))
     for name, row in sims.items():
@@ -214,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sepbn {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks for known errors too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("demo", help="BN vs SepBN vs CNT+SepBN on synthetic faces (no download)")
@@ -329,13 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     warnings.formatwarning = _format_warning
 
-    from sepbn.data.errors import DatasetError
-    from sepbn.engine.checkpoint import CheckpointError
-    from sepbn.engine.trainer import TrainingError
-
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, CheckpointError, TrainingError, ValueError, FileNotFoundError) as exc:
+    except SepbnError as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"sepbn {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -17,8 +17,10 @@ YAML files map one to one onto the dataclasses::
     finetune: {targets: [wflw]}    # CNT stage 2; omit for a single-stage run
 
 ``base`` may also be a list of files, merged in order. Mappings are merged key by key (deep
-merge); lists and scalars replace the inherited value. Unknown keys raise a ``ValueError`` that
-names the key path and the valid keys, so a typo fails before a run starts. Every field can be
+merge); lists and scalars replace the inherited value. Every problem (an unknown key, a value of
+the wrong type or out of range, a field that does not apply to the chosen norm layer or
+architecture) raises a :class:`ConfigError` naming the file and line, the key path and the valid
+choices, so a typo fails before any data is read. Every field can be
 overridden from the command line with ``--set section.field=value``; the value is parsed with
 ``yaml.safe_load`` (so ``--set optim.lr=0.01``, ``--set data.val=null`` and
 ``--set model.sepbn_blocks=[1,2]`` work; list items are addressed by index,
@@ -29,24 +31,35 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import os
 import types
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from sepbn.data.formats import READERS
 from sepbn.data.protocols import LandmarkProtocol
 from sepbn.data.transforms import DEFAULT_BOX_SCALE, AugmentConfig
+from sepbn.errors import ConfigError
 
 __all__ = [
+    "ARCH_FIELDS",
+    "NORM_FIELDS",
+    "Arch",
+    "ConfigError",
     "DataConfig",
     "DatasetConfig",
     "ExperimentConfig",
     "FinetuneConfig",
     "ModelConfig",
+    "Norm",
     "OptimConfig",
+    "SepbnPosition",
     "TemperatureConfig",
     "TrainConfig",
     "apply_overrides",
@@ -55,13 +68,15 @@ __all__ = [
     "load_config",
     "save_config",
     "to_dict",
+    "upgrade_legacy_config",
 ]
 
 
 def _positive(section: str, name: str, value: float, *, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{section}.{name} must be {bound}, got {value!r}")
+        key = f"{section}.{name}"
+        raise ConfigError(f"{key} must be {bound}, got {value!r}", key=key)
 
 
 @dataclass
@@ -89,6 +104,15 @@ class DatasetConfig:
     options: dict[str, Any] = field(default_factory=dict)
     on_error: Literal["raise", "skip"] = "raise"
     name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind != "synthetic" and self.kind not in READERS:
+            kinds = [*READERS, "synthetic"]
+            raise ConfigError(
+                f"unknown dataset kind {self.kind!r}{_did_you_mean(self.kind, kinds)}; "
+                f"valid: {', '.join(repr(k) for k in kinds)}",
+                key="kind",
+            )
 
     @property
     def display_name(self) -> str:
@@ -127,39 +151,130 @@ class DataConfig:
         _positive("data", "box_scale", self.box_scale)
 
 
+#: The architectures of :data:`sepbn.models.factory.BUILDERS`.
+Arch = Literal["vanilla_cnn", "resnext50", "mobilenet_v2"]
+#: The norm layers of :data:`sepbn.models.factory.NORM_LAYERS`.
+Norm = Literal["bn", "sepbn", "simple_sepbn", "domain_bn"]
+#: The bottleneck norms of ResNeXt-50 / MobileNetV2 that can use ``norm`` (Table X).
+SepbnPosition = Literal["bn1", "bn2", "bn3"]
+
+#: The :class:`ModelConfig` fields each norm layer takes as constructor arguments
+#: (:meth:`ModelConfig.norm_layer_kwargs`). Under any other norm they keep their defaults.
+NORM_FIELDS: dict[str, tuple[str, ...]] = {
+    "bn": (),
+    "sepbn": ("num_sets", "num_groups", "pool_size", "aggregation"),  # K, G, T (Eqs. 5-7)
+    "simple_sepbn": ("num_sets",),  # K (Eqs. 3-4)
+    "domain_bn": ("num_domains",),  # K pose domains (Fig. 2, Table II)
+}
+#: The :class:`ModelConfig` fields only some architectures use. The placement fields
+#: (``sepbn_blocks``, ``sepbn_positions``) are also unused by norm ``"bn"``.
+ARCH_FIELDS: dict[str, tuple[str, ...]] = {
+    "vanilla_cnn": ("sepbn_blocks",),
+    "resnext50": ("sepbn_positions", "pretrained"),
+    "mobilenet_v2": ("sepbn_positions", "pretrained"),
+}
+# Why a norm or arch ignores the fields it does not list: the reason in the error.
+_NORM_WHY = {
+    "bn": "plain BatchNorm2d has no sets, groups, attention or domains",
+    "sepbn": "its K sets are num_sets; it has no pose domains",
+    "simple_sepbn": "one squeeze-and-excitation weight vector per face: it takes num_sets only, "
+    "no channel groups, no pooled attention",
+    "domain_bn": "one whole BN branch per pose domain, no attention: its K is num_domains",
+}
+_ARCH_WHY = {
+    "vanilla_cnn": "its norm blocks are chosen by sepbn_blocks; it has no ImageNet weights",
+    "resnext50": "its bottleneck norms are chosen by sepbn_positions",
+    "mobilenet_v2": "its block norms are chosen by sepbn_positions",
+}
+_PLACEMENT_WHY = "it picks the layers that use the norm, and with 'bn' every layer is plain BN"
+# Constructor arguments that norm_kwargs must not hold, and why.
+_NOT_NORM_KWARGS = {
+    "num_features": "the channel count comes from the network",
+    "temperature": "τ follows the temperature section (Eq. 5)",
+}
+
+
+def _yaml_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
+
+
+def _unused_model_fields(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(field, reason)`` for each :class:`ModelConfig` field set away from its default that the
+    chosen norm or arch does not use; ``values`` maps field names to values (missing = default).
+    """
+    norm, arch = values.get("norm", "sepbn"), values.get("arch", "vanilla_cnn")
+    norm_fields = {f for fields in NORM_FIELDS.values() for f in fields}
+    arch_fields = {f for fields in ARCH_FIELDS.values() for f in fields}
+    out = []
+    for f in dataclasses.fields(ModelConfig):
+        value = values.get(f.name, f.default)
+        if value == f.default or (f.name == "pretrained" and value is False):
+            continue
+        if f.name in norm_fields and f.name not in NORM_FIELDS.get(norm, (f.name,)):
+            out.append((f.name, f"does not apply to norm {norm!r} ({_NORM_WHY[norm]})"))
+        elif f.name in arch_fields and f.name not in ARCH_FIELDS.get(arch, (f.name,)):
+            out.append((f.name, f"does not apply to arch {arch!r} ({_ARCH_WHY[arch]})"))
+        elif f.name in ("sepbn_blocks", "sepbn_positions") and norm == "bn":
+            out.append((f.name, f"does not apply to norm 'bn' ({_PLACEMENT_WHY})"))
+    return out
+
+
 @dataclass
 class ModelConfig:
     """The network, passed to :func:`sepbn.models.build_model`.
 
+    A field that the chosen ``norm`` or ``arch`` does not use must keep its default, so that no
+    setting is ever ignored: which norm takes which field is :data:`NORM_FIELDS`, which arch
+    takes which field :data:`ARCH_FIELDS`.
+
+    ================  ==============================================================
+    norm              fields (constructor arguments of the layer)
+    ================  ==============================================================
+    ``bn``            none
+    ``sepbn``         ``num_sets``, ``num_groups``, ``pool_size``, ``aggregation``
+    ``simple_sepbn``  ``num_sets``
+    ``domain_bn``     ``num_domains``
+    ================  ==============================================================
+
+    ``sepbn_blocks`` is for ``vanilla_cnn``, ``sepbn_positions`` and ``pretrained`` for
+    ``resnext50`` and ``mobilenet_v2``; neither placement field applies to norm ``bn``.
+    ``branch_conv_kernel`` is for cross-protocol models (see :class:`ExperimentConfig`).
+
     Attributes:
         arch: ``"vanilla_cnn"``, ``"resnext50"`` or ``"mobilenet_v2"``
             (:func:`sepbn.models.build_model`).
-        norm: ``"bn"`` (baseline), ``"sepbn"``, ``"simple_sepbn"`` or ``"domain_bn"``.
-        num_sets: K, the sets of mapping parameters of SepBN (Eq. 6).
-        num_groups: G, the channel groups with their own attention weights (Eq. 6).
-        pool_size: T, the adaptive max-pool size of the attention branch.
-        aggregation: ``"soft"`` (Eq. 6) or ``"hard"`` (arg max, Table III).
-        sepbn_blocks: Blocks whose BN layers become SepBN; ``None`` = the factory's default.
-        sepbn_positions: Positions inside a block that become SepBN; ``None`` = default.
-        width_mult: Channel width multiplier.
+        norm: ``"bn"`` (baseline), ``"sepbn"``, ``"simple_sepbn"`` or ``"domain_bn"`` (the
+            brute-force SepBN of Sec. III-A).
+        num_sets: K, the sets of mapping parameters of SepBN (Eq. 6) and simple SepBN (Eq. 4).
+        num_groups: G, the channel groups with their own attention weights (Eq. 6); SepBN only.
+        pool_size: T, the adaptive max-pool size of the attention branch; SepBN only.
+        aggregation: ``"soft"`` (Eq. 6) or ``"hard"`` (arg max, Table III); SepBN only.
+        num_domains: K of the brute-force SepBN: its BN branches, one per pose domain
+            (frontal, left, right profile: Fig. 2, Table II); ``domain_bn`` only.
+        sepbn_blocks: Vanilla CNN blocks (0-based, Table VI) that use ``norm``, the others
+            plain BN; ``None`` = all six.
+        sepbn_positions: ResNeXt-50 / MobileNetV2 bottleneck norms that use ``norm`` (Table X),
+            a subset of ``bn1``, ``bn2``, ``bn3``; ``None`` = ``[bn3]``.
+        width_mult: Channel width multiplier (every arch).
         input_size: S, the square input side in pixels (128 in the paper).
         pretrained: ImageNet weights for resnext50/mobilenet_v2: a state_dict path, ``true``
             for torchvision's cache, ``None`` for none (nothing is ever downloaded).
         branch_conv_kernel: Kernel of the extra convolution at the start of each CNT branch
-            (Fig. 5).
-        norm_kwargs: Further constructor arguments of the norm layer; ``num_sets``,
-            ``num_groups``, ``pool_size`` and ``aggregation`` are passed to the layers that
-            take them.
+            (Fig. 5), an odd number.
+        norm_kwargs: Further constructor arguments of the norm layer (``eps``, ``momentum``,
+            ``hidden_features``, ``reduction``, ...), checked against its signature. The fields
+            of the table are set as fields, τ by the ``temperature`` section.
     """
 
-    arch: str = "vanilla_cnn"
-    norm: str = "sepbn"
+    arch: Arch = "vanilla_cnn"
+    norm: Norm = "sepbn"
     num_sets: int = 3  # K = 3
     num_groups: int = 2  # G = 2
     pool_size: int = 3  # T = 3
     aggregation: Literal["soft", "hard"] = "soft"
+    num_domains: int = 3  # frontal, left and right profile (Table II)
     sepbn_blocks: list[int] | None = None
-    sepbn_positions: list[str] | None = None
+    sepbn_positions: list[SepbnPosition] | None = None
     width_mult: float = 1.0
     input_size: int = 128  # 128 x 128 face crops
     pretrained: str | bool | None = None
@@ -167,9 +282,54 @@ class ModelConfig:
     norm_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        names = ("num_sets", "num_groups", "pool_size", "width_mult", "input_size")
-        for name in (*names, "branch_conv_kernel"):
+        for name in ("num_sets", "num_groups", "pool_size", "num_domains", "width_mult"):
             _positive("model", name, getattr(self, name))
+        _positive("model", "input_size", self.input_size)
+        _positive("model", "branch_conv_kernel", self.branch_conv_kernel)
+        if self.branch_conv_kernel % 2 == 0:
+            raise ConfigError(
+                f"model.branch_conv_kernel must be odd (the branch keeps its feature size), "
+                f"got {self.branch_conv_kernel}",
+                key="model.branch_conv_kernel",
+            )
+        unused = _unused_model_fields(dataclasses.asdict(self))
+        if unused:
+            name, why = unused[0]
+            default = _yaml_value(ModelConfig.__dataclass_fields__[name].default)
+            raise ConfigError(
+                f"model.{name}={getattr(self, name)!r} {why}; remove it (default: {default})",
+                key=f"model.{name}",
+            )
+        if self.norm_kwargs:
+            self._check_norm_kwargs()
+
+    def _check_norm_kwargs(self) -> None:
+        # Imported here: the models pull in torchvision, which a config without norm_kwargs
+        # never needs.
+        from sepbn.models.factory import NORM_LAYERS
+
+        layer = NORM_LAYERS[self.norm]
+        own = NORM_FIELDS[self.norm]
+        params = inspect.signature(layer).parameters
+        valid = [p for p in params if p not in own and p not in _NOT_NORM_KWARGS]
+        for name in self.norm_kwargs:
+            key = f"model.norm_kwargs.{name}"
+            if name in own:
+                raise ConfigError(f"{key}: set the field model.{name} instead", key=key)
+            if name in _NOT_NORM_KWARGS:
+                raise ConfigError(f"{key}: not settable, {_NOT_NORM_KWARGS[name]}", key=key)
+            if name not in valid:
+                raise ConfigError(
+                    f"{key} is not an argument of {layer.__name__} (norm {self.norm!r})"
+                    f"{_did_you_mean(name, valid)}; valid: {', '.join(valid)}",
+                    key=key,
+                )
+
+    def norm_layer_kwargs(self) -> dict[str, Any]:
+        """The constructor arguments of the ``norm`` layer: its :data:`NORM_FIELDS`, then
+        ``norm_kwargs`` (for :func:`sepbn.models.build_model`)."""
+        fields = {name: getattr(self, name) for name in NORM_FIELDS[self.norm]}
+        return {**fields, **self.norm_kwargs}
 
 
 @dataclass
@@ -224,7 +384,9 @@ class OptimConfig:
         if self.grad_clip is not None:
             _positive("optim", "grad_clip", self.grad_clip)
         if self.min_lr > self.lr:
-            raise ValueError(f"optim.min_lr={self.min_lr} exceeds optim.lr={self.lr}")
+            raise ConfigError(
+                f"optim.min_lr={self.min_lr} exceeds optim.lr={self.lr}", key="optim.min_lr"
+            )
 
 
 @dataclass
@@ -349,6 +511,11 @@ class ExperimentConfig:
         protocols: User-defined landmark protocols, as for
             :meth:`sepbn.data.protocols.LandmarkProtocol.from_dict`, registered before the
             data is read.
+
+    A cross-protocol (CNT) model is trained when the training sets hold several protocols or
+    ``finetune`` is given; ``model.branch_conv_kernel`` is an error for a config that trains
+    one dataset without ``finetune`` (with several datasets of one protocol it is checked when
+    the model is built).
     """
 
     name: str = "experiment"
@@ -367,7 +534,21 @@ class ExperimentConfig:
             try:
                 LandmarkProtocol.from_dict(spec)
             except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"protocols[{i}]: {exc}") from None
+                raise ConfigError(f"protocols[{i}]: {exc}", key=f"protocols[{i}]") from None
+        kernel = self.model.branch_conv_kernel
+        if _branch_kernel_unused(kernel, self.finetune, self.data.train):
+            raise ConfigError(
+                f"model.branch_conv_kernel={kernel} does not apply to a single-protocol model "
+                "(it is the kernel of each CNT branch; this config trains one dataset and has "
+                "no finetune section); remove it (default: 1)",
+                key="model.branch_conv_kernel",
+            )
+
+
+def _branch_kernel_unused(kernel: object, finetune: object, train: object) -> bool:
+    """A non-default ``branch_conv_kernel`` in a run that surely trains a single-protocol model:
+    one training set and no fine-tuning (several sets may still share one protocol)."""
+    return kernel != 1 and finetune is None and isinstance(train, list) and len(train) == 1
 
 
 # --------------------------------------------------------------------------- conversion
@@ -393,13 +574,21 @@ def _hints(cls: type) -> dict[str, Any]:
     return get_type_hints(cls)
 
 
-def _unknown_key_error(key: str, section: str, valid: Iterable[str]) -> ValueError:
+def _did_you_mean(value: object, valid: Iterable[object]) -> str:
+    """`` (did you mean 'x'?)`` for the closest string in ``valid``, or ``""``."""
+    if not isinstance(value, str):
+        return ""
+    near = difflib.get_close_matches(value, [v for v in valid if isinstance(v, str)], n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _unknown_key_error(key: str, section: str, valid: Iterable[str]) -> ConfigError:
     valid = sorted(valid)
-    near = difflib.get_close_matches(key, valid, n=1)
-    hint = f" (did you mean {near[0]!r}?)" if near else ""
     where = f"in {section}" if section else "at the top level"
-    return ValueError(
-        f"unknown key {_join(section, key)!r}{hint}; valid keys {where}: {', '.join(valid)}"
+    return ConfigError(
+        f"unknown key {_join(section, key)!r}{_did_you_mean(key, valid)}; "
+        f"valid keys {where}: {', '.join(valid)}",
+        key=_join(section, key),
     )
 
 
@@ -419,65 +608,69 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if value is None:
             if type(None) in args:
                 return None
-            raise ValueError(f"{path}: expected {_type_name(tp)}, got null")
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got null", key=path)
         errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(value, arg, path)
-            except ValueError as exc:
-                errors.append(str(exc))
+            except ConfigError as exc:
+                errors.append(exc)
         if len(errors) == 1:
-            raise ValueError(errors[0])
-        raise ValueError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+            raise errors[0]
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}", key=path)
     if origin is Literal:
         if value not in get_args(tp):
             choices = ", ".join(repr(a) for a in get_args(tp))
-            raise ValueError(f"{path}: {value!r} is not a valid choice; valid: {choices}")
+            raise ConfigError(
+                f"{path}: {value!r} is not a valid choice{_did_you_mean(value, get_args(tp))}; "
+                f"valid: {choices}",
+                key=path,
+            )
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{path}: expected a list, got {value!r}")
+            raise ConfigError(f"{path}: expected a list, got {value!r}", key=path)
         (item,) = get_args(tp) or (Any,)
         return [_convert(v, item, _join(path, i)) for i, v in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{path}: expected a list, got {value!r}")
+            raise ConfigError(f"{path}: expected a list, got {value!r}", key=path)
         args = get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             args = (args[0],) * len(value)
         if len(value) != len(args):
-            raise ValueError(f"{path}: expected {len(args)} items, got {value!r}")
+            raise ConfigError(f"{path}: expected {len(args)} items, got {value!r}", key=path)
         return tuple(_convert(v, a, _join(path, i)) for i, (v, a) in enumerate(zip(value, args)))
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ValueError(f"{path}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}", key=path)
         _, item = get_args(tp) or (str, Any)
         return {str(k): _convert(v, item, _join(path, str(k))) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return _build_dataclass(tp, value, path)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{path}: expected true or false, got {value!r}")
+            raise ConfigError(f"{path}: expected true or false, got {value!r}", key=path)
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{path}: expected an integer, got {value!r}")
+            raise ConfigError(f"{path}: expected an integer, got {value!r}", key=path)
         return value
     if tp is float:
         # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number it means.
         if isinstance(value, str):
             try:
                 return float(value)
-            except ValueError:
+            except ValueError:  # not a number: reported below
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{path}: expected a number, got {value!r}")
+            raise ConfigError(f"{path}: expected a number, got {value!r}", key=path)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ValueError(f"{path}: expected a string, got {value!r}")
+            raise ConfigError(f"{path}: expected a string, got {value!r}", key=path)
         return value
     raise TypeError(f"{path}: unsupported annotation {tp!r}")
 
@@ -487,7 +680,9 @@ def _build_dataclass(cls: type, value: Any, path: str) -> Any:
         return value
     where = path or "the top level"
     if not isinstance(value, Mapping):
-        raise ValueError(f"{where}: expected a mapping of {cls.__name__} fields, got {value!r}")
+        raise ConfigError(
+            f"{where}: expected a mapping of {cls.__name__} fields, got {value!r}", key=path
+        )
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in value:
@@ -498,14 +693,21 @@ def _build_dataclass(cls: type, value: Any, path: str) -> Any:
         if name in value:
             kwargs[name] = _convert(value[name], hints[name], _join(path, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ValueError(f"{where}: missing required key {_join(path, name)!r}")
+            key = _join(path, name)
+            raise ConfigError(f"{where}: missing required key {key!r}", key=key)
     try:
         return cls(**kwargs)
     except ValueError as exc:
-        # Range checks of __post_init__; make sure the message says where the value is.
-        if path and not str(exc).startswith(path):
-            raise ValueError(f"{path}: {exc}") from None
-        raise
+        # Checks of __post_init__: make sure the message and the key say where the value is.
+        # A section's own checks name their keys in full ("model.num_groups"); a dataclass that
+        # may sit anywhere (DatasetConfig) names them relative to itself ("kind").
+        reason = exc.reason if isinstance(exc, ConfigError) else str(exc)
+        key = exc.key if isinstance(exc, ConfigError) else ""
+        if path and not key.startswith(path):
+            key = _join(path, key) if key else path
+        if path and not reason.startswith(path):
+            reason = f"{path}: {reason}"
+        raise ConfigError(reason, key=key) from None
 
 
 def to_dict(config: Any) -> Any:
@@ -529,13 +731,66 @@ def config_from_dict(data: Mapping[str, Any], source: str = "") -> ExperimentCon
         source: Where it came from, prefixed to error messages.
 
     Raises:
-        ValueError: On an unknown key, a missing required key, a value of the wrong type or out
-            of range; the message names the key path.
+        ConfigError: On an unknown key, a missing required key, a value of the wrong type or out
+            of range, or a field that does not apply; the message names the key path.
     """
     try:
         return _build_dataclass(ExperimentConfig, data, "")
-    except ValueError as exc:
-        raise ValueError(f"{source}: {exc}" if source else str(exc)) from None
+    except ConfigError as exc:
+        if not source:
+            raise
+        raise ConfigError(exc.reason, key=exc.key, source=source) from None
+
+
+def upgrade_legacy_config(data: Mapping[str, Any], source: str = "") -> dict[str, Any]:
+    """A config written before :class:`ModelConfig` checked its fields, as it was meant.
+
+    Checkpoints embed the config that made them (:mod:`sepbn.engine.checkpoint`). Before
+    ``model.num_domains`` existed the brute-force SepBN took its K from ``num_sets``, fields
+    that the norm or arch does not use were silently ignored, and ``norm_kwargs`` could repeat
+    a field (and won). Such a config is rewritten to build the same network: ``num_sets``
+    becomes ``num_domains`` for ``norm: domain_bn``, ``norm_kwargs`` entries that are fields
+    move to the fields, and the ignored fields go back to their defaults; each change is
+    reported in a warning that starts with ``source``. A current config comes back unchanged.
+
+    Args:
+        data: A mapping for :func:`config_from_dict`.
+        source: Where it came from, for the warning.
+
+    Returns:
+        A new mapping; ``data`` is not modified.
+    """
+    out = dict(data)
+    model = out.get("model")
+    if not isinstance(model, Mapping):
+        return out
+    model = dict(model)
+    notes = []
+    norm = model.get("norm", "sepbn")
+    if norm == "domain_bn" and "num_domains" not in model and "num_sets" in model:
+        model["num_domains"] = model.pop("num_sets")
+        notes.append(f"model.num_sets={model['num_domains']!r} read as model.num_domains")
+    kwargs = model.get("norm_kwargs")
+    if isinstance(kwargs, Mapping) and norm in NORM_FIELDS:
+        kwargs = dict(kwargs)
+        for name in [k for k in kwargs if k in NORM_FIELDS[norm]]:
+            model[name] = kwargs.pop(name)
+            notes.append(f"model.norm_kwargs.{name} moved to model.{name}")
+        model["norm_kwargs"] = kwargs
+    unused = [name for name, _ in _unused_model_fields(model)]
+    data_section = out.get("data")
+    train = data_section.get("train") if isinstance(data_section, Mapping) else None
+    if _branch_kernel_unused(model.get("branch_conv_kernel", 1), out.get("finetune"), train):
+        unused.append("branch_conv_kernel")
+    for name in unused:
+        notes.append(f"model.{name}={model.pop(name)!r} reset to its default (it had no effect)")
+    if notes:
+        where = f"{source}: " if source else ""
+        warnings.warn(
+            f"{where}config from an older sepbn: {'; '.join(notes)}", UserWarning, stacklevel=2
+        )
+    out["model"] = model
+    return out
 
 
 # --------------------------------------------------------------------------- YAML files
@@ -552,50 +807,127 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read ``path`` and resolve its ``base`` files (relative to ``path``)."""
+#: Key path (``"data.train[0].kind"``) -> the file and line (1-based) that set it.
+Locations = dict[str, tuple[Path, int]]
+
+
+def _node_locations(node: yaml.Node, path: str, file: Path, out: Locations) -> None:
+    if isinstance(node, yaml.MappingNode):
+        items: Iterable[tuple[str | int, yaml.Node, yaml.Node]] = (
+            (k.value, k, v) for k, v in node.value
+        )
+    elif isinstance(node, yaml.SequenceNode):
+        items = ((i, v, v) for i, v in enumerate(node.value))
+    else:
+        return
+    for key, mark_node, value_node in items:
+        child = _join(path, key)
+        out[child] = (file, mark_node.start_mark.line + 1)
+        _node_locations(value_node, child, file, out)
+
+
+def _merge_locations(base: Locations, over: Locations, over_data: Mapping[str, Any]) -> None:
+    """``base`` updated as :func:`deep_merge` updates the data: a value that is not a mapping
+    replaces everything under its key."""
+
+    def replaced(data: Any, path: str) -> Iterable[str]:
+        for key, value in data.items():
+            child = _join(path, str(key))
+            if isinstance(value, Mapping):
+                yield from replaced(value, child)
+            else:
+                yield child
+
+    for path in replaced(over_data, ""):
+        for stale in [k for k in base if k.startswith((f"{path}.", f"{path}["))]:
+            del base[stale]
+    base.update(over)
+
+
+def _read_yaml(
+    path: Path, chain: tuple[Path, ...] = (), locations: Locations | None = None
+) -> dict[str, Any]:
+    """Read ``path`` and resolve its ``base`` files (relative to ``path``).
+
+    ``locations``, when given, receives the file and line of every key of the result.
+    """
     path = path.resolve()
     if path in chain:
         cycle = " -> ".join(str(p) for p in (*chain, path))
-        raise ValueError(f"config files inherit from each other in a cycle: {cycle}")
+        raise ConfigError(f"config files inherit from each other in a cycle: {cycle}")
     if not path.is_file():
         inherited = f" (the base of {chain[-1]})" if chain else ""
-        raise FileNotFoundError(f"config file not found: {path}{inherited}")
+        raise ConfigError(f"config file not found: {path}{inherited}")
+    text = path.read_text()
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader) if locations is not None else None
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"not valid YAML: {exc}", source=str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError(
+            f"the top level must be a mapping, got {type(data).__name__}", source=str(path)
+        )
+    own: Locations = {}
+    if node is not None:
+        _node_locations(node, "", path, own)
     bases = data.pop("base", None)
     if bases is None:
+        if locations is not None:
+            locations.update(own)
         return dict(data)
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ValueError(f"{path}: 'base' must be a file name or a list of them, got {bases!r}")
+        raise ConfigError(
+            f"'base' must be a file name or a list of them, got {bases!r}", source=str(path)
+        )
     merged: dict[str, Any] = {}
     for base in bases:
-        merged = deep_merge(merged, _read_yaml(path.parent / base, (*chain, path)))
+        base_locations: Locations = {}
+        more = _read_yaml(path.parent / base, (*chain, path), base_locations)
+        merged = deep_merge(merged, more)
+        if locations is not None:
+            _merge_locations(locations, base_locations, more)
+    if locations is not None:
+        own = {k: v for k, v in own.items() if k != "base" and not k.startswith("base[")}
+        _merge_locations(locations, own, data)
     return deep_merge(merged, data)
+
+
+def _located(key: str, locations: Locations, top: Path) -> str:
+    """``top:line`` (or ``top (set in base.yaml:line)``) of ``key`` or its nearest parent."""
+    while key:
+        if key in locations:
+            file, line = locations[key]
+            if file == top.resolve():
+                return f"{top}:{line}"
+            return f"{top} (set in {os.path.relpath(file, top.resolve().parent)}:{line})"
+        cut = max(key.rfind("."), key.rfind("["))
+        key = key[: max(cut, 0)]
+    return str(top)
 
 
 def _parse_override(override: str) -> tuple[list[str], Any]:
     key, sep, raw = override.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ValueError(f"override {override!r} must look like section.field=value")
+        raise ConfigError(f"override {override!r} must look like section.field=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ValueError(f"override {override!r}: value is not valid YAML: {exc}") from None
+        raise ConfigError(f"override {override!r}: value is not valid YAML: {exc}") from None
     return key.split("."), value
 
 
-def _set_path(data: dict[str, Any], keys: list[str], value: Any, override: str) -> None:
-    """Set ``keys`` in ``data`` after checking the path and type against the dataclasses."""
+def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> str:
+    """Set ``keys`` in ``data`` after checking the path and type against the dataclasses.
+
+    Returns:
+        The key path that was set (``"data.train[0].path"``).
+    """
     tp: Any = ExperimentConfig
     node: Any = data
     path = ""
@@ -607,29 +939,28 @@ def _set_path(data: dict[str, Any], keys: list[str], value: Any, override: str) 
         if dataclasses.is_dataclass(tp):
             hints = _hints(tp)
             if key not in hints:
-                raise ValueError(f"--set {override}: " + str(_unknown_key_error(key, path, hints)))
+                raise _unknown_key_error(key, path, hints)
             child_tp = hints[key]
             slot: Any = key
         elif get_origin(tp) is list:
             if not key.lstrip("-").isdigit():
-                raise ValueError(f"--set {override}: {path!r} is a list; index it by number")
+                raise ConfigError(f"{path!r} is a list; index it by number", key=path)
             slot = int(key)
             if not -len(node) <= slot < len(node):
-                raise ValueError(
-                    f"--set {override}: index {slot} out of range for {path!r} "
-                    f"({len(node)} item(s))"
+                raise ConfigError(
+                    f"index {slot} out of range for {path!r} ({len(node)} item(s))", key=path
                 )
             (child_tp,) = get_args(tp)
         elif get_origin(tp) is dict:
             child_tp = get_args(tp)[1] if get_args(tp) else Any
             slot = key
         else:
-            raise ValueError(f"--set {override}: {path!r} is a {_type_name(tp)}, not a section")
+            raise ConfigError(f"{path!r} is a {_type_name(tp)}, not a section", key=path)
         path = _join(path, slot)
         if last:
             converted = _convert(value, child_tp, path)
             node[slot] = to_dict(converted)
-            return
+            return path
         child = node[slot] if isinstance(node, list) else node.get(slot)
         if child is None:
             inner = [a for a in get_args(child_tp) if a is not type(None)] or [child_tp]
@@ -637,52 +968,97 @@ def _set_path(data: dict[str, Any], keys: list[str], value: Any, override: str) 
                 try:
                     child = to_dict(inner[0]())
                 except TypeError:
-                    raise ValueError(
-                        f"--set {override}: {path!r} is null; set it as a whole first"
+                    raise ConfigError(
+                        f"{path!r} is null; set it as a whole first", key=path
                     ) from None
             elif get_origin(inner[0]) is dict:
                 child = {}
             else:
-                raise ValueError(f"--set {override}: {path!r} is null")
+                raise ConfigError(f"{path!r} is null", key=path)
             node[slot] = child
         node, tp = child, child_tp
+    raise AssertionError("_parse_override never gives an empty key list")
 
 
 def apply_overrides(config: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:
     """Return a new config with ``--set key.path=value`` overrides applied in order.
 
+    Each override's key and type are checked as it is applied; the result is validated once,
+    so that overrides which only fit together (``model.norm=bn`` with ``model.num_groups=2``)
+    may come in any order.
+
     Raises:
-        ValueError: Naming the override, on an unknown key or a value of the wrong type.
+        ConfigError: Naming the override, on an unknown key, a value of the wrong type or out of
+            range, or a field that does not apply.
     """
+    return _apply_overrides(config, overrides)
+
+
+def _apply_overrides(
+    config: ExperimentConfig,
+    overrides: Sequence[str],
+    origin: Callable[[str], str] | None = None,
+) -> ExperimentConfig:
+    """:func:`apply_overrides`; ``origin(key)`` names where a key not set by an override came
+    from (``"exp.yaml:3"``), for an error about it."""
     data = to_dict(config)
+    paths = []
     for override in overrides:
         keys, value = _parse_override(override)
         try:
-            _set_path(data, keys, value, override)
-        except ValueError as exc:
-            msg = str(exc)
-            raise ValueError(
-                msg if msg.startswith("--set") else f"--set {override}: {msg}"
-            ) from None
-        # Validate after each one so that a range error names the override that caused it.
-        config = config_from_dict(data, source=f"--set {override}")
-    return config
+            paths.append(_set_path(data, keys, value))
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, key=exc.key, source=f"--set {override}") from None
+    try:
+        return _build_dataclass(ExperimentConfig, data, "")
+    except ConfigError as exc:
+        # The last override at, above or below the offending key caused the error; else the
+        # overrides together with the key's own origin did.
+        related = [
+            o
+            for o, p in zip(overrides, paths, strict=True)
+            if _within(exc.key, p) or _within(p, exc.key)
+        ]
+        if related:
+            source = f"--set {related[-1]}"
+        else:
+            sets = ", ".join(f"--set {o}" for o in overrides)
+            source = f"{origin(exc.key)} (with {sets})" if origin else sets
+        raise ConfigError(exc.reason, key=exc.key, source=source) from None
+
+
+def _within(key: str, path: str) -> bool:
+    """``key`` is ``path`` or lies under it."""
+    return key == path or key.startswith((f"{path}.", f"{path}["))
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Load a YAML config, resolve its ``base`` chain, apply ``--set`` overrides, validate.
+
+    Nothing but the YAML files is read: an unknown arch or norm, a typo or a field that does
+    not apply fails here, before any dataset is opened.
 
     Args:
         path: The YAML file.
         overrides: ``"section.field=value"`` strings, applied in order.
 
     Raises:
-        FileNotFoundError: The file or one of its bases is missing.
-        ValueError: Bad YAML, an unknown key (with the valid keys) or a bad value.
+        ConfigError: A missing file or base, bad YAML, an unknown key (with the valid keys), a
+            bad value, or a field that does not apply to the chosen norm or arch. The message
+            starts with the file and the line of the key (``exp.yaml:4: ...``, or
+            ``exp.yaml (set in base.yaml:4): ...`` for an inherited key).
     """
     path = Path(path)
-    config = config_from_dict(_read_yaml(path), source=str(path))
-    return apply_overrides(config, overrides) if overrides else config
+    locations: Locations = {}
+    data = _read_yaml(path, locations=locations)
+    try:
+        config = _build_dataclass(ExperimentConfig, data, "")
+    except ConfigError as exc:
+        source = _located(exc.key, locations, path)
+        raise ConfigError(exc.reason, key=exc.key, source=source) from None
+    if not overrides:
+        return config
+    return _apply_overrides(config, overrides, lambda key: _located(key, locations, path))
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> Path:

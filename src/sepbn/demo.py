@@ -46,6 +46,7 @@ from sepbn.data.transforms import apply_affine
 from sepbn.data.visualize import GREEN, RED, add_title, make_grid, write_png
 from sepbn.engine import EvalResult, evaluate, load_model_from_checkpoint, train
 from sepbn.engine.data_builder import load_records, make_eval_set
+from sepbn.errors import ConfigError
 from sepbn.metrics import plot_ced
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class DemoSettings:
 def _parse_spec(spec: str, what: str) -> dict[str, Any]:
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not all(parts[:2]):
-        raise ValueError(f"{what} must be KIND:PATH or KIND:PATH:SPLIT, got {spec!r}")
+        raise ConfigError(f"{what} must be KIND:PATH or KIND:PATH:SPLIT, got {spec!r}")
     out: dict[str, Any] = {"kind": parts[0], "path": parts[1]}
     if len(parts) == 3 and parts[2]:
         out["split"] = parts[2]
@@ -121,7 +122,7 @@ def _dataset_index(config: ExperimentConfig, section: str, name: str, path: Path
     """Position of the dataset called ``name`` in ``data.<section>`` of ``config``."""
     names = [ds.display_name for ds in getattr(config.data, section)]
     if name not in names:
-        raise ValueError(f"{path}: data.{section} has no dataset named {name!r}, got {names}")
+        raise ConfigError(f"{path}: data.{section} has no dataset named {name!r}, got {names}")
     return names.index(name)
 
 
@@ -129,10 +130,10 @@ def _real_sets(settings: DemoSettings) -> tuple[dict[str, Any], dict[str, Any]] 
     """``--data`` and ``--test-data`` as dataset entries named like the sets they replace."""
     if not settings.train_data:
         if settings.test_data:
-            raise ValueError("--test-data needs --data")
+            raise ConfigError("--test-data needs --data")
         return None
     if not settings.test_data:
-        raise ValueError("--data needs --test-data (KIND:PATH[:SPLIT]) to evaluate on")
+        raise ConfigError("--data needs --test-data (KIND:PATH[:SPLIT]) to evaluate on")
     train68 = _parse_spec(settings.train_data, "--data") | {"name": _TRAIN_NAME}
     test68 = _parse_spec(settings.test_data, "--test-data") | {"name": _TEST_NAME}
     return train68, test68

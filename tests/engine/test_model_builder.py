@@ -15,6 +15,7 @@ from sepbn.engine.model_builder import (
     load_model_from_checkpoint,
     model_info,
 )
+from sepbn.nn import DomainBatchNorm2d
 
 
 def _tiny_model_config() -> ModelConfig:
@@ -95,3 +96,25 @@ def test_an_unknown_model_kind_names_the_file_and_the_valid_kinds(tmp_path: Path
 def test_model_info_needs_the_point_count() -> None:
     with pytest.raises(TypeError, match="num_points"):
         model_info(torch.nn.Linear(2, 2))
+
+
+def test_a_checkpoint_config_from_before_num_domains_still_loads(tmp_path: Path) -> None:
+    # Older configs gave the brute-force SepBN its K through num_sets.
+    model_config = ModelConfig(norm="domain_bn", num_domains=2, width_mult=0.125, input_size=64)
+    model = build_model_from_config(model_config, num_points=5)
+    old = to_dict(ExperimentConfig(model=model_config))
+    del old["model"]["num_domains"]
+    old["model"]["num_sets"] = 2
+    path = save_checkpoint(
+        tmp_path / "old.pt",
+        {
+            "model": model.state_dict(),
+            "model_info": {"kind": "single", "num_points": 5},
+            "config": old,
+        },
+    )
+    with pytest.warns(UserWarning, match=r"old\.pt .*model\.num_sets=2 read as model\.num_domains"):
+        rebuilt, config = load_model_from_checkpoint(path)
+    assert config.model == model_config
+    domains = {m.num_domains for m in rebuilt.modules() if isinstance(m, DomainBatchNorm2d)}
+    assert domains == {2}

@@ -12,6 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
+from sepbn.errors import ConfigError
 from sepbn.models import (
     SEPBN_POSITIONS,
     bottleneck_norm_positions,
@@ -187,7 +188,7 @@ def test_pretrained_true_reads_only_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, randomize: Callable
 ) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    with pytest.raises(FileNotFoundError) as info:
+    with pytest.raises(ConfigError) as info:
         mobilenet_v2(5, pretrained=True)
     message = str(info.value)
     expected = tmp_path / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth"
@@ -204,7 +205,7 @@ def test_pretrained_true_reads_only_the_cache(
 
 
 def test_pretrained_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"missing\.pth not found"):
+    with pytest.raises(ConfigError, match=r"missing\.pth not found"):
         mobilenet_v2(5, pretrained=tmp_path / "missing.pth")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")

@@ -6,10 +6,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sepbn.errors import SepbnError
+
 OnError = Literal["raise", "skip"]
 
 
-class DatasetError(ValueError):
+class DatasetError(SepbnError, ValueError):
     """A dataset file or record is malformed, missing or unreadable.
 
     The message always names the file, the line or record, and the reason.

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from sepbn.errors import ConfigError
+
 NormKind = Literal["inter_ocular", "box"]
 
 
@@ -171,7 +173,7 @@ def get_protocol(name: str) -> LandmarkProtocol:
     try:
         return PROTOCOLS[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown landmark protocol {name!r}; valid: {sorted(PROTOCOLS)}"
         ) from None
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from sepbn import __version__
+from sepbn.errors import SepbnError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -58,7 +59,7 @@ CHECKPOINT_FORMAT = "sepbn-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SepbnError, RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the code or model loading it."""
 
 

@@ -23,11 +23,13 @@ from torch.utils.data import DataLoader, Dataset
 from sepbn.config import DatasetConfig, ExperimentConfig
 from sepbn.data.cache import FaceCache, cache_crop_size, prepare_cache
 from sepbn.data.datasets import LandmarkDataset, MultiProtocolDataset, worker_init_fn
+from sepbn.data.errors import DatasetError
 from sepbn.data.formats import read_records
 from sepbn.data.protocols import LandmarkProtocol, get_protocol, register_protocol
 from sepbn.data.records import FaceRecord
 from sepbn.data.synthetic import SyntheticFaceConfig, make_synthetic_records
 from sepbn.data.transforms import FaceCropTransform
+from sepbn.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +100,7 @@ def register_config_protocols(config: ExperimentConfig) -> list[LandmarkProtocol
         try:
             out.append(register_protocol(LandmarkProtocol.from_dict(spec)))
         except (KeyError, ValueError, TypeError) as exc:
-            raise ValueError(f"protocols[{i}]: {exc}") from None
+            raise ConfigError(f"protocols[{i}]: {exc}") from None
     return out
 
 
@@ -107,7 +109,7 @@ def _expand(path: str) -> Path:
     expanded = os.path.expandvars(os.path.expanduser(path))
     unset = re.findall(r"\$\{?(\w+)", expanded)
     if unset:
-        raise ValueError(
+        raise ConfigError(
             f"path {path!r} uses the environment variable {unset[0]} which is not set; "
             f"export {unset[0]}=/folder/with/the/datasets (see docs/reproduce.md)"
         )
@@ -134,7 +136,7 @@ def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
     if ds.kind == "synthetic":
         unknown = sorted(set(ds.options) - set(_SYNTHETIC_OPTIONS))
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset {name!r}: unknown synthetic option(s) {unknown}; "
                 f"valid: {list(_SYNTHETIC_OPTIONS)}"
             )
@@ -152,18 +154,18 @@ def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
         )
     else:
         if ds.path is None:
-            raise ValueError(f"dataset {name!r} (kind {ds.kind!r}) needs a path")
+            raise ConfigError(f"dataset {name!r} (kind {ds.kind!r}) needs a path")
         records = read_records(
             ds.kind, _expand(ds.path), split=ds.split, on_error=ds.on_error, **ds.options
         )
     if not records:
-        raise ValueError(f"dataset {name!r} has no faces (kind {ds.kind!r}, path {ds.path!r})")
+        raise DatasetError(f"dataset {name!r}", f"no faces (kind {ds.kind!r}, path {ds.path!r})")
     protocol = get_protocol(ds.protocol or records[0].protocol)
     relabeled = []
     for rec in records:
         if rec.protocol != protocol.name:
             if rec.num_points != protocol.num_points:
-                raise ValueError(
+                raise ConfigError(
                     f"dataset {name!r}: {rec.source or 'a record'} has {rec.num_points} points "
                     f"({rec.protocol!r}), protocol {protocol.name!r} needs {protocol.num_points}"
                 )
@@ -181,7 +183,7 @@ def build_data(config: ExperimentConfig) -> ExperimentData:
     """
     register_config_protocols(config)
     if not config.data.train:
-        raise ValueError("data.train is empty: give at least one training set")
+        raise ConfigError("data.train is empty: give at least one training set")
     train = [load_records(ds, config.seed) for ds in config.data.train]
     val = load_records(config.data.val, config.seed) if config.data.val is not None else None
     test = [load_records(ds, config.seed) for ds in config.data.test]

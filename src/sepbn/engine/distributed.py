@@ -31,6 +31,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
+from sepbn.errors import ConfigError
+
 __all__ = [
     "DistributedContext",
     "all_reduce_sum",
@@ -102,11 +104,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise ValueError(f"train.device={name!r} but CUDA is not available; use 'cpu'")
+            raise ConfigError(f"train.device={name!r} but CUDA is not available; use 'cpu'")
         if name == "cuda":
             return torch.device("cuda", local_rank)
         return torch.device(name)
-    raise ValueError(f"unknown train.device {name!r}; valid: 'auto', 'cpu', 'cuda', 'cuda:<i>'")
+    raise ConfigError(f"unknown train.device {name!r}; valid: 'auto', 'cpu', 'cuda', 'cuda:<i>'")
 
 
 def init_distributed(
@@ -249,7 +251,7 @@ def wrap_model(
         return model.to(ctx.device)
     if sync_bn:
         if ctx.device.type != "cuda":
-            raise ValueError(
+            raise ConfigError(
                 "train.sync_bn needs CUDA: PyTorch's SyncBatchNorm does not synchronize CPU "
                 "tensors; set train.sync_bn=false for CPU runs"
             )

@@ -72,6 +72,7 @@ from sepbn.engine.trainer import (
     StageResult,
     Trainer,
 )
+from sepbn.errors import ConfigError
 from sepbn.models import is_cross_protocol
 
 logger = logging.getLogger(__name__)
@@ -192,18 +193,18 @@ def train(
         cross = len(protocols) > 1 or config.finetune is not None
         val_protocol = data.val.protocol.name if data.val is not None else None
         if val_protocol is not None and val_protocol not in protocols:
-            raise ValueError(
+            raise ConfigError(
                 f"data.val has protocol {val_protocol!r}, which no training set has; "
                 f"training protocols: {protocols}"
             )
         if config.finetune is not None:
             unknown = [t for t in config.finetune.targets if t not in protocols]
             if unknown:
-                raise ValueError(
+                raise ConfigError(
                     f"finetune.targets {unknown} have no training set; valid: {protocols}"
                 )
             if config.finetune.init == "best" and data.val is None:
-                raise ValueError("finetune.init='best' needs data.val (the best stage-1 NME)")
+                raise ConfigError("finetune.init='best' needs data.val (the best stage-1 NME)")
 
         def datasets(sets: Sequence[Any], val_id: int) -> tuple[Any, Any]:
             # Rank 0 prepares caches first; the other ranks then only open them.

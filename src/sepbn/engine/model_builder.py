@@ -9,7 +9,6 @@ the three together for ``sepbn eval``, ``predict`` and ``similarity``.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from sepbn.config import ExperimentConfig, ModelConfig, config_from_dict
+from sepbn.config import ExperimentConfig, ModelConfig, config_from_dict, upgrade_legacy_config
 from sepbn.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
-from sepbn.models import NORM_LAYERS, build_model, is_cross_protocol
+from sepbn.errors import ConfigError
+from sepbn.models import build_model, is_cross_protocol
 
 __all__ = [
     "build_model_from_config",
@@ -40,34 +40,30 @@ def build_model_from_config(
 ) -> nn.Module:
     """:func:`sepbn.models.build_model` from a :class:`ModelConfig`.
 
-    ``num_sets`` (K), ``num_groups`` (G), ``pool_size`` (T) and ``aggregation`` go to the norm
-    layer when its constructor takes them (``num_sets`` is also the brute-force SepBN's
-    ``num_domains``), then ``norm_kwargs`` on top.
+    The norm layer gets :meth:`ModelConfig.norm_layer_kwargs`: the fields of its
+    :data:`sepbn.config.NORM_FIELDS` entry, then ``norm_kwargs``.
 
     Args:
         config: The model section.
         num_points: L of a single-protocol model; give this or ``heads``.
         heads: Protocol name to L of a cross-protocol model (the order fixes the ids).
         pretrained: Load ``config.pretrained``; False when weights come from a checkpoint.
+
+    Raises:
+        ConfigError: ``branch_conv_kernel`` set for a single-protocol model.
     """
-    norm_kwargs: dict[str, Any] = {}
-    if config.norm in NORM_LAYERS:
-        accepted = inspect.signature(NORM_LAYERS[config.norm]).parameters
-        candidates = {
-            "num_sets": config.num_sets,
-            "num_domains": config.num_sets,
-            "num_groups": config.num_groups,
-            "pool_size": config.pool_size,
-            "aggregation": config.aggregation,
-        }
-        norm_kwargs = {k: v for k, v in candidates.items() if k in accepted}
-    norm_kwargs.update(config.norm_kwargs)
+    if num_points is not None and config.branch_conv_kernel != 1:
+        raise ConfigError(
+            f"model.branch_conv_kernel={config.branch_conv_kernel} does not apply to a "
+            "single-protocol model (it is the kernel of each CNT branch); remove it (default: 1)",
+            key="model.branch_conv_kernel",
+        )
     return build_model(
         config.arch,
         num_points=num_points,
         heads=dict(heads) if heads is not None else None,
         norm=config.norm,
-        norm_kwargs=norm_kwargs,
+        norm_kwargs=config.norm_layer_kwargs(),
         sepbn_blocks=config.sepbn_blocks,
         sepbn_positions=config.sepbn_positions,
         width_mult=config.width_mult,
@@ -147,7 +143,8 @@ def load_model_from_checkpoint(
     state = load_checkpoint(path, map_location=map_location)
     if config is None:
         try:
-            config = config_from_dict(state["config"], source=f"{path} (embedded config)")
+            source = f"{path} (embedded config)"
+            config = config_from_dict(upgrade_legacy_config(state["config"], source), source)
         except ValueError as exc:
             raise CheckpointError(str(exc)) from exc
     model = build_model_from_info(config.model, state["model_info"], path)

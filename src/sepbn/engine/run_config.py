@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from sepbn.config import ExperimentConfig, save_config, to_dict
+from sepbn.errors import SepbnError
 
 __all__ = [
     "RESUMABLE_CHANGES",
@@ -30,7 +31,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class ResumeError(RuntimeError):
+class ResumeError(SepbnError, RuntimeError):
     """A resumed run's config changes the training."""
 
 

@@ -65,6 +65,7 @@ from sepbn.engine.results import Callback, EpochEnd, StageResult
 from sepbn.engine.run_config import check_resume_config
 from sepbn.engine.run_log import MetricsLog
 from sepbn.engine.schedules import build_lr_scheduler
+from sepbn.errors import SepbnError
 from sepbn.models import is_cross_protocol, to_model_input
 from sepbn.nn import TemperatureSchedule, domain_routing, num_model_domains, set_temperature
 from sepbn.nn.attention_health import (
@@ -87,7 +88,7 @@ __all__ = [
 ]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SepbnError, RuntimeError):
     """Training cannot go on (a non-finite loss, a run directory in the way, ...)."""
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from sepbn.data.protocols import get_protocol
 from sepbn.data.records import box_from_landmarks
 from sepbn.data.transforms import FaceCropTransform, apply_affine, invert_affine
+from sepbn.errors import ConfigError
 from sepbn.models import is_cross_protocol, to_model_input
 
 
@@ -49,7 +50,7 @@ class LandmarkDetector:
         self.protocol = get_protocol(protocol)
         if is_cross_protocol(model):
             if self.protocol.name not in model.protocols:
-                raise ValueError(
+                raise ConfigError(
                     f"model has no branch for protocol {self.protocol.name!r}; "
                     f"valid: {list(model.protocols)}"
                 )
@@ -84,7 +85,7 @@ class LandmarkDetector:
         protocols = list(getattr(model, "protocols", []))
         if protocol is None:
             if len(protocols) > 1:
-                raise ValueError(
+                raise ConfigError(
                     f"{path} has branches {protocols}: choose one with protocol=... (--protocol)"
                 )
             if protocols:
@@ -141,5 +142,5 @@ def _protocol_for_points(num_points: int, hints: Sequence[str]) -> str:
             return name
     by_count = {68: "300w", 98: "wflw", 29: "cofw", 19: "aflw", 5: "wider5"}
     if num_points not in by_count:
-        raise ValueError(f"cannot tell the protocol of a {num_points}-point model: pass protocol=")
+        raise ConfigError(f"cannot tell the protocol of a {num_points}-point model: pass protocol=")
     return by_count[num_points]

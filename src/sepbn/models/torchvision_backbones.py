@@ -41,6 +41,7 @@ from torchvision.models import MobileNet_V2_Weights, ResNeXt50_32X4D_Weights, We
 from torchvision.models.mobilenetv2 import InvertedResidual, MobileNetV2
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from sepbn.errors import ConfigError
 from sepbn.models.cross_protocol import LandmarkRegressor, ProtocolBranch
 from sepbn.models.preprocess import ImageNormalize
 from sepbn.nn import convert_batchnorm
@@ -210,7 +211,7 @@ def imagenet_weights_path(arch: str, pretrained: Pretrained) -> Path | None:
         The file to load, or None.
 
     Raises:
-        FileNotFoundError: The file is absent; the message says where to put it and,
+        ConfigError: The file is absent; the message says where to put it and,
             for ``True``, which URL to download it from on a machine with network.
     """
     if arch not in IMAGENET_WEIGHTS:
@@ -226,7 +227,7 @@ def imagenet_weights_path(arch: str, pretrained: Pretrained) -> Path | None:
             if path.is_file():
                 return path
         wanted = "; or ".join(f"{path} from {url}" for path, url in candidates)
-        raise FileNotFoundError(
+        raise ConfigError(
             f"no ImageNet weights for {arch} in torchvision's cache (no download is "
             f"attempted). Download {wanted}, or pass the file's path as pretrained"
         )
@@ -236,7 +237,7 @@ def imagenet_weights_path(arch: str, pretrained: Pretrained) -> Path | None:
         )
     path = Path(pretrained).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file {path} not found")
+        raise ConfigError(f"pretrained weights file {path} not found")
     return path
 
 
@@ -254,19 +255,19 @@ def load_imagenet_weights(model: nn.Module, path: Path, head_prefix: str) -> Non
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and I/O errors all mean "not a state_dict"
-        raise ValueError(f"cannot read pretrained weights {path}: {err}") from err
+        raise ConfigError(f"cannot read pretrained weights {path}: {err}") from err
     if not isinstance(state, Mapping):
-        raise ValueError(
+        raise ConfigError(
             f"pretrained weights {path} hold a {type(state).__name__}, expected a state_dict"
         )
     state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
-        raise ValueError(f"pretrained weights {path} do not fit the model: {err}") from err
+        raise ConfigError(f"pretrained weights {path} do not fit the model: {err}") from err
     missing = [k for k in missing if not k.startswith(head_prefix)]
     if missing or unexpected:
-        raise ValueError(
+        raise ConfigError(
             f"pretrained weights {path} do not fit the model: missing keys {missing[:5]}"
             f"{'...' if len(missing) > 5 else ''}, unexpected keys {list(unexpected)[:5]}"
             f"{'...' if len(unexpected) > 5 else ''}"
@@ -277,14 +278,14 @@ def _check_common(num_points: int, input_size: int, width_mult: float) -> None:
     if num_points < 1:
         raise ValueError(f"num_points must be positive, got {num_points}")
     if input_size < DOWNSAMPLING:
-        raise ValueError(f"input_size must be at least {DOWNSAMPLING}, got {input_size}")
+        raise ConfigError(f"input_size must be at least {DOWNSAMPLING}, got {input_size}")
     if width_mult <= 0:
         raise ValueError(f"width_mult must be positive, got {width_mult}")
 
 
 def _check_pretrained_width(arch: str, path: Path | None, width_mult: float) -> None:
     if path is not None and width_mult != 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"ImageNet weights ({path}) need width_mult=1.0 for {arch}, got {width_mult}"
         )
 
@@ -310,7 +311,7 @@ def resnext50_backbone(
     """
     width_per_group = 4 * width_mult
     if width_mult <= 0 or width_per_group != int(width_per_group):
-        raise ValueError(
+        raise ConfigError(
             f"resnext50 width_mult must make 4 * width_mult a positive whole number "
             f"(0.25, 0.5, 0.75, 1.0, ...), got {width_mult}"
         )

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
+from sepbn.errors import ConfigError
 from sepbn.models.cross_protocol import LandmarkRegressor, ProtocolBranch
 from sepbn.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageNormalize
 
@@ -85,7 +86,7 @@ def _block_mask(sepbn_blocks: Sequence[bool] | Sequence[int] | None) -> tuple[bo
         )
     bad = [v for v in items if not 0 <= v < num_blocks]
     if bad:
-        raise ValueError(f"sepbn_blocks indices {bad} out of range; valid 0..{num_blocks - 1}")
+        raise ConfigError(f"sepbn_blocks indices {bad} out of range; valid 0..{num_blocks - 1}")
     return tuple(i in items for i in range(num_blocks))
 
 
@@ -241,7 +242,7 @@ class VanillaCNN(LandmarkRegressor):
         if num_points < 1:
             raise ValueError(f"num_points must be positive, got {num_points}")
         if input_size < DOWNSAMPLING:
-            raise ValueError(
+            raise ConfigError(
                 f"input_size must be at least {DOWNSAMPLING} (six 2x2 poolings), got {input_size}"
             )
         backbone = VanillaBackbone(norm_layer, sepbn_blocks, width_mult, in_channels)

@@ -28,6 +28,7 @@ from sepbn.data.formats.ibug300w import read_300w, read_box_file, read_pts, read
 from sepbn.data.formats.wflw import read_wflw, read_wflw_attr, read_wflw_list
 from sepbn.data.formats.wider import read_wider5
 from sepbn.data.records import FaceRecord
+from sepbn.errors import ConfigError
 
 Reader = Callable[..., list[FaceRecord]]
 
@@ -71,12 +72,12 @@ def read_records(
     try:
         reader = READERS[kind]
     except KeyError:
-        raise ValueError(f"unknown dataset kind {kind!r}; valid: {sorted(READERS)}") from None
+        raise ConfigError(f"unknown dataset kind {kind!r}; valid: {sorted(READERS)}") from None
     params = inspect.signature(reader).parameters
     valid = sorted(p for p in params if params[p].kind is inspect.Parameter.KEYWORD_ONLY)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for dataset kind {kind!r}; valid: {valid}")
+        raise ConfigError(f"unknown option(s) {unknown} for dataset kind {kind!r}; valid: {valid}")
     return reader(path, split, on_error=on_error, **options)
 
 

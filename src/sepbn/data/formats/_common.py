@@ -12,6 +12,7 @@ import numpy as np
 from sepbn.data.errors import DatasetError, OnError, SkipReport
 from sepbn.data.records import FaceRecord
 from sepbn.data.validation import validate_record
+from sepbn.errors import ConfigError
 
 ON_ERROR_CHOICES = ("raise", "skip")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -136,7 +137,7 @@ def check_split(kind: str, split: str | None, valid: Sequence[str | None]) -> No
         hint = f"one of {names}" if names else "None"
         if None in valid and names:
             hint += " or None"
-        raise ValueError(f"{kind}: unknown split {split!r}; valid: {hint}")
+        raise ConfigError(f"{kind}: unknown split {split!r}; valid: {hint}")
 
 
 def images_by_stem(folder: Path) -> dict[str, Path]:

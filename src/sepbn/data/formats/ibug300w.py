@@ -39,6 +39,7 @@ from sepbn.data.formats._common import (
 )
 from sepbn.data.protocols import get_protocol
 from sepbn.data.records import FaceRecord, box_from_landmarks
+from sepbn.errors import ConfigError
 
 SPLITS_300W: dict[str, tuple[str, ...]] = {
     "train": ("afw", "helen/trainset", "lfpw/trainset"),
@@ -118,7 +119,7 @@ def read_box_file(path: str | Path, kind: str = "detector") -> dict[str, np.ndar
         DatasetError: The file is malformed (naming the line or record).
     """
     if kind not in BOX_KINDS:
-        raise ValueError(f"box kind must be one of {list(BOX_KINDS)}, got {kind!r}")
+        raise ConfigError(f"box kind must be one of {list(BOX_KINDS)}, got {kind!r}")
     path = Path(path)
     boxes: dict[str, np.ndarray] = {}
     if path.suffix.lower() == ".mat":

@@ -8,6 +8,7 @@ from sepbn.data.synthetic.face import SyntheticFace
 from sepbn.data.synthetic.layouts import check_protocol
 from sepbn.data.synthetic.render import render_face
 from sepbn.data.synthetic.sampling import sample_face_params
+from sepbn.errors import ConfigError
 
 
 def generate_face(
@@ -48,7 +49,7 @@ def make_synthetic_records(
     """
     check_protocol(protocol)
     if num_faces < 0 or start_index < 0 or seed < 0:
-        raise ValueError(
+        raise ConfigError(
             "num_faces, start_index and seed must be >= 0, got "
             f"num_faces={num_faces}, start_index={start_index}, seed={seed}"
         )

@@ -22,6 +22,7 @@ from sepbn.data.synthetic.template import (
     NUM_LANDMARKS,
     lid_point,
 )
+from sepbn.errors import ConfigError
 
 
 def _wflw_indices() -> list[int]:
@@ -188,6 +189,6 @@ SYNTHETIC_PROTOCOLS: tuple[str, ...] = tuple(sorted(PROTOCOL_WEIGHTS))
 def check_protocol(protocol: str) -> None:
     """Raise a ``ValueError`` listing :data:`SYNTHETIC_PROTOCOLS` if ``protocol`` is not one."""
     if protocol not in PROTOCOL_WEIGHTS:
-        raise ValueError(
+        raise ConfigError(
             f"synthetic faces have no {protocol!r} layout; valid: {list(SYNTHETIC_PROTOCOLS)}"
         )
