@@ -31,31 +31,8 @@ import numpy as np
 
 from sepbn.data.errors import DatasetError, SkipReport
 from sepbn.data.formats._common import ErrorPolicy, check_split
-from sepbn.data.protocols import PROTOCOLS, get_protocol
+from sepbn.data.protocols import get_protocol, protocol_for_num_points
 from sepbn.data.records import FaceRecord, box_from_landmarks
-
-# Point counts of the built-in protocols; 29 means COFW (its inter-pupil variant shares it).
-PROTOCOL_BY_COUNT = {68: "300w", 98: "wflw", 29: "cofw", 19: "aflw", 5: "wider5"}
-
-
-def infer_protocol(num_points: int, source: str) -> str:
-    """The protocol key for a point count: the built-in table, else a unique registered one.
-
-    Raises:
-        DatasetError: No protocol, or more than one, has ``num_points`` points.
-    """
-    if num_points in PROTOCOL_BY_COUNT:
-        return PROTOCOL_BY_COUNT[num_points]
-    matches = [p.name for p in PROTOCOLS.values() if p.num_points == num_points]
-    if len(matches) == 1:
-        return matches[0]
-    known = dict(sorted(PROTOCOL_BY_COUNT.items()))
-    raise DatasetError(
-        source,
-        f"cannot infer the protocol of {num_points}-point keypoints "
-        f"({'ambiguous: ' + str(matches) if matches else 'no protocol has that count'}; "
-        f"known counts: {known}); pass protocol=",
-    )
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -114,9 +91,13 @@ def read_coco(
         if len(counts) > 1:
             raise DatasetError(
                 str(path),
-                f"annotations have different point counts {sorted(counts)}; pass protocol=",
+                f"annotations have different point counts {sorted(counts)}; "
+                "pass protocol= (--protocol on the command line)",
             )
-        protocol = infer_protocol(counts.pop(), str(path)) if counts else "300w"
+        try:
+            protocol = protocol_for_num_points(counts.pop()) if counts else "300w"
+        except ValueError as e:
+            raise DatasetError(str(path), str(e)) from None
     proto = get_protocol(protocol)
     root = Path(image_root) if image_root is not None else path.parent
     images: dict[Any, dict[str, Any]] = {}
