@@ -174,13 +174,7 @@ def test_demo_quick_writes_table_plot_and_grid(tmp_path: Path) -> None:
 
 def test_data_warnings_print_as_one_line_each(tmp_path: Path) -> None:
     # A COCO file whose second face points at a missing image: skipped, with a warning.
-    record = make_synthetic_records(1, seed=1)[0]
-    photo = tmp_path / "face.png"
-    cv2.imwrite(str(photo), cv2.cvtColor(record.image, cv2.COLOR_RGB2BGR))
-    from sepbn.data.formats import write_coco
-
-    coco = write_coco([record], tmp_path / "faces.json", image_root=tmp_path)
-    data = json.loads(coco.read_text())
+    coco, data = _one_face_coco(tmp_path)
     ghost = dict(data["images"][0], id=99, file_name="missing.png")
     data["images"].append(ghost)
     data["annotations"].append(dict(data["annotations"][0], id=99, image_id=99))
@@ -197,3 +191,35 @@ def test_data_warnings_print_as_one_line_each(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert run.stderr.startswith("warning: ") and "image file not found" in run.stderr
     assert "return reader(" not in run.stderr  # no source line from inside the library
+
+
+def _one_face_coco(tmp_path: Path) -> tuple[Path, dict]:
+    """``faces.json`` of one synthetic 68-point face on ``face.png``, and its contents."""
+    from sepbn.data.formats import write_coco
+
+    record = make_synthetic_records(1, seed=1)[0]
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(record.image, cv2.COLOR_RGB2BGR))
+    coco = write_coco([record], tmp_path / "faces.json", image_root=tmp_path)
+    return coco, json.loads(coco.read_text())
+
+
+def _coco_with_two_point_counts(tmp_path: Path) -> Path:
+    """A COCO file of one 68-point face and one 98-point annotation on the same photo."""
+    coco, data = _one_face_coco(tmp_path)
+    del data["info"]["sepbn_protocol"]  # like a foreign file: the protocol is not recorded
+    wide = dict(data["annotations"][0], id=2, keypoints=[10.0, 10.0, 2] * 98)
+    data["annotations"].append(wide)
+    coco.write_text(json.dumps(data))
+    return coco
+
+
+def test_protocol_option_reaches_the_coco_reader(tmp_path: Path, capsys) -> None:
+    coco = _coco_with_two_point_counts(tmp_path)
+    data = ["--data", "coco", "--path", str(coco), "--on-error", "skip"]
+    assert main(["prepare", *data, "--out", str(tmp_path / "x")]) == 1
+    assert "pass protocol= (--protocol on the command line)" in capsys.readouterr().err
+    cache = tmp_path / "cache"
+    assert main(["prepare", *data, "--protocol", "300w", "--out", str(cache)]) == 0
+    meta = json.loads((cache / "meta.json").read_text())
+    assert meta["count"] == 1 and meta["protocol"]["name"] == "300w"

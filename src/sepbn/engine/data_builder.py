@@ -21,7 +21,7 @@ from pathlib import Path
 from sepbn.config import DatasetConfig, ExperimentConfig
 from sepbn.data.cache import CACHE_SIZE, FaceCache, prepare_cache
 from sepbn.data.datasets import LandmarkDataset, MultiProtocolDataset
-from sepbn.data.formats import read_records
+from sepbn.data.formats import read_records, reader_options
 from sepbn.data.protocols import LandmarkProtocol, get_protocol, register_protocol
 from sepbn.data.records import FaceRecord
 from sepbn.data.synthetic import SyntheticFaceConfig, make_synthetic_records
@@ -119,9 +119,9 @@ def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
         seed: The run seed (default seed of synthetic faces).
 
     Returns:
-        Its records; ``ds.protocol``, when given, relabels records of another protocol with
-        the same number of points (e.g. COFW with its inter-pupil normalizer
-        ``cofw_pupil``).
+        Its records; ``ds.protocol``, when given, goes to readers that take a ``protocol``
+        option (COCO, pts_folder) and relabels records of another protocol with the same
+        number of points (e.g. COFW with its inter-pupil normalizer ``cofw_pupil``).
 
     Raises:
         ValueError: Unknown kind or option, no records, or a protocol that does not fit.
@@ -150,8 +150,12 @@ def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
     else:
         if ds.path is None:
             raise ValueError(f"dataset {name!r} (kind {ds.kind!r}) needs a path")
+        options = dict(ds.options)
+        if ds.protocol is not None and "protocol" in reader_options(ds.kind):
+            # Readers that parse by protocol (COCO, pts_folder) need it, not just a relabel.
+            options.setdefault("protocol", ds.protocol)
         records = read_records(
-            ds.kind, _expand(ds.path), split=ds.split, on_error=ds.on_error, **ds.options
+            ds.kind, _expand(ds.path), split=ds.split, on_error=ds.on_error, **options
         )
     if not records:
         raise ValueError(f"dataset {name!r} has no faces (kind {ds.kind!r}, path {ds.path!r})")

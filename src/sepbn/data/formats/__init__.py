@@ -45,6 +45,20 @@ READERS: dict[str, Reader] = {
 }
 
 
+def reader_options(kind: str) -> list[str]:
+    """The keyword options the reader of ``kind`` accepts, sorted.
+
+    Raises:
+        ValueError: Unknown ``kind``, naming the valid ones.
+    """
+    try:
+        reader = READERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown dataset kind {kind!r}; valid: {sorted(READERS)}") from None
+    params = inspect.signature(reader).parameters
+    return sorted(p for p in params if params[p].kind is inspect.Parameter.KEYWORD_ONLY)
+
+
 def read_records(
     kind: str,
     path: str | Path,
@@ -68,16 +82,11 @@ def read_records(
         ValueError: Unknown ``kind`` or option, naming the valid ones.
         DatasetError: Bad data (with ``on_error="raise"``), naming file and line or record.
     """
-    try:
-        reader = READERS[kind]
-    except KeyError:
-        raise ValueError(f"unknown dataset kind {kind!r}; valid: {sorted(READERS)}") from None
-    params = inspect.signature(reader).parameters
-    valid = sorted(p for p in params if params[p].kind is inspect.Parameter.KEYWORD_ONLY)
+    valid = reader_options(kind)
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for dataset kind {kind!r}; valid: {valid}")
-    return reader(path, split, on_error=on_error, **options)
+    return READERS[kind](path, split, on_error=on_error, **options)
 
 
 __all__ = [
@@ -97,5 +106,6 @@ __all__ = [
     "read_wflw_attr",
     "read_wflw_list",
     "read_wider5",
+    "reader_options",
     "write_coco",
 ]
