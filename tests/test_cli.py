@@ -223,3 +223,12 @@ def test_protocol_option_reaches_the_coco_reader(tmp_path: Path, capsys) -> None
     assert main(["prepare", *data, "--protocol", "300w", "--out", str(cache)]) == 0
     meta = json.loads((cache / "meta.json").read_text())
     assert meta["count"] == 1 and meta["protocol"]["name"] == "300w"
+
+
+def test_eval_on_a_missing_gpu_says_so(trained: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["eval", str(trained), "--data", "synthetic", "--device", "cuda", "--out", str(tmp_path)]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'cuda': CUDA is not available" in err[0], err
+    assert "available: ['cpu'" in err[0] and "corrupt" not in err[0]
