@@ -109,7 +109,6 @@ def read_coco(
         2 in a.get("keypoints", [])[2::3] for a in anns if isinstance(a, dict)
     )
     policy = ErrorPolicy.create(on_error, report, path)
-    exists: dict[Path, bool] = {}
     records = []
     for i, ann in enumerate(anns, start=1):
         source = f"{path}[annotation {i}]"
@@ -121,12 +120,8 @@ def read_coco(
         record.protocol = protocol
         if not coco_visibility:
             record.occluded = None
-        if check_images and record.image_path is not None:
-            if record.image_path not in exists:
-                exists[record.image_path] = record.image_path.is_file()
-            if not exists[record.image_path]:
-                policy.fail(f"{source} ({record.image_path})", "image file not found")
-                continue
+        if check_images and not policy.check_image(record.image_path, source):
+            continue
         if policy.accept(record, shape):
             records.append(record)
     return policy.finish(records)
@@ -139,12 +134,16 @@ def _parse_annotation(
         raise DatasetError(source, "annotation is not an object")
     img = images.get(ann.get("image_id"))
     if img is None:
-        raise DatasetError(source, f"image_id {ann.get('image_id')!r} is not in 'images'")
+        raise DatasetError(
+            source, f"image_id {ann.get('image_id')!r} is not in 'images'", "unknown image_id"
+        )
     kps = ann.get("keypoints")
     if not isinstance(kps, list) or len(kps) != 3 * num_points:
         got = len(kps) if isinstance(kps, list) else type(kps).__name__
         raise DatasetError(
-            source, f"expected {3 * num_points} keypoint values (x, y, v), got {got}"
+            source,
+            f"expected {3 * num_points} keypoint values (x, y, v), got {got}",
+            "wrong number of keypoints",
         )
     try:
         kp = np.array(kps, dtype=np.float64).reshape(num_points, 3)
@@ -160,7 +159,7 @@ def _parse_annotation(
             x, y, w, h = (float(v) for v in bbox)
         except (TypeError, ValueError):
             raise DatasetError(
-                source, f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}"
+                source, f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}", "bad bbox"
             ) from None
         box = np.array([x, y, x + w, y + h])
     elif valid.any():
@@ -169,7 +168,9 @@ def _parse_annotation(
         box = np.zeros(4)
     attributes = ann.get("attributes", {})
     if not isinstance(attributes, dict):
-        raise DatasetError(source, f"attributes must be an object, got {attributes!r}")
+        raise DatasetError(
+            source, f"attributes must be an object, got {attributes!r}", "bad attributes"
+        )
     domain = ann.get("domain")
     record = FaceRecord(
         image_path=root / str(img["file_name"]),
