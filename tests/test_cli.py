@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -220,7 +221,8 @@ def test_protocol_option_reaches_the_coco_reader(tmp_path: Path, capsys) -> None
     assert main(["prepare", *data, "--out", str(tmp_path / "x")]) == 1
     assert "pass protocol= (--protocol on the command line)" in capsys.readouterr().err
     cache = tmp_path / "cache"
-    assert main(["prepare", *data, "--protocol", "300w", "--out", str(cache)]) == 0
+    with pytest.warns(UserWarning, match="1 x wrong number of keypoints"):
+        assert main(["prepare", *data, "--protocol", "300w", "--out", str(cache)]) == 0
     meta = json.loads((cache / "meta.json").read_text())
     assert meta["count"] == 1 and meta["protocol"]["name"] == "300w"
 
@@ -232,3 +234,44 @@ def test_eval_on_a_missing_gpu_says_so(trained: Path, tmp_path: Path, capsys, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'cuda': CUDA is not available" in err[0], err
     assert "available: ['cpu'" in err[0] and "corrupt" not in err[0]
+
+
+def test_preview_skips_a_zero_byte_image_like_prepare(tmp_path: Path, write_pts_folder) -> None:
+    folder = write_pts_folder(tmp_path / "faces", 3)
+    (folder / "f0.jpg").write_bytes(b"")
+    data = ["--data", "pts_folder", "--path", str(folder), "--on-error", "skip"]
+    with pytest.warns(UserWarning, match="1 x image file is empty"):
+        assert main(["preview", *data, "--out", str(tmp_path / "grid.png"), "--num", "4"]) == 0
+    assert cv2.imread(str(tmp_path / "grid.png")) is not None
+
+
+def test_prepare_and_eval_list_every_skipped_record(
+    trained: Path, tmp_path: Path, capsys, write_pts_folder
+) -> None:
+    folder = write_pts_folder(tmp_path / "faces", 4)
+    (folder / "f0.jpg").write_bytes(b"")
+    (folder / "f1.pts").write_text("version: 1\nn_points: 68\n{\n1 x\n}\n")
+    (folder / "stray.png").write_bytes(b"png")
+    data = ["--data", "pts_folder", "--path", str(folder), "--on-error", "skip"]
+    with pytest.warns(UserWarning):
+        assert main(["prepare", *data, "--out", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 3 record(s):" in out and "1 x not a finite number" in out
+    assert f"every skipped record: {tmp_path / 'cache' / 'skipped.csv'}" in out
+    meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
+    assert meta["count"] == 2 and len(meta["skipped"]) == 3
+
+    ev = tmp_path / "eval"
+    with pytest.warns(UserWarning):
+        assert main(["eval", str(trained), *data, "--out", str(ev), "--name", "pts"]) == 0
+    assert "skipped 3 record(s):" in capsys.readouterr().out
+    with (ev / "pts_skipped.csv").open(newline="") as f:
+        skipped = list(csv.DictReader(f))
+    assert [Path(r["file"]).name for r in skipped] == ["f0.pts", "f1.pts", "stray.png"]
+    assert skipped[1]["line"] == "4" and skipped[1]["category"] == "not a finite number"
+    summary = json.loads((ev / "pts_summary.json").read_text())
+    assert summary["skipped"]["total"] == 3 and summary["skipped"]["file"] == "pts_skipped.csv"
+    # The per-image errors name their files.
+    with (ev / "pts_per_image.csv").open(newline="") as f:
+        sources = [r["source"] for r in csv.DictReader(f)]
+    assert sources == [str(folder / "f2.pts"), str(folder / "f3.pts")]

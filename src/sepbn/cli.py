@@ -23,8 +23,12 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sepbn import __version__
+
+if TYPE_CHECKING:
+    from sepbn.data.errors import SkipReport
 
 logger = logging.getLogger("sepbn")
 
@@ -135,7 +139,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         result = evaluate(model, loader, protocol, **kwargs)
     out = Path(args.out)
     name = args.name or loaded.name
-    paths = result.save(out, name)
+    skipped = loaded.skipped
+    listing = skipped.write_csv(out / f"{name}_skipped.csv", dataset=loaded.name)
+    paths = result.save(out, name, skipped={**skipped.summary_counts(), "file": listing.name})
+    _print_skipped(skipped, listing)
     print(f"{loaded.name} ({protocol}): {result.metrics.format()}")
     if any(r.attributes for r in loaded.records):
         table = attribute_table(result, loaded.records)
@@ -154,10 +161,22 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     loaded = load_records(_dataset_config(args), seed=0)
     size = max(CACHE_SIZE, -(-CACHE_SIZE * args.input_size // 128))
     cache = prepare_cache(
-        loaded.records, args.out, loaded.protocol, crop_size=size, on_error=args.on_error
+        loaded.records,
+        args.out,
+        loaded.protocol,
+        crop_size=size,
+        on_error=args.on_error,
+        skipped=loaded.read_skipped,
     )
+    _print_skipped(cache.skip_report(), cache.root / "skipped.csv")
     print(f"cache {args.out}: {len(cache)} faces ({loaded.protocol.name}, {size} px crops)")
     return 0
+
+
+def _print_skipped(report: SkipReport, listing: Path) -> None:
+    """The counts per reason of what a command skipped, and where the full list is."""
+    if len(report):
+        print(f"{report.summary()}\nevery skipped record: {listing}")
 
 
 def _cmd_preview(args: argparse.Namespace) -> int:

@@ -15,12 +15,13 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sepbn.config import DatasetConfig, ExperimentConfig
 from sepbn.data.cache import CACHE_SIZE, FaceCache, prepare_cache
 from sepbn.data.datasets import LandmarkDataset, MultiProtocolDataset
+from sepbn.data.errors import SkipReport, write_skip_csv
 from sepbn.data.formats import read_records, reader_options
 from sepbn.data.protocols import LandmarkProtocol, get_protocol, register_protocol
 from sepbn.data.records import FaceRecord
@@ -37,6 +38,7 @@ __all__ = [
     "make_eval_set",
     "make_train_set",
     "register_config_protocols",
+    "write_skip_list",
 ]
 
 _SYNTHETIC_OPTIONS = ("num_faces", "start_index", "seed", "config")
@@ -51,12 +53,21 @@ class LoadedSet:
         name: Display name (logs, ``run_dir/eval`` file names).
         protocol: Their landmark protocol.
         records: The faces.
+        read_skipped: What the reader skipped (and noted) while reading them.
+        cache_skipped: What preparing their face cache skipped (undecodable images, ...).
     """
 
     config: DatasetConfig
     name: str
     protocol: LandmarkProtocol
     records: list[FaceRecord]
+    read_skipped: SkipReport = field(default_factory=SkipReport)
+    cache_skipped: SkipReport = field(default_factory=SkipReport)
+
+    @property
+    def skipped(self) -> SkipReport:
+        """Everything skipped: while reading, then while preparing the face cache."""
+        return SkipReport(self.read_skipped.skipped + self.cache_skipped.skipped)
 
 
 @dataclass
@@ -86,6 +97,29 @@ class ExperimentData:
     def heads(self) -> dict[str, int]:
         """Protocol name to L, for a cross-protocol model."""
         return {p: get_protocol(p).num_points for p in self.protocols}
+
+    def skip_reports(self) -> dict[str, SkipReport]:
+        """``"train/<name>"``, ``"val/<name>"``, ``"test/<name>"`` -> what each set skipped."""
+        sets = [("train", s) for s in self.train] + [("test", s) for s in self.test]
+        if self.val is not None:
+            sets.insert(len(self.train), ("val", self.val))
+        return {f"{role}/{s.name}": s.skipped for role, s in sets}
+
+
+def write_skip_list(data: ExperimentData, folder: str | Path) -> dict[str, object]:
+    """Write ``folder/skipped.csv``: every record each dataset of a run skipped.
+
+    Call it once the datasets are built (caches prepared), so decoding failures are in it.
+
+    Returns:
+        ``{"total": n, "by_category": {...}, "file": "skipped.csv"}`` for a summary JSON.
+    """
+    reports = data.skip_reports()
+    path = write_skip_csv(Path(folder) / "skipped.csv", reports)
+    return {
+        **SkipReport([e for r in reports.values() for e in r.skipped]).summary_counts(),
+        "file": path.name,
+    }
 
 
 def register_config_protocols(config: ExperimentConfig) -> list[LandmarkProtocol]:
@@ -128,6 +162,7 @@ def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
         DatasetError: Bad data under ``on_error="raise"``.
     """
     name = ds.display_name
+    skipped = SkipReport()
     if ds.kind == "synthetic":
         unknown = sorted(set(ds.options) - set(_SYNTHETIC_OPTIONS))
         if unknown:
@@ -151,14 +186,18 @@ def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
         if ds.path is None:
             raise ValueError(f"dataset {name!r} (kind {ds.kind!r}) needs a path")
         options = dict(ds.options)
-        if ds.protocol is not None and "protocol" in reader_options(ds.kind):
+        valid_options = reader_options(ds.kind)
+        if ds.protocol is not None and "protocol" in valid_options:
             # Readers that parse by protocol (COCO, pts_folder) need it, not just a relabel.
             options.setdefault("protocol", ds.protocol)
+        if "report" in valid_options:
+            options["report"] = skipped
         records = read_records(
             ds.kind, _expand(ds.path), split=ds.split, on_error=ds.on_error, **options
         )
     if not records:
-        raise ValueError(f"dataset {name!r} has no faces (kind {ds.kind!r}, path {ds.path!r})")
+        why = f"; {skipped.summary()}" if skipped.skipped else ""
+        raise ValueError(f"dataset {name!r} has no faces (kind {ds.kind!r}, path {ds.path!r}){why}")
     protocol = get_protocol(ds.protocol or records[0].protocol)
     relabeled = []
     for rec in records:
@@ -170,7 +209,7 @@ def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
                 )
             rec = replace(rec, protocol=protocol.name)
         relabeled.append(rec)
-    return LoadedSet(ds, name, protocol, relabeled)
+    return LoadedSet(ds, name, protocol, relabeled, skipped)
 
 
 def build_data(config: ExperimentConfig) -> ExperimentData:
@@ -206,15 +245,20 @@ def _cache_source(
     # Keep the cache resolution in step with the input size (the default suits 128 px).
     crop_size = max(CACHE_SIZE, math.ceil(CACHE_SIZE * config.model.input_size / 128))
     if is_main:
-        return prepare_cache(
+        cache = prepare_cache(
             loaded.records,
             root,
             loaded.protocol,
             crop_size=crop_size,
             on_error=ds.on_error,
             progress=config.train.progress,
+            skipped=loaded.read_skipped,
         )
-    return FaceCache.open(root, loaded.protocol)
+    else:
+        cache = FaceCache.open(root, loaded.protocol)
+    # The cache lists the reading skips (part of its fingerprint) first, then its own.
+    loaded.cache_skipped = SkipReport(cache.skip_report().skipped[len(loaded.read_skipped) :])
+    return cache
 
 
 def _dataset(
