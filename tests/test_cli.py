@@ -253,18 +253,17 @@ def test_prepare_and_eval_list_every_skipped_record(
     (folder / "f1.pts").write_text("version: 1\nn_points: 68\n{\n1 x\n}\n")
     (folder / "stray.png").write_bytes(b"png")
     data = ["--data", "pts_folder", "--path", str(folder), "--on-error", "skip"]
-    with pytest.warns(UserWarning):
+    with pytest.warns(UserWarning, match="1 x not a finite number"):
         assert main(["prepare", *data, "--out", str(tmp_path / "cache")]) == 0
-    out = capsys.readouterr().out
-    assert "skipped 3 record(s):" in out and "1 x not a finite number" in out
-    assert f"every skipped record: {tmp_path / 'cache' / 'skipped.csv'}" in out
+    listing = tmp_path / "cache" / "skipped.csv"
+    assert f"skipped 3 record(s) in all; each one is listed in {listing}" in capsys.readouterr().out
     meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
     assert meta["count"] == 2 and len(meta["skipped"]) == 3
 
     ev = tmp_path / "eval"
     with pytest.warns(UserWarning):
         assert main(["eval", str(trained), *data, "--out", str(ev), "--name", "pts"]) == 0
-    assert "skipped 3 record(s):" in capsys.readouterr().out
+    assert "skipped 3 record(s) in all" in capsys.readouterr().out
     with (ev / "pts_skipped.csv").open(newline="") as f:
         skipped = list(csv.DictReader(f))
     assert [Path(r["file"]).name for r in skipped] == ["f0.pts", "f1.pts", "stray.png"]

@@ -174,9 +174,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _print_skipped(report: SkipReport, listing: Path) -> None:
-    """The counts per reason of what a command skipped, and where the full list is."""
+    """How many records a command skipped, and where the full list is.
+
+    The counts per reason were printed as each step (reading, preparing) finished.
+    """
     if len(report):
-        print(f"{report.summary()}\nevery skipped record: {listing}")
+        print(f"skipped {len(report)} record(s) in all; each one is listed in {listing}")
 
 
 def _cmd_preview(args: argparse.Namespace) -> int:
