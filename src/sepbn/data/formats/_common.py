@@ -38,7 +38,9 @@ class ErrorPolicy:
     report: SkipReport
     what: str
     start: int = 0
-    _image_problems: dict[Path, tuple[str, str] | None] = field(default_factory=dict)
+    _image_problems: dict[Path, tuple[str, str] | None] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @classmethod
     def create(cls, on_error: str, report: SkipReport | None, what: str | Path) -> ErrorPolicy:
