@@ -31,3 +31,21 @@ def data_root() -> Path:
 def _seed() -> None:
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture
+def write_pts_folder():
+    """``write(folder, num_faces)``: synthetic 68-point faces as ``f<i>.jpg`` + ``f<i>.pts``."""
+    import cv2
+
+    from sepbn.data.synthetic import make_synthetic_records
+
+    def write(folder: Path, num_faces: int) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, rec in enumerate(make_synthetic_records(num_faces, seed=3)):
+            cv2.imwrite(str(folder / f"f{i}.jpg"), cv2.cvtColor(rec.image, cv2.COLOR_RGB2BGR))
+            rows = "".join(f"{x + 1} {y + 1}\n" for x, y in rec.landmarks)  # 1-based, as 300-W
+            (folder / f"f{i}.pts").write_text(f"version: 1\nn_points: 68\n{{\n{rows}}}\n")
+        return folder
+
+    return write

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -224,13 +225,7 @@ def test_haar_detector_finds_faces_in_300w_photos(data_root: Path) -> None:
 
 def test_data_warnings_print_as_one_line_each(tmp_path: Path) -> None:
     # A COCO file whose second face points at a missing image: skipped, with a warning.
-    record = make_synthetic_records(1, seed=1)[0]
-    photo = tmp_path / "face.png"
-    cv2.imwrite(str(photo), cv2.cvtColor(record.image, cv2.COLOR_RGB2BGR))
-    from sepbn.data.formats import write_coco
-
-    coco = write_coco([record], tmp_path / "faces.json", image_root=tmp_path)
-    data = json.loads(coco.read_text())
+    coco, data = _one_face_coco(tmp_path)
     ghost = dict(data["images"][0], id=99, file_name="missing.png")
     data["images"].append(ghost)
     data["annotations"].append(dict(data["annotations"][0], id=99, image_id=99))
@@ -247,3 +242,85 @@ def test_data_warnings_print_as_one_line_each(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert run.stderr.startswith("warning: ") and "image file not found" in run.stderr
     assert "return reader(" not in run.stderr  # no source line from inside the library
+
+
+def _one_face_coco(tmp_path: Path) -> tuple[Path, dict]:
+    """``faces.json`` of one synthetic 68-point face on ``face.png``, and its contents."""
+    from sepbn.data.formats import write_coco
+
+    record = make_synthetic_records(1, seed=1)[0]
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(record.image, cv2.COLOR_RGB2BGR))
+    coco = write_coco([record], tmp_path / "faces.json", image_root=tmp_path)
+    return coco, json.loads(coco.read_text())
+
+
+def _coco_with_two_point_counts(tmp_path: Path) -> Path:
+    """A COCO file of one 68-point face and one 98-point annotation on the same photo."""
+    coco, data = _one_face_coco(tmp_path)
+    del data["info"]["sepbn_protocol"]  # like a foreign file: the protocol is not recorded
+    wide = dict(data["annotations"][0], id=2, keypoints=[10.0, 10.0, 2] * 98)
+    data["annotations"].append(wide)
+    coco.write_text(json.dumps(data))
+    return coco
+
+
+def test_protocol_option_reaches_the_coco_reader(tmp_path: Path, capsys) -> None:
+    coco = _coco_with_two_point_counts(tmp_path)
+    data = ["--data", "coco", "--path", str(coco), "--on-error", "skip"]
+    assert main(["prepare", *data, "--out", str(tmp_path / "x")]) == 1
+    assert "pass protocol= (--protocol on the command line)" in capsys.readouterr().err
+    cache = tmp_path / "cache"
+    with pytest.warns(UserWarning, match="1 x wrong number of keypoints"):
+        assert main(["prepare", *data, "--protocol", "300w", "--out", str(cache)]) == 0
+    meta = json.loads((cache / "meta.json").read_text())
+    assert meta["count"] == 1 and meta["protocol"]["name"] == "300w"
+
+
+def test_eval_on_a_missing_gpu_says_so(trained: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["eval", str(trained), "--data", "synthetic", "--device", "cuda", "--out", str(tmp_path)]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'cuda': CUDA is not available" in err[0], err
+    assert "available: ['cpu'" in err[0] and "corrupt" not in err[0]
+
+
+def test_preview_skips_a_zero_byte_image_like_prepare(tmp_path: Path, write_pts_folder) -> None:
+    folder = write_pts_folder(tmp_path / "faces", 3)
+    (folder / "f0.jpg").write_bytes(b"")
+    data = ["--data", "pts_folder", "--path", str(folder), "--on-error", "skip"]
+    with pytest.warns(UserWarning, match="1 x image file is empty"):
+        assert main(["preview", *data, "--out", str(tmp_path / "grid.png"), "--num", "4"]) == 0
+    assert cv2.imread(str(tmp_path / "grid.png")) is not None
+
+
+def test_prepare_and_eval_list_every_skipped_record(
+    trained: Path, tmp_path: Path, capsys, write_pts_folder
+) -> None:
+    folder = write_pts_folder(tmp_path / "faces", 4)
+    (folder / "f0.jpg").write_bytes(b"")
+    (folder / "f1.pts").write_text("version: 1\nn_points: 68\n{\n1 x\n}\n")
+    (folder / "stray.png").write_bytes(b"png")
+    data = ["--data", "pts_folder", "--path", str(folder), "--on-error", "skip"]
+    with pytest.warns(UserWarning, match="1 x not a finite number"):
+        assert main(["prepare", *data, "--out", str(tmp_path / "cache")]) == 0
+    listing = tmp_path / "cache" / "skipped.csv"
+    assert f"skipped 3 record(s) in all; each one is listed in {listing}" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
+    assert meta["count"] == 2 and len(meta["skipped"]) == 3
+
+    ev = tmp_path / "eval"
+    with pytest.warns(UserWarning):
+        assert main(["eval", str(trained), *data, "--out", str(ev), "--name", "pts"]) == 0
+    assert "skipped 3 record(s) in all" in capsys.readouterr().out
+    with (ev / "pts_skipped.csv").open(newline="") as f:
+        skipped = list(csv.DictReader(f))
+    assert [Path(r["file"]).name for r in skipped] == ["f0.pts", "f1.pts", "stray.png"]
+    assert skipped[1]["line"] == "4" and skipped[1]["category"] == "not a finite number"
+    summary = json.loads((ev / "pts_summary.json").read_text())
+    assert summary["skipped"]["total"] == 3 and summary["skipped"]["file"] == "pts_skipped.csv"
+    # The per-image errors name their files.
+    with (ev / "pts_per_image.csv").open(newline="") as f:
+        sources = [r["source"] for r in csv.DictReader(f)]
+    assert sources == [str(folder / "f2.pts"), str(folder / "f3.pts")]

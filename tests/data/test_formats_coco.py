@@ -102,7 +102,7 @@ def test_protocol_option_and_inference(tmp_path: Path) -> None:
     np.testing.assert_array_equal(rec.box, [20, 20, 80, 80])
     path = _json(tmp_path, [{"id": 1, "image_id": 7, "keypoints": _kps(7)}])
     with pytest.raises(
-        DatasetError, match=r"cannot infer the protocol of 7-point keypoints.*pass protocol="
+        DatasetError, match=r"cannot infer the protocol of 7-point landmarks.*pass protocol="
     ):
         read_coco(path)
     with pytest.raises(

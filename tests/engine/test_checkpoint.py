@@ -114,3 +114,60 @@ def test_load_model_state_names_what_does_not_fit() -> None:
     msg = str(info.value)
     assert "ckpt.pt" in msg and "missing: 1.bias" in msg and "unexpected: extra" in msg
     assert "0.weight (4, 2) vs (3, 2)" in msg
+
+
+class _PickledCode:
+    """Pickles as a call of ``print``: stands in for code hidden in a checkpoint."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_pickled_code_is_refused_for_safety_without_torch_advice(tmp_path: Path, legacy) -> None:
+    path = tmp_path / "code.pt"
+    state = {**_state(), "format": CHECKPOINT_FORMAT, "hook": _PickledCode()}
+    torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: refused for safety: the file holds pickled Python code")
+    assert "pickled Python code (print)" in message  # the refused global, as torch names it
+    assert "truncated" not in message and "corrupt" not in message
+    assert "weights_only" not in message  # never the advice to switch the guard off
+
+
+def test_truncated_random_and_empty_files_each_get_their_own_message(tmp_path: Path) -> None:
+    good = save_checkpoint(tmp_path / "good.pt", _state())
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:-200])
+    legacy = tmp_path / "legacy.pt"
+    torch.save(_state(), legacy, _use_new_zipfile_serialization=False)
+    cut_legacy = tmp_path / "cut_legacy.pt"
+    cut_legacy.write_bytes(legacy.read_bytes()[:100])
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).bytes(3000))
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    expected = {
+        cut: "the file is truncated or damaged (its zip archive is incomplete",
+        cut_legacy: "the file is truncated or damaged (the legacy torch.save data ends early",
+        noise: "not a PyTorch file (neither the zip layout of torch.save nor its legacy layout)",
+        empty: "the file is empty (0 bytes)",
+    }
+    for path, reason in expected.items():
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: cannot read the checkpoint: {reason}"), message
+        assert "weights_only" not in message and "pickled" not in message
+
+
+def test_cuda_without_cuda_names_the_devices_before_loading(tmp_path: Path, monkeypatch) -> None:
+    path = save_checkpoint(tmp_path / "good.pt", _state())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("loaded before the check"))
+    with pytest.raises(
+        ValueError, match=r"device 'cuda': CUDA is not available.*available: \['cpu"
+    ):
+        load_checkpoint(path, map_location="cuda")

@@ -246,3 +246,22 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path: Path) -> None:
     for key, value in reference.items():
         torch.testing.assert_close(ddp[key], value, rtol=1e-5, atol=1e-6)
         assert not torch.equal(value, initial[key])  # it did train
+
+
+def test_check_device_names_the_available_devices(monkeypatch) -> None:
+    from sepbn.engine.distributed import available_devices, check_device
+
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"unknown device 'gpu0'; valid: 'cpu', 'cuda'"):
+        check_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert "cuda:1" in available_devices()
+    assert check_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"device 'cuda:2': this machine has 2 CUDA device"):
+        check_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"'cuda': CUDA is not available.*available: \['cpu'"):
+        check_device(torch.device("cuda"))
+    with pytest.raises(ValueError, match=r"train\.device='cuda'.*CUDA is not available"):
+        resolve_device("cuda")

@@ -371,3 +371,19 @@ def test_evaluate_model_chooses_the_evaluation_of_the_model() -> None:
     chosen = evaluate_model(plain, loader, "aflw", progress=False)
     assert chosen.best_domain is None
     np.testing.assert_array_equal(chosen.nmes, evaluate(plain, loader, "aflw", progress=False).nmes)
+
+
+def test_sources_travel_with_the_batches(tmp_path: Path) -> None:
+    data = mixed_dataset(seed=6)
+
+    def with_sources(samples: list[dict]) -> dict:
+        batch = collate(samples)
+        batch["source"] = [f"photo_{s['index'].item()}.jpg" for s in samples]
+        return batch
+
+    loader = DataLoader(data, batch_size=3, collate_fn=with_sources)
+    result = evaluate(TableModel(data), loader, "wider5", progress=False)
+    faces, _ = expected_nmes(data, "wider5")
+    assert result.sources == [f"photo_{i}.jpg" for i in faces]  # not the dataset's records
+    with result.save(tmp_path, "m")["per_image"].open(newline="") as f:
+        assert [r["source"] for r in csv.DictReader(f)] == result.sources

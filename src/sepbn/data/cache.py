@@ -10,8 +10,10 @@ full-size photo again and evaluation still scores in original pixels.
 Files in ``out_dir``:
     images.u8   ``(N, C, C, 3)`` uint8 RGB crops, raw C-order bytes (np.memmap).
     index.npz   per-face arrays (landmarks, valid, matrix, boxes, ...).
-    meta.json   protocol, geometry, count, fingerprint; written last, so a cache
-                without it is incomplete and is rebuilt.
+    skipped.csv every record skipped while reading the annotations and while preparing
+                (see :func:`sepbn.data.errors.write_skip_csv`); header only when none.
+    meta.json   protocol, geometry, count, fingerprint, the skipped records; written
+                last, so a cache without it is incomplete and is rebuilt.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def cache_crop_size(input_size: int) -> int:
     return max(CACHE_SIZE, -(-CACHE_SIZE * int(input_size) // 128))  # ceil division
 
 
-_IMAGES, _INDEX, _META = "images.u8", "index.npz", "meta.json"
+_IMAGES, _INDEX, _META, _SKIPPED = "images.u8", "index.npz", "meta.json", "skipped.csv"
 
 
 def _file_signature(record: FaceRecord) -> list[Any]:
@@ -84,9 +86,14 @@ def _file_signature(record: FaceRecord) -> list[Any]:
 
 
 def cache_fingerprint(
-    records: Sequence[FaceRecord], protocol: LandmarkProtocol, crop_size: int, margin: float
+    records: Sequence[FaceRecord],
+    protocol: LandmarkProtocol,
+    crop_size: int,
+    margin: float,
+    skipped: SkipReport | None = None,
 ) -> str:
-    """SHA-256 over the settings and every record's annotation and image identity.
+    """SHA-256 over the settings, every record's annotation and image identity, and the
+    records skipped before (so the cache's list of skipped records stays true).
 
     Image files are identified by path, size and modification time (cheap; an edited
     photo changes its mtime); in-memory images by a hash of their pixels.
@@ -99,6 +106,8 @@ def cache_fingerprint(
         "margin": float(margin),
     }
     h.update(json.dumps(settings, sort_keys=True).encode())
+    if skipped:  # only then: fingerprints of caches without skipped records stay as they were
+        h.update(json.dumps(skipped.to_json()).encode())
     for r in records:
         meta = [r.protocol, r.source, r.domain, sorted(r.attributes.items()), _file_signature(r)]
         h.update(json.dumps(meta, default=str).encode())
@@ -176,7 +185,9 @@ class FaceCache:
         image_paths: Per-face original image path (``""`` for in-memory images).
         attribute_names: Names of the attribute columns.
         attributes: ``(N, A)`` int8: 1 / 0, or -1 where the record lacks the attribute.
-        skipped: ``[source, reason]`` of every record skipped while preparing.
+        skipped: ``[source, reason, category]`` of every record skipped while reading the
+            annotations and while preparing; :meth:`skip_report` gives them as a
+            :class:`~sepbn.data.errors.SkipReport`, ``skipped.csv`` in ``root`` as a table.
     """
 
     def __init__(self, root: Path, meta: dict[str, Any]) -> None:
@@ -256,6 +267,10 @@ class FaceCache:
         corners = self.boxes.reshape(-1, 2, 2)  # (N, 2 corners, xy)
         return apply_affine(self.matrix, corners).reshape(-1, 4)
 
+    def skip_report(self) -> SkipReport:
+        """The skipped records (:attr:`skipped`) as a report."""
+        return SkipReport.from_json(self.skipped)
+
     def attributes_of(self, i: int) -> dict[str, bool]:
         """The attribute dict of face ``i`` (attributes its record lacked are left out)."""
         row = self.attributes[i]
@@ -285,6 +300,7 @@ def prepare_cache(
     margin: float = CACHE_MARGIN,
     on_error: OnError = "raise",
     progress: bool = True,
+    skipped: SkipReport | None = None,
 ) -> FaceCache:
     """Crop every face once into a memory-mapped cache, or reuse an up-to-date one.
 
@@ -304,6 +320,8 @@ def prepare_cache(
         on_error: ``"raise"`` on the first bad record, or ``"skip"`` it and list it in
             ``FaceCache.skipped``.
         progress: Show a tqdm progress bar.
+        skipped: Records skipped while reading ``records`` (the reader's report); they are
+            listed first in ``FaceCache.skipped`` and ``skipped.csv``.
 
     Returns:
         The opened cache.
@@ -329,7 +347,7 @@ def prepare_cache(
             f"holds a cache for protocol {old.get('protocol', {}).get('name')!r}, not "
             f"{protocol.name!r}; delete it or choose another folder",
         )
-    fingerprint = cache_fingerprint(records, protocol, crop_size, margin)
+    fingerprint = cache_fingerprint(records, protocol, crop_size, margin, skipped)
     if old is not None and old.get("fingerprint") == fingerprint:
         try:
             return FaceCache.open(root, protocol)
@@ -340,7 +358,8 @@ def prepare_cache(
 
     root.mkdir(parents=True, exist_ok=True)
     (root / _META).unlink(missing_ok=True)  # an interrupted rebuild must not look complete
-    report = SkipReport()
+    report = SkipReport(list(skipped.skipped) if skipped is not None else [])
+    read_skips = len(report)
     kept: list[int] = []
     matrices: list[np.ndarray] = []
     tmp_images = root / (_IMAGES + ".tmp")
@@ -375,8 +394,8 @@ def prepare_cache(
             out.write(np.ascontiguousarray(crop_for_cache(image, matrix, crop_size)).tobytes())
             kept.append(i)
             matrices.append(matrix)
-    if report.skipped:
-        logger.warning("%s", report.summary())
+    if len(report) > read_skips:  # the reader already warned about its own
+        logger.warning("%s", SkipReport(report.skipped[read_skips:]).summary())
 
     kept_recs = [records[i] for i in kept]
     num_points = protocol.num_points
@@ -413,8 +432,9 @@ def prepare_cache(
         "margin": margin,
         "count": len(kept),
         "fingerprint": fingerprint,
-        "skipped": [[e.source, e.reason] for e in report.skipped],
+        "skipped": report.to_json(),
     }
+    report.write_csv(root / _SKIPPED)
     tmp_meta = root / (_META + ".tmp")
     tmp_meta.write_text(json.dumps(meta, indent=1))
     os.replace(tmp_meta, root / _META)

@@ -13,6 +13,8 @@ A sample is a dict (the batch contract shared with the engine):
                     MultiProtocolDataset, in the concatenation).
     domain          int64 scalar pose domain (see :mod:`sepbn.data.domains`), -1 unknown.
     protocol        str, the protocol name (lets ``collate_landmarks`` key the targets).
+    source          str, the record's source (``"file:line"``; its image path when the
+                    record names none), so per-image results can be traced to files.
 
 For a horizontally flipped sample, ``valid`` and ``orig_landmarks`` are permuted with the
 protocol's ``flip_perm`` like ``landmarks``, so that for every sample
@@ -120,6 +122,7 @@ class LandmarkDataset(Dataset):
         self.valid = cache.valid
         self.boxes = cache.boxes
         self.domains = cache.domain.astype(np.int64)
+        self.sources = [s or p for s, p in zip(cache.sources, cache.image_paths)]
         self._cache_boxes = cache.crop_boxes()
 
     def _init_from_records(self, records: Sequence[FaceRecord]) -> None:
@@ -145,6 +148,7 @@ class LandmarkDataset(Dataset):
         self.domains = np.array(
             [UNKNOWN_DOMAIN if r.domain is None else r.domain for r in records], dtype=np.int64
         )
+        self.sources = [r.source or str(r.image_path or "") for r in records]
 
     def __len__(self) -> int:
         return len(self.orig_landmarks)
@@ -189,6 +193,7 @@ class LandmarkDataset(Dataset):
             "index": torch.tensor(index, dtype=torch.int64),
             "domain": torch.tensor(domain, dtype=torch.int64),
             "protocol": self.protocol.name,
+            "source": self.sources[index],
         }
 
     def __repr__(self) -> str:
@@ -288,7 +293,8 @@ def collate_landmarks(samples: Sequence[Sample]) -> dict[str, Any]:
 
     Returns:
         ``image`` ``(N, 3, S, S)`` uint8, ``protocol_id`` / ``index`` / ``domain``
-        ``(N,)`` int64, ``matrix`` ``(N, 2, 3)`` and ``norm`` ``(N,)`` float64, and
+        ``(N,)`` int64, ``matrix`` ``(N, 2, 3)`` and ``norm`` ``(N,)`` float64, ``source``
+        (``N`` strings, empty for samples without one), and
         ``targets``: protocol name -> ``rows`` ``(n_p,)`` int64 ascending batch
         positions, ``landmarks`` ``(n_p, L_p, 2)`` float32, ``valid`` ``(n_p, L_p)``
         bool, ``orig_landmarks`` ``(n_p, L_p, 2)`` float64; keys in protocol-id order.
@@ -306,6 +312,7 @@ def collate_landmarks(samples: Sequence[Sample]) -> dict[str, Any]:
         "domain": torch.stack([s["domain"] for s in samples]),
         "matrix": torch.stack([s["matrix"] for s in samples]),
         "norm": torch.stack([s["norm"] for s in samples]),
+        "source": [s.get("source", "") for s in samples],
     }
     targets: dict[str, dict[str, torch.Tensor]] = {}
     for pid in torch.unique(protocol_id).tolist():  # sorted ascending

@@ -14,12 +14,37 @@ _JPEG_EOI = b"\xff\xd9"
 _PNG_IEND = b"IEND"
 
 
-def _looks_truncated(path: Path, data: bytes) -> bool:
-    if data[:3] == b"\xff\xd8\xff":
-        return _JPEG_EOI not in data[-64:]
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return _PNG_IEND not in data[-16:]
-    return False
+def _content_problem(head: bytes, tail: bytes) -> tuple[str, str] | None:
+    """``(category, reason)`` when the first and last bytes of a file show it is no image."""
+    if not head:
+        return "image file is empty", "image file is empty"
+    if head[:3] == b"\xff\xd8\xff" and _JPEG_EOI not in tail[-64:]:
+        return "image file is truncated", "image file is truncated (no JPEG end marker)"
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and _PNG_IEND not in tail[-16:]:
+        return "image file is truncated", "image file is truncated (no PNG end marker)"
+    return None
+
+
+def image_file_problem(path: str | Path) -> tuple[str, str] | None:
+    """Why ``path`` is not a usable image file, from its first and last bytes only.
+
+    A cheap check for the format readers: missing, unreadable, empty, or a JPEG / PNG cut
+    short. Decoding (and the errors only it finds) is left to :func:`load_image`.
+
+    Returns:
+        ``(category, reason)`` for :class:`DatasetError`, or None when the file looks fine.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            size = f.seek(0, 2)
+            f.seek(max(0, size - 64))
+            tail = f.read()
+    except FileNotFoundError:
+        return "image file not found", "image file not found"
+    except OSError as e:
+        return "image file unreadable", f"image file unreadable: {e.strerror or e}"
+    return _content_problem(head, tail)
 
 
 def load_image(path: str | Path, source: str = "") -> np.ndarray:
@@ -39,11 +64,13 @@ def load_image(path: str | Path, source: str = "") -> np.ndarray:
     except FileNotFoundError:
         raise DatasetError(where, "image file not found") from None
     except OSError as e:
-        raise DatasetError(where, f"image file unreadable: {e.strerror or e}") from None
-    if not data:
-        raise DatasetError(where, "image file is empty")
-    if _looks_truncated(path, data):
-        raise DatasetError(where, "image file is truncated (no end marker)")
+        raise DatasetError(
+            where, f"image file unreadable: {e.strerror or e}", "image file unreadable"
+        ) from None
+    problem = _content_problem(data[:8], data[-64:])
+    if problem is not None:
+        category, reason = problem
+        raise DatasetError(where, reason, category)
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise DatasetError(where, "not a decodable image")

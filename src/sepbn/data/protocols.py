@@ -6,7 +6,7 @@ augmentation (horizontal flip) and the metrics (paper Eq. 8 normalizer, Sec. V-A
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -166,6 +166,37 @@ PROTOCOLS: dict[str, LandmarkProtocol] = {
         LandmarkProtocol("wider5", 5, (1, 0, 2, 4, 3), "inter_ocular", (0, 1)),
     )
 }
+
+
+# The built-in protocol of each point count; 29 means COFW (cofw_pupil shares the count).
+PROTOCOL_BY_COUNT: dict[int, str] = {68: "300w", 98: "wflw", 29: "cofw", 19: "aflw", 5: "wider5"}
+
+
+def protocol_for_num_points(num_points: int, hints: Sequence[str] = ()) -> str:
+    """The protocol key of landmarks that come only with their count L.
+
+    The first of ``hints`` with ``num_points`` points wins (e.g. the protocols a model was
+    trained on), then the built-in table :data:`PROTOCOL_BY_COUNT`, then the only registered
+    protocol with that count.
+
+    Raises:
+        ValueError: No protocol, or several registered ones, have ``num_points`` points; the
+            message lists the known counts.
+    """
+    for name in hints:
+        if get_protocol(name).num_points == num_points:
+            return name
+    if num_points in PROTOCOL_BY_COUNT:
+        return PROTOCOL_BY_COUNT[num_points]
+    matches = sorted(p.name for p in PROTOCOLS.values() if p.num_points == num_points)
+    if len(matches) == 1:
+        return matches[0]
+    why = f"ambiguous: {matches}" if matches else "no protocol has that count"
+    known = dict(sorted(PROTOCOL_BY_COUNT.items()))
+    raise ValueError(
+        f"cannot infer the protocol of {num_points}-point landmarks ({why}; known counts: "
+        f"{known}); pass protocol= (--protocol on the command line)"
+    )
 
 
 def get_protocol(name: str) -> LandmarkProtocol:

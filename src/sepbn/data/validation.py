@@ -69,38 +69,57 @@ def validate_record(
     protocol = PROTOCOLS.get(record.protocol)
     if protocol is None:
         raise DatasetError(
-            src, f"unknown landmark protocol {record.protocol!r}; valid: {sorted(PROTOCOLS)}"
+            src,
+            f"unknown landmark protocol {record.protocol!r}; valid: {sorted(PROTOCOLS)}",
+            "unknown landmark protocol",
         )
     pts = record.landmarks
     if pts.ndim != 2 or pts.shape[1] != 2:
-        raise DatasetError(src, f"landmarks must have shape (L, 2), got {pts.shape}")
+        raise DatasetError(
+            src, f"landmarks must have shape (L, 2), got {pts.shape}", "landmarks of wrong shape"
+        )
     n = pts.shape[0]
     if n != protocol.num_points:
         raise DatasetError(
-            src, f"{n} landmarks, but protocol {protocol.name!r} has {protocol.num_points}"
+            src,
+            f"{n} landmarks, but protocol {protocol.name!r} has {protocol.num_points}",
+            "wrong number of landmarks",
         )
     valid = record.valid
     if valid is None or valid.shape != (n,):
         raise DatasetError(
-            src, f"valid must have shape ({n},), got {None if valid is None else valid.shape}"
+            src,
+            f"valid must have shape ({n},), got {None if valid is None else valid.shape}",
+            "valid flags of wrong shape",
         )
     if record.occluded is not None and np.shape(record.occluded) != (n,):
-        raise DatasetError(src, f"occluded must have shape ({n},), got {record.occluded.shape}")
+        raise DatasetError(
+            src,
+            f"occluded must have shape ({n},), got {record.occluded.shape}",
+            "occlusion flags of wrong shape",
+        )
     bad = ~np.isfinite(pts).all(axis=1)
     if bad.any():
         raise DatasetError(
-            src, f"non-finite landmark coordinates at point(s) {_indices(np.flatnonzero(bad))}"
+            src,
+            f"non-finite landmark coordinates at point(s) {_indices(np.flatnonzero(bad))}",
+            "non-finite landmark coordinates",
         )
     if not valid.any():
         raise DatasetError(src, "no valid (annotated) landmarks")
     box = record.box
     if box.shape != (4,) or not np.isfinite(box).all():
-        raise DatasetError(src, f"box must be 4 finite numbers x_min y_min x_max y_max, got {box}")
+        raise DatasetError(
+            src,
+            f"box must be 4 finite numbers x_min y_min x_max y_max, got {box}",
+            "box not 4 finite numbers",
+        )
     w, h = float(box[2] - box[0]), float(box[3] - box[1])
     if not (w > 1.0 and h > 1.0):
         raise DatasetError(
             src,
             f"degenerate box {box.tolist()} (width {w:g}, height {h:g}; both must exceed 1 px)",
+            "degenerate box",
         )
     size = max(w, h)
     vp = pts[valid]
@@ -116,6 +135,7 @@ def validate_record(
             src,
             f"landmark(s) {_indices(np.flatnonzero(valid)[far])} lie more than "
             f"{box_tolerance:g} x the box size outside the face box {np.round(box, 1).tolist()}",
+            "landmarks far outside the face box",
         )
     if image_shape is not None:
         if len(image_shape) < 2:
@@ -134,4 +154,5 @@ def validate_record(
                 f"landmark(s) {_indices(np.flatnonzero(valid)[out])} lie more than "
                 f"{border_tolerance:g} x the box size ({tol:.1f} px) outside the "
                 f"{img_w}x{img_h} image",
+                "landmarks far outside the image",
             )

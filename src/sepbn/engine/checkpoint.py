@@ -29,8 +29,11 @@ is :func:`sepbn.engine.model_builder.load_model_from_checkpoint`.
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +42,7 @@ import numpy as np
 import torch
 
 from sepbn import __version__
+from sepbn.engine.distributed import check_device
 from sepbn.errors import SepbnError
 
 if TYPE_CHECKING:
@@ -57,6 +61,11 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "sepbn-checkpoint"
 CHECKPOINT_VERSION = 1
+
+# How torch.save files begin: a zip archive, or (before PyTorch 1.6, and with
+# _use_new_zipfile_serialization=False) a pickled magic number.
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 
 
 class CheckpointError(SepbnError, RuntimeError):
@@ -127,19 +136,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         The checkpoint dict.
 
     Raises:
-        CheckpointError: The file is missing, truncated or corrupt, is not a sepbn checkpoint,
-            or was written by a newer format version.
+        CheckpointError: The file is missing, empty, truncated or damaged, not a PyTorch
+            file, holds pickled code (refused: loading it could run that code), is not a
+            sepbn checkpoint, or was written by a newer format version.
+        ValueError: ``map_location`` is a device this machine lacks (checked before loading).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if isinstance(map_location, (str, torch.device)):
+        check_device(map_location)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(
-            f"{path}: cannot read the checkpoint (truncated or corrupt file?): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from exc
+        raise CheckpointError(f"{path}: {_load_failure(path, exc)}") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path}: not a sepbn checkpoint (no format={CHECKPOINT_FORMAT!r} entry); "
@@ -155,6 +165,49 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}")
     return state
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` raised ``exc``, in plain words."""
+    with path.open("rb") as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    # torch's weights-only unpickler names the global it refused: "GLOBAL posix.system".
+    refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if not head:
+        return "cannot read the checkpoint: the file is empty (0 bytes)"
+    if (
+        isinstance(exc, pickle.UnpicklingError)
+        and refused
+        and head.startswith((_ZIP_MAGIC, _LEGACY_MAGIC))
+    ):
+        return (
+            f"refused for safety: the file holds pickled Python code ({refused.group(1)}), "
+            "which loading would run. sepbn checkpoints hold only tensors and plain values; "
+            "load only files written by sepbn, or re-create this one from its source"
+        )
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            return (
+                "cannot read the checkpoint: the file is truncated or damaged (its zip archive "
+                "is incomplete; an interrupted copy or download?)"
+            )
+        return f"cannot read the checkpoint: damaged zip archive ({_first_line(exc)})"
+    if head == _LEGACY_MAGIC:
+        return (
+            "cannot read the checkpoint: the file is truncated or damaged (the legacy "
+            f"torch.save data ends early or is malformed: {_first_line(exc)})"
+        )
+    return (
+        "cannot read the checkpoint: not a PyTorch file (neither the zip layout of torch.save "
+        "nor its legacy layout)"
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    if isinstance(exc, pickle.UnpicklingError):  # torch's text would advise weights_only=False
+        return "malformed pickle data"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 from sepbn.config import DatasetConfig, ExperimentConfig
 from sepbn.data.cache import FaceCache, cache_crop_size, prepare_cache
 from sepbn.data.datasets import LandmarkDataset, MultiProtocolDataset, worker_init_fn
-from sepbn.data.errors import DatasetError
-from sepbn.data.formats import read_records
+from sepbn.data.errors import DatasetError, SkipReport, write_skip_csv
+from sepbn.data.formats import read_records, reader_options
 from sepbn.data.protocols import LandmarkProtocol, get_protocol, register_protocol
 from sepbn.data.records import FaceRecord
 from sepbn.data.synthetic import SyntheticFaceConfig, make_synthetic_records
@@ -42,6 +42,7 @@ __all__ = [
     "make_loader",
     "make_train_set",
     "register_config_protocols",
+    "write_skip_list",
 ]
 
 _SYNTHETIC_OPTIONS = ("num_faces", "start_index", "seed", "config")
@@ -56,12 +57,21 @@ class LoadedSet:
         name: Display name (logs, ``run_dir/eval`` file names).
         protocol: Their landmark protocol.
         records: The faces.
+        read_skipped: What the reader skipped (and noted) while reading them.
+        cache_skipped: What preparing their face cache skipped (undecodable images, ...).
     """
 
     config: DatasetConfig
     name: str
     protocol: LandmarkProtocol
     records: list[FaceRecord]
+    read_skipped: SkipReport = field(default_factory=SkipReport)
+    cache_skipped: SkipReport = field(default_factory=SkipReport)
+
+    @property
+    def skipped(self) -> SkipReport:
+        """Everything skipped: while reading, then while preparing the face cache."""
+        return SkipReport(self.read_skipped.skipped + self.cache_skipped.skipped)
 
 
 @dataclass
@@ -91,6 +101,29 @@ class ExperimentData:
     def heads(self) -> dict[str, int]:
         """Protocol name to L, for a cross-protocol model."""
         return {p: get_protocol(p).num_points for p in self.protocols}
+
+    def skip_reports(self) -> dict[str, SkipReport]:
+        """``"train/<name>"``, ``"val/<name>"``, ``"test/<name>"`` -> what each set skipped."""
+        sets = [("train", s) for s in self.train] + [("test", s) for s in self.test]
+        if self.val is not None:
+            sets.insert(len(self.train), ("val", self.val))
+        return {f"{role}/{s.name}": s.skipped for role, s in sets}
+
+
+def write_skip_list(data: ExperimentData, folder: str | Path) -> dict[str, object]:
+    """Write ``folder/skipped.csv``: every record each dataset of a run skipped.
+
+    Call it once the datasets are built (caches prepared), so decoding failures are in it.
+
+    Returns:
+        ``{"total": n, "by_category": {...}, "file": "skipped.csv"}`` for a summary JSON.
+    """
+    reports = data.skip_reports()
+    path = write_skip_csv(Path(folder) / "skipped.csv", reports)
+    return {
+        **SkipReport([e for r in reports.values() for e in r.skipped]).summary_counts(),
+        "file": path.name,
+    }
 
 
 def register_config_protocols(config: ExperimentConfig) -> list[LandmarkProtocol]:
@@ -124,15 +157,16 @@ def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
         seed: The run seed (default seed of synthetic faces).
 
     Returns:
-        Its records; ``ds.protocol``, when given, relabels records of another protocol with
-        the same number of points (e.g. COFW with its inter-pupil normalizer
-        ``cofw_pupil``).
+        Its records; ``ds.protocol``, when given, goes to readers that take a ``protocol``
+        option (COCO, pts_folder) and relabels records of another protocol with the same
+        number of points (e.g. COFW with its inter-pupil normalizer ``cofw_pupil``).
 
     Raises:
         ValueError: Unknown kind or option, no records, or a protocol that does not fit.
         DatasetError: Bad data under ``on_error="raise"``.
     """
     name = ds.display_name
+    skipped = SkipReport()
     if ds.kind == "synthetic":
         unknown = sorted(set(ds.options) - set(_SYNTHETIC_OPTIONS))
         if unknown:
@@ -155,11 +189,21 @@ def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
     else:
         if ds.path is None:
             raise ConfigError(f"dataset {name!r} (kind {ds.kind!r}) needs a path")
+        options = dict(ds.options)
+        valid_options = reader_options(ds.kind)
+        if ds.protocol is not None and "protocol" in valid_options:
+            # Readers that parse by protocol (COCO, pts_folder) need it, not just a relabel.
+            options.setdefault("protocol", ds.protocol)
+        if "report" in valid_options:
+            options["report"] = skipped
         records = read_records(
-            ds.kind, _expand(ds.path), split=ds.split, on_error=ds.on_error, **ds.options
+            ds.kind, _expand(ds.path), split=ds.split, on_error=ds.on_error, **options
         )
     if not records:
-        raise DatasetError(f"dataset {name!r}", f"no faces (kind {ds.kind!r}, path {ds.path!r})")
+        why = f"; {skipped.summary()}" if skipped.skipped else ""
+        raise DatasetError(
+            f"dataset {name!r}", f"no faces (kind {ds.kind!r}, path {ds.path!r}){why}"
+        )
     protocol = get_protocol(ds.protocol or records[0].protocol)
     relabeled = []
     for rec in records:
@@ -171,7 +215,7 @@ def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
                 )
             rec = replace(rec, protocol=protocol.name)
         relabeled.append(rec)
-    return LoadedSet(ds, name, protocol, relabeled)
+    return LoadedSet(ds, name, protocol, relabeled, skipped)
 
 
 def build_data(config: ExperimentConfig) -> ExperimentData:
@@ -206,15 +250,20 @@ def _cache_source(
     root = _expand(config.data.cache_dir) / f"{loaded.name}-{digest}"
     crop_size = cache_crop_size(config.model.input_size)
     if is_main:
-        return prepare_cache(
+        cache = prepare_cache(
             loaded.records,
             root,
             loaded.protocol,
             crop_size=crop_size,
             on_error=ds.on_error,
             progress=config.train.progress,
+            skipped=loaded.read_skipped,
         )
-    return FaceCache.open(root, loaded.protocol)
+    else:
+        cache = FaceCache.open(root, loaded.protocol)
+    # The cache lists the reading skips (part of its fingerprint) first, then its own.
+    loaded.cache_skipped = SkipReport(cache.skip_report().skipped[len(loaded.read_skipped) :])
+    return cache
 
 
 def _dataset(

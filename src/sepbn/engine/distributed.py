@@ -36,9 +36,11 @@ from sepbn.errors import ConfigError
 __all__ = [
     "DistributedContext",
     "all_reduce_sum",
+    "available_devices",
     "barrier",
     "broadcast_buffers",
     "build_sampler",
+    "check_device",
     "cleanup_distributed",
     "convert_sync_batchnorm",
     "init_distributed",
@@ -87,6 +89,52 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
+def available_devices() -> list[str]:
+    """The devices this machine can run on: ``"cpu"``, each ``"cuda:<i>"``, ``"mps"``."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device`, once it is known that this machine has it.
+
+    Every entry point that puts tensors on a user-chosen device calls this first, so a
+    missing GPU is reported as such, not as whatever fails later (a checkpoint that "cannot
+    be read", a driver assertion).
+
+    Raises:
+        ConfigError: Not a device name, or a device this machine lacks; the message lists
+            :func:`available_devices`.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"unknown device {device!r}; valid: 'cpu', 'cuda', 'cuda:<i>', 'mps'"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {str(dev)!r}: CUDA is not available on this machine (no GPU visible, "
+                f"or torch built without CUDA); available: {available_devices()}"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(
+                f"device {str(dev)!r}: this machine has {count} CUDA device(s); "
+                f"available: {available_devices()}"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"device 'mps' is not available on this machine; available: {available_devices()}"
+        )
+    return dev
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """The training device for a config's ``train.device``.
 
@@ -96,18 +144,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         local_rank: In a multi-process run, ``"auto"`` and ``"cuda"`` mean GPU ``local_rank``.
 
     Raises:
-        ValueError: Unknown name, or CUDA asked for but not available.
+        ValueError: Unknown name, or a device this machine lacks (see :func:`check_device`).
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={name!r} but CUDA is not available; use 'cpu'")
-        if name == "cuda":
-            return torch.device("cuda", local_rank)
-        return torch.device(name)
+        try:
+            return check_device(torch.device("cuda", local_rank) if name == "cuda" else name)
+        except ValueError as exc:
+            raise ConfigError(f"train.device={name!r}: {exc}") from None
     raise ConfigError(f"unknown train.device {name!r}; valid: 'auto', 'cpu', 'cuda', 'cuda:<i>'")
 
 

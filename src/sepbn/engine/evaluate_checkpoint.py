@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from sepbn.config import DatasetConfig
 from sepbn.data.datasets import collate_landmarks
+from sepbn.data.errors import SkipReport
 from sepbn.engine.checkpoint import CheckpointError
 from sepbn.engine.data_builder import LoadedSet, load_records, make_eval_set
 from sepbn.engine.evaluator import EvalResult, evaluate_model
@@ -39,10 +40,12 @@ class CheckpointEvaluation:
     Attributes:
         dataset: The records evaluated (name, protocol, records).
         result: Metrics and per-image errors.
-        paths: ``{"per_image": ..., "summary": ..., "ced": ..., ["attributes": ...]}``.
+        paths: ``{"per_image", "summary", "ced", "skipped", ["attributes"]}`` files; the
+            skip list names every record left out while reading or cropping.
         attributes: WFLW's Table IX subsets (``"test"``, ``"pose"``, ...), empty when the
             records carry no attribute flags.
         num_domains: K of a brute-force SepBN model (best of K per face), else 0.
+        skipped: The records left out, with file, line and reason.
     """
 
     dataset: LoadedSet
@@ -50,6 +53,7 @@ class CheckpointEvaluation:
     paths: dict[str, Path]
     attributes: dict[str, LandmarkMetrics] = field(default_factory=dict)
     num_domains: int = 0
+    skipped: SkipReport = field(default_factory=SkipReport)
 
 
 def evaluate_checkpoint(
@@ -101,7 +105,10 @@ def evaluate_checkpoint(
     result = evaluate_model(model, loader, protocol, device=device, progress=progress)
     out = Path(out_dir)
     prefix = name or loaded.name
-    paths = result.save(out, prefix)
+    skipped = loaded.skipped
+    listing = skipped.write_csv(out / f"{prefix}_skipped.csv", dataset=loaded.name)
+    paths = result.save(out, prefix, skipped={**skipped.summary_counts(), "file": listing.name})
+    paths["skipped"] = listing
     attributes: dict[str, LandmarkMetrics] = {}
     if any(r.attributes for r in loaded.records):
         attributes = attribute_table(result, loaded.records)
@@ -109,4 +116,4 @@ def evaluate_checkpoint(
         paths["attributes"].write_text(
             json.dumps({k: v.to_dict() for k, v in attributes.items()}, indent=2)
         )
-    return CheckpointEvaluation(loaded, result, paths, attributes, num_domains)
+    return CheckpointEvaluation(loaded, result, paths, attributes, num_domains, skipped)

@@ -3,7 +3,8 @@
 Batches follow the collate contract of :func:`sepbn.data.datasets.collate_landmarks`:
 ``"image"`` uint8 ``(N, 3, S, S)``, ``"matrix"`` ``(N, 2, 3)`` (original pixels ->
 crop pixels), ``"norm"`` ``(N,)`` (the NME normalizer d in the original image) and
-``"targets"[protocol]`` with ``"rows"``, ``"valid"`` and ``"orig_landmarks"``.
+``"targets"[protocol]`` with ``"rows"``, ``"valid"`` and ``"orig_landmarks"``, and
+optionally ``"source"`` (``N`` strings, the per-image CSV's ``source`` column).
 
 Two kinds of model are handled. A model with a ``protocols`` attribute (a list of
 protocol names, as :class:`sepbn.models.cross_protocol.CrossProtocolModel` has) is
@@ -47,6 +48,8 @@ class Predictions:
         norm: ``(N,)`` float64 NME normalizer d of each face.
         valid: ``(N, L)`` bool, False at unannotated points.
         domains: ``(N,)`` int64 sub-domain label of each face, -1 when unknown.
+        sources: ``N`` record sources from the batches' ``"source"``, or None when the
+            batches carry none.
     """
 
     protocol: str
@@ -56,6 +59,7 @@ class Predictions:
     norm: np.ndarray
     valid: np.ndarray
     domains: np.ndarray
+    sources: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -91,18 +95,19 @@ class EvalResult:
         """``(N,)`` record index of each image."""
         return self.predictions.indices
 
-    def save(self, out_dir: str | Path, name: str) -> dict[str, Path]:
+    def save(self, out_dir: str | Path, name: str, **extra: Any) -> dict[str, Path]:
         """Write ``<name>_per_image.csv``, ``<name>_summary.json`` and ``<name>_ced.png``.
 
         Args:
             out_dir: Output folder, created if missing.
             name: File name prefix, e.g. the model or run name.
+            **extra: More JSON fields for the summary (e.g. ``skipped`` counts).
 
         Returns:
             ``{"per_image": ..., "summary": ..., "ced": ...}`` paths.
         """
         out = Path(out_dir)
-        extra: dict[str, Any] = {"name": name, "protocol": self.protocol}
+        extra = {"name": name, "protocol": self.protocol, **extra}
         if self.best_domain is not None:
             extra["best_of_domains"] = {
                 "note": "oracle: each image keeps the domain with the lowest NME against "
@@ -191,8 +196,9 @@ def evaluate(
         device: Where the model runs.
         amp: Run under ``torch.autocast``.
         threshold: Failure / AUC threshold as a fraction of d.
-        records: The dataset's records (for the ``source`` of each image in the
-            per-image CSV); defaults to ``loader.dataset.records`` when it exists.
+        records: The dataset's records, for the ``source`` of each image in the
+            per-image CSV; default: the batches' ``"source"``, else
+            ``loader.dataset.records`` when it exists.
         progress: Show a tqdm bar over batches.
 
     Returns:
@@ -296,6 +302,7 @@ def _run(
     amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
     keys = ("indices", "landmarks", "gt", "norm", "valid", "domains", "best")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    sources: list[str] | None = []
     forward: nn.Module | None = None
     seen: set[str] = set()
     was_training = model.training
@@ -326,13 +333,18 @@ def _run(
                 parts[key].append(getattr(target, key))
             if best is not None:
                 parts["best"].append(best)
+            if sources is not None and "source" in batch:
+                sources += [batch["source"][r] for r in target.rows]
+            else:
+                sources = None  # a batch without sources: none are known
     finally:
         model.train(was_training)
     if not parts["indices"]:
         raise ValueError(f"no face of protocol {name!r} in the loader; found {sorted(seen)}")
     cat = {k: np.concatenate(v) for k, v in parts.items() if v}
     best_domain = cat.pop("best", None)
-    return Predictions(protocol=name, **cat), best_domain  # type: ignore[arg-type]
+    preds = Predictions(protocol=name, **cat, sources=sources)  # type: ignore[arg-type]
+    return preds, best_domain
 
 
 @dataclass
@@ -347,6 +359,7 @@ class _Target:
     norm: np.ndarray  # (n,)
     indices: np.ndarray  # (n,)
     domains: np.ndarray  # (n,)
+    rows: list[int]  # batch positions
 
     @classmethod
     def from_batch(cls, batch: Mapping[str, Any], protocol: str) -> _Target:
@@ -365,6 +378,7 @@ class _Target:
             norm=_numpy(batch["norm"]).astype(np.float64)[r],
             indices=_numpy(batch["index"]).astype(np.int64)[r],
             domains=_numpy(batch["domain"]).astype(np.int64)[r],
+            rows=r.tolist(),
         )
 
     def to_original(self, out: Tensor, size: int) -> np.ndarray:
@@ -412,9 +426,12 @@ def _result(
     best_domain: np.ndarray | None,
 ) -> EvalResult:
     nmes = preds.nme()
-    if records is None:
+    if records is None and preds.sources is None:
         records = getattr(getattr(loader, "dataset", None), "records", None)
-    sources = [""] * len(preds) if records is None else [records[i].source for i in preds.indices]
+    if records is not None:
+        sources = [records[i].source for i in preds.indices]
+    else:
+        sources = preds.sources if preds.sources is not None else [""] * len(preds)
     return EvalResult(
         protocol=preds.protocol,
         metrics=LandmarkMetrics.from_errors(nmes, threshold),

@@ -20,6 +20,7 @@ Run directory layout::
 
     run_dir/
       config.yaml                 the resolved config (also inside every checkpoint)
+      skipped.csv                 every record a dataset skipped (file, line, reason)
       stage1/
         last.pt                   every train.checkpoint_every epochs and after the last one
         best.pt                   lowest validation NME so far (when data.val is set)
@@ -56,7 +57,13 @@ import torch.distributed as dist
 
 from sepbn.config import ExperimentConfig
 from sepbn.data.datasets import collate_landmarks
-from sepbn.engine.data_builder import build_data, make_eval_set, make_loader, make_train_set
+from sepbn.engine.data_builder import (
+    build_data,
+    make_eval_set,
+    make_loader,
+    make_train_set,
+    write_skip_list,
+)
 from sepbn.engine.distributed import (
     DistributedContext,
     barrier,
@@ -227,6 +234,15 @@ def train(
             model = build_model_from_config(config.model, num_points=data.heads[protocols[0]])
         val_id = protocols.index(val_protocol) if val_protocol is not None else 0
         train_set, val_set = datasets(data.train, val_id)
+        if ctx.is_main:
+            skipped = write_skip_list(data, run_dir)
+            if skipped.get("total"):
+                logger.warning(
+                    "%d record(s) skipped while reading and preparing the data; each one is "
+                    "listed in %s",
+                    skipped["total"],
+                    run_dir / str(skipped["file"]),
+                )
         stages: dict[str, StageResult] = {}
         stages["stage1"] = Trainer(
             config,

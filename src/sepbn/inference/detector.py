@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sepbn.data.protocols import get_protocol
+from sepbn.data.protocols import get_protocol, protocol_for_num_points
 from sepbn.data.records import box_from_landmarks
 from sepbn.data.transforms import FaceCropTransform, apply_affine, invert_affine
 from sepbn.errors import ConfigError
@@ -92,7 +92,7 @@ class LandmarkDetector:
                 protocol = protocols[0]
             else:
                 train_protocols = [d.protocol for d in config.data.train if d.protocol]
-                protocol = _protocol_for_points(int(model.num_points), train_protocols)
+                protocol = protocol_for_num_points(int(model.num_points), train_protocols)
         return cls(
             model,
             protocol,
@@ -134,13 +134,3 @@ class LandmarkDetector:
             refined = np.stack([box_from_landmarks(p) for p in landmarks])
             landmarks = self._predict_once(image, refined)
         return landmarks
-
-
-def _protocol_for_points(num_points: int, hints: Sequence[str]) -> str:
-    for name in hints:
-        if get_protocol(name).num_points == num_points:
-            return name
-    by_count = {68: "300w", 98: "wflw", 29: "cofw", 19: "aflw", 5: "wider5"}
-    if num_points not in by_count:
-        raise ConfigError(f"cannot tell the protocol of a {num_points}-point model: pass protocol=")
-    return by_count[num_points]

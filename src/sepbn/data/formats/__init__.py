@@ -46,6 +46,20 @@ READERS: dict[str, Reader] = {
 }
 
 
+def reader_options(kind: str) -> list[str]:
+    """The keyword options the reader of ``kind`` accepts, sorted.
+
+    Raises:
+        ConfigError: Unknown ``kind``, naming the valid ones.
+    """
+    try:
+        reader = READERS[kind]
+    except KeyError:
+        raise ConfigError(f"unknown dataset kind {kind!r}; valid: {sorted(READERS)}") from None
+    params = inspect.signature(reader).parameters
+    return sorted(p for p in params if params[p].kind is inspect.Parameter.KEYWORD_ONLY)
+
+
 def read_records(
     kind: str,
     path: str | Path,
@@ -69,16 +83,11 @@ def read_records(
         ValueError: Unknown ``kind`` or option, naming the valid ones.
         DatasetError: Bad data (with ``on_error="raise"``), naming file and line or record.
     """
-    try:
-        reader = READERS[kind]
-    except KeyError:
-        raise ConfigError(f"unknown dataset kind {kind!r}; valid: {sorted(READERS)}") from None
-    params = inspect.signature(reader).parameters
-    valid = sorted(p for p in params if params[p].kind is inspect.Parameter.KEYWORD_ONLY)
+    valid = reader_options(kind)
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown} for dataset kind {kind!r}; valid: {valid}")
-    return reader(path, split, on_error=on_error, **options)
+    return READERS[kind](path, split, on_error=on_error, **options)
 
 
 __all__ = [
@@ -98,5 +107,6 @@ __all__ = [
     "read_wflw_attr",
     "read_wflw_list",
     "read_wider5",
+    "reader_options",
     "write_coco",
 ]

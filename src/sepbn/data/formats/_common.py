@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sepbn.data.errors import DatasetError, OnError, SkipReport
+from sepbn.data.image_io import image_file_problem
 from sepbn.data.records import FaceRecord
 from sepbn.data.validation import validate_record
 from sepbn.errors import ConfigError
 
 ON_ERROR_CHOICES = ("raise", "skip")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+# The category of every reason number_problem gives.
+NOT_A_NUMBER = "not a finite number"
 
 
 class DatasetWarning(UserWarning):
@@ -36,6 +39,9 @@ class ErrorPolicy:
     report: SkipReport
     what: str
     start: int = 0
+    _image_problems: dict[Path, tuple[str, str] | None] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @classmethod
     def create(cls, on_error: str, report: SkipReport | None, what: str | Path) -> ErrorPolicy:
@@ -45,9 +51,9 @@ class ErrorPolicy:
         report = SkipReport() if report is None else report
         return cls(on_error, report, str(what), len(report))  # type: ignore[arg-type]
 
-    def fail(self, source: str, reason: str) -> None:
-        """Raise or record a problem with one record."""
-        self.report.handle(DatasetError(source, reason), self.on_error)
+    def fail(self, source: str, reason: str, category: str | None = None) -> None:
+        """Raise or record a problem with one record (``category``: see DatasetError)."""
+        self.report.handle(DatasetError(source, reason, category), self.on_error)
 
     def note(self, error: DatasetError) -> None:
         """Record a problem that is reported but never fatal (e.g. ``allow_missing`` folders)."""
@@ -62,11 +68,19 @@ class ErrorPolicy:
             return False
         return True
 
-    def image_exists(self, path: Path, source: str) -> bool:
-        """Cheap existence check of a referenced image (decoding is the data cache's job)."""
-        if path.is_file():
+    def check_image(self, path: Path, source: str) -> bool:
+        """Cheap check of a referenced image: it exists, is not empty, not cut short.
+
+        Decoding is the data cache's job (:func:`~sepbn.data.image_io.load_image`); this
+        reads a few bytes once per image, however many faces it holds.
+        """
+        if path not in self._image_problems:
+            self._image_problems[path] = image_file_problem(path)
+        problem = self._image_problems[path]
+        if problem is None:
             return True
-        self.fail(f"{source} ({path})", "image file not found")
+        category, reason = problem
+        self.fail(f"{source} ({path})", reason, category)
         return False
 
     def finish(self, records: list[FaceRecord]) -> list[FaceRecord]:
@@ -91,13 +105,22 @@ def read_lines(path: Path) -> list[str]:
     except IsADirectoryError:
         raise DatasetError(str(path), "expected an annotation file, found a directory") from None
     except UnicodeDecodeError as e:
-        raise DatasetError(str(path), f"not a UTF-8 text file ({e.reason})") from None
+        raise DatasetError(
+            str(path), f"not a UTF-8 text file ({e.reason})", "not a UTF-8 text file"
+        ) from None
     except OSError as e:
-        raise DatasetError(str(path), f"annotation file unreadable: {e.strerror or e}") from None
+        raise DatasetError(
+            str(path),
+            f"annotation file unreadable: {e.strerror or e}",
+            "annotation file unreadable",
+        ) from None
 
 
 def number_problem(tokens: Sequence[str]) -> str | None:
-    """Why ``tokens`` are not all finite numbers (1-based token position), or None."""
+    """Why ``tokens`` are not all finite numbers (1-based token position), or None.
+
+    The reason's category is :data:`NOT_A_NUMBER`.
+    """
     for i, tok in enumerate(tokens, start=1):
         try:
             v = float(tok)

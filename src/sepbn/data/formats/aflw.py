@@ -108,7 +108,7 @@ def read_aflw(
     for i in rows.tolist():
         source = f"{path}[record {i + 1}]"
         image = root / names[i]
-        if check_images and not policy.image_exists(image, source):
+        if check_images and not policy.check_image(image, source):
             continue
         record = FaceRecord(
             image_path=image,
@@ -177,18 +177,20 @@ def read_aflw2000(
             with MatFile(f) as mat:
                 pt2d = mat.array("pt2d")
             if pt2d.shape != (2, 21):
-                raise DatasetError(source, f"pt2d must be 2 x 21, got {pt2d.shape}")
+                reason = f"pt2d must be 2 x 21, got {pt2d.shape}"
+                raise DatasetError(source, reason, "pt2d of wrong shape")
             if not np.isfinite(pt2d).all():
                 raise DatasetError(source, "pt2d holds non-finite values")
         except DatasetError as e:
             policy.report.handle(e, policy.on_error)
             continue
-        if check_images and not policy.image_exists(image, source):
+        if check_images and not policy.check_image(image, source):
             continue
         pts, valid = aflw21_to_19(pt2d)
         pts = np.where(valid[:, None], pts - shift, 0.0)
         if valid.sum() < 2:
-            policy.fail(source, f"only {int(valid.sum())} of 19 points annotated")
+            reason = f"only {int(valid.sum())} of 19 points annotated"
+            policy.fail(source, reason, "fewer than 2 points annotated")
             continue
         record = FaceRecord(
             image_path=image,

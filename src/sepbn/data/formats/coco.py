@@ -31,31 +31,8 @@ import numpy as np
 
 from sepbn.data.errors import DatasetError, SkipReport
 from sepbn.data.formats._common import ErrorPolicy, check_split
-from sepbn.data.protocols import PROTOCOLS, get_protocol
+from sepbn.data.protocols import get_protocol, protocol_for_num_points
 from sepbn.data.records import FaceRecord, box_from_landmarks
-
-# Point counts of the built-in protocols; 29 means COFW (its inter-pupil variant shares it).
-PROTOCOL_BY_COUNT = {68: "300w", 98: "wflw", 29: "cofw", 19: "aflw", 5: "wider5"}
-
-
-def infer_protocol(num_points: int, source: str) -> str:
-    """The protocol key for a point count: the built-in table, else a unique registered one.
-
-    Raises:
-        DatasetError: No protocol, or more than one, has ``num_points`` points.
-    """
-    if num_points in PROTOCOL_BY_COUNT:
-        return PROTOCOL_BY_COUNT[num_points]
-    matches = [p.name for p in PROTOCOLS.values() if p.num_points == num_points]
-    if len(matches) == 1:
-        return matches[0]
-    known = dict(sorted(PROTOCOL_BY_COUNT.items()))
-    raise DatasetError(
-        source,
-        f"cannot infer the protocol of {num_points}-point keypoints "
-        f"({'ambiguous: ' + str(matches) if matches else 'no protocol has that count'}; "
-        f"known counts: {known}); pass protocol=",
-    )
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -114,9 +91,13 @@ def read_coco(
         if len(counts) > 1:
             raise DatasetError(
                 str(path),
-                f"annotations have different point counts {sorted(counts)}; pass protocol=",
+                f"annotations have different point counts {sorted(counts)}; "
+                "pass protocol= (--protocol on the command line)",
             )
-        protocol = infer_protocol(counts.pop(), str(path)) if counts else "300w"
+        try:
+            protocol = protocol_for_num_points(counts.pop()) if counts else "300w"
+        except ValueError as e:
+            raise DatasetError(str(path), str(e)) from None
     proto = get_protocol(protocol)
     root = Path(image_root) if image_root is not None else path.parent
     images: dict[Any, dict[str, Any]] = {}
@@ -128,7 +109,6 @@ def read_coco(
         2 in a.get("keypoints", [])[2::3] for a in anns if isinstance(a, dict)
     )
     policy = ErrorPolicy.create(on_error, report, path)
-    exists: dict[Path, bool] = {}
     records = []
     for i, ann in enumerate(anns, start=1):
         source = f"{path}[annotation {i}]"
@@ -140,12 +120,8 @@ def read_coco(
         record.protocol = protocol
         if not coco_visibility:
             record.occluded = None
-        if check_images and record.image_path is not None:
-            if record.image_path not in exists:
-                exists[record.image_path] = record.image_path.is_file()
-            if not exists[record.image_path]:
-                policy.fail(f"{source} ({record.image_path})", "image file not found")
-                continue
+        if check_images and not policy.check_image(record.image_path, source):
+            continue
         if policy.accept(record, shape):
             records.append(record)
     return policy.finish(records)
@@ -158,12 +134,16 @@ def _parse_annotation(
         raise DatasetError(source, "annotation is not an object")
     img = images.get(ann.get("image_id"))
     if img is None:
-        raise DatasetError(source, f"image_id {ann.get('image_id')!r} is not in 'images'")
+        raise DatasetError(
+            source, f"image_id {ann.get('image_id')!r} is not in 'images'", "unknown image_id"
+        )
     kps = ann.get("keypoints")
     if not isinstance(kps, list) or len(kps) != 3 * num_points:
         got = len(kps) if isinstance(kps, list) else type(kps).__name__
         raise DatasetError(
-            source, f"expected {3 * num_points} keypoint values (x, y, v), got {got}"
+            source,
+            f"expected {3 * num_points} keypoint values (x, y, v), got {got}",
+            "wrong number of keypoints",
         )
     try:
         kp = np.array(kps, dtype=np.float64).reshape(num_points, 3)
@@ -179,7 +159,7 @@ def _parse_annotation(
             x, y, w, h = (float(v) for v in bbox)
         except (TypeError, ValueError):
             raise DatasetError(
-                source, f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}"
+                source, f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}", "bad bbox"
             ) from None
         box = np.array([x, y, x + w, y + h])
     elif valid.any():
@@ -188,7 +168,9 @@ def _parse_annotation(
         box = np.zeros(4)
     attributes = ann.get("attributes", {})
     if not isinstance(attributes, dict):
-        raise DatasetError(source, f"attributes must be an object, got {attributes!r}")
+        raise DatasetError(
+            source, f"attributes must be an object, got {attributes!r}", "bad attributes"
+        )
     domain = ann.get("domain")
     record = FaceRecord(
         image_path=root / str(img["file_name"]),

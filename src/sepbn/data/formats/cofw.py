@@ -46,10 +46,12 @@ def to_rgb(image: np.ndarray, source: str) -> np.ndarray:
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) < 2:
-        raise DatasetError(source, f"image must be H x W or H x W x 3, got shape {img.shape}")
+        reason = f"image must be H x W or H x W x 3, got shape {img.shape}"
+        raise DatasetError(source, reason, "image array of wrong shape")
     if img.dtype != np.uint8:
         if img.dtype.kind not in "ui" or img.min() < 0 or img.max() > 255:
-            raise DatasetError(source, f"image must hold 8-bit values, got dtype {img.dtype}")
+            reason = f"image must hold 8-bit values, got dtype {img.dtype}"
+            raise DatasetError(source, reason, "image array not 8-bit")
         img = img.astype(np.uint8)
     return np.ascontiguousarray(img)
 
@@ -224,7 +226,9 @@ def read_cofw68(
                 occ = m.array("Occ").reshape(-1) > 0
             if pts.shape != (68, 2) or occ.shape != (68,):
                 raise DatasetError(
-                    source, f"expected Points 68 x 2 and Occ 1 x 68, got {pts.shape}, {occ.shape}"
+                    source,
+                    f"expected Points 68 x 2 and Occ 1 x 68, got {pts.shape}, {occ.shape}",
+                    "Points or Occ of wrong shape",
                 )
             image = to_rgb(images[i - 1], f"{cofw_mat}[record {i}]") if images else None
         except DatasetError as e:

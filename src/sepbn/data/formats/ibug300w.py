@@ -31,6 +31,7 @@ import scipy.io
 from sepbn.data.errors import DatasetError, SkipReport
 from sepbn.data.formats._common import (
     IMAGE_SUFFIXES,
+    NOT_A_NUMBER,
     ErrorPolicy,
     check_split,
     images_by_stem,
@@ -87,20 +88,22 @@ def read_pts(path: str | Path) -> np.ndarray:
                 declared = int(value)
             except ValueError:
                 raise DatasetError(
-                    f"{path}:{lineno}", f"n_points {value!r} is not an integer"
+                    f"{path}:{lineno}", f"n_points {value!r} is not an integer", "bad .pts header"
                 ) from None
         body = body[k + 1 : -1]
     pts = np.empty((len(body), 2))
     for row, (lineno, text) in enumerate(body):
         tokens = text.split()
         if len(tokens) != 2:
-            raise DatasetError(f"{path}:{lineno}", f"expected 2 tokens 'x y', got {len(tokens)}")
+            reason = f"expected 2 tokens 'x y', got {len(tokens)}"
+            raise DatasetError(f"{path}:{lineno}", reason, "wrong number of tokens")
         problem = number_problem(tokens)
         if problem is not None:
-            raise DatasetError(f"{path}:{lineno}", problem)
+            raise DatasetError(f"{path}:{lineno}", problem, NOT_A_NUMBER)
         pts[row] = float(tokens[0]), float(tokens[1])
     if declared is not None and declared != len(pts):
-        raise DatasetError(str(path), f"header says n_points: {declared}, found {len(pts)} points")
+        reason = f"header says n_points: {declared}, found {len(pts)} points"
+        raise DatasetError(str(path), reason, "point count differs from n_points")
     return pts
 
 
@@ -190,10 +193,13 @@ def _pts_records(
                 policy.fail(source, f"no image next to the .pts file (looked for {suffixes})")
                 continue
             image = pts_file.with_suffix(".jpg")
+        elif check_images and not policy.check_image(image, source):
+            continue
         if boxes is not None:
             box = boxes.get(image.name)
             if box is None:
-                policy.fail(f"{source} ({image.name})", f"image not in the box file {box_source}")
+                reason = f"image not in the box file {box_source}"
+                policy.fail(f"{source} ({image.name})", reason, "image not in the box file")
                 continue
         else:
             box = box_from_landmarks(pts)
@@ -202,6 +208,11 @@ def _pts_records(
         )
         if policy.accept(record):
             records.append(record)
+    annotated = {(p.parent, p.stem) for p in pts_files}
+    for image in sorted(folder.rglob("*")):
+        if image.suffix.lower() in IMAGE_SUFFIXES and (image.parent, image.stem) not in annotated:
+            # Never fatal: a folder may hold other pictures, but none goes unmentioned.
+            policy.note(DatasetError(str(image), "image without a .pts file next to it"))
     return records
 
 
@@ -297,7 +308,8 @@ def read_300w(
         )
     policy = ErrorPolicy.create(on_error, report, f"{root} (300-W {split})")
     for s in missing:
-        policy.note(DatasetError(str(root), f"300-W sub-folder {s!r} missing (allow_missing=True)"))
+        reason = f"300-W sub-folder {s!r} missing (allow_missing=True)"
+        policy.note(DatasetError(str(root), reason, "300-W sub-folder missing"))
     records: list[FaceRecord] = []
     for subset in subsets:
         if subset in missing:

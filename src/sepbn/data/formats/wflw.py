@@ -23,6 +23,7 @@ import numpy as np
 
 from sepbn.data.errors import DatasetError, SkipReport
 from sepbn.data.formats._common import (
+    NOT_A_NUMBER,
     DatasetWarning,
     ErrorPolicy,
     check_split,
@@ -104,11 +105,12 @@ def _parse_list(path: Path, policy: ErrorPolicy) -> Iterator[_Line]:
     for k, (lineno, tokens) in enumerate(split):
         source = f"{path}:{lineno}"
         if k not in parsed:
-            policy.fail(source, f"expected {expected} tokens ({layout}), got {len(tokens)}")
+            reason = f"expected {expected} tokens ({layout}), got {len(tokens)}"
+            policy.fail(source, reason, "wrong number of tokens")
             continue
         r = parsed[k]
         if problems[r] is not None:
-            policy.fail(source, problems[r])  # type: ignore[arg-type]
+            policy.fail(source, problems[r], NOT_A_NUMBER)  # type: ignore[arg-type]
             continue
         row = values[r]  # type: ignore[index]
         pts = row[: 2 * NUM_POINTS].reshape(NUM_POINTS, 2)  # (L, 2) from interleaved x y
@@ -117,7 +119,8 @@ def _parse_list(path: Path, policy: ErrorPolicy) -> Iterator[_Line]:
             box = row[2 * NUM_POINTS : 2 * NUM_POINTS + 4]
             flags = row[2 * NUM_POINTS + 4 : 2 * NUM_POINTS + 10]
             if not flags_ok[r]:  # type: ignore[index]
-                policy.fail(source, f"attribute flags must be 0 or 1, got {flags.tolist()}")
+                reason = f"attribute flags must be 0 or 1, got {flags.tolist()}"
+                policy.fail(source, reason, "attribute flags not 0 or 1")
                 continue
         yield source, pts, box, flags, tokens[-1]
 
@@ -168,7 +171,7 @@ def read_wflw_list(
             attributes=attributes,
             source=source,
         )
-        if check_images and not policy.image_exists(image, source):
+        if check_images and not policy.check_image(image, source):
             continue
         if policy.accept(record):
             records.append(record)
@@ -240,7 +243,7 @@ def read_wflw_attr(
             attributes={a: a in attrs for a in WFLW_ATTRIBUTES},
             source=source,
         )
-        if check_images and not policy.image_exists(image, source):
+        if check_images and not policy.check_image(image, source):
             continue
         if policy.accept(record):
             records.append(record)

@@ -22,7 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from sepbn.data.errors import SkipReport
-from sepbn.data.formats._common import ErrorPolicy, check_split, parse_rows, read_lines
+from sepbn.data.formats._common import (
+    NOT_A_NUMBER,
+    ErrorPolicy,
+    check_split,
+    parse_rows,
+    read_lines,
+)
 from sepbn.data.records import FaceRecord
 
 logger = logging.getLogger(__name__)
@@ -88,6 +94,7 @@ def read_wider5(
                 f"{path}:{lineno}",
                 f"expected {_TOKENS} tokens (x y w h, 5 x (x y flag), score), "
                 f"got {len(tokens)}{hint}",
+                "wrong number of tokens",
             )
             continue
         faces.append((lineno, image, tokens))
@@ -99,12 +106,11 @@ def read_wider5(
     large = (boxes[:, 2] > min_size) & (boxes[:, 3] > min_size)
     has_marks = ~(marks[:, :, :2] < 0).all(axis=(1, 2))
     records = []
-    exists: dict[Path, bool] = {}
     n_small = n_unmarked = 0
     for f, (lineno, image, _) in enumerate(faces):
         source = f"{path}:{lineno}"
         if problems[f] is not None:
-            policy.fail(source, problems[f])
+            policy.fail(source, problems[f], NOT_A_NUMBER)
             continue
         if not large[f]:
             n_small += 1
@@ -112,12 +118,8 @@ def read_wider5(
         if not has_marks[f]:
             n_unmarked += 1
             continue
-        if check_images:
-            if image not in exists:
-                exists[image] = image.is_file()
-            if not exists[image]:
-                policy.fail(f"{source} ({image})", "image file not found")
-                continue
+        if check_images and not policy.check_image(image, source):
+            continue
         pts = marks[f, :, :2]
         missing = (pts < 0).all(axis=1)
         x, y, w, h = boxes[f]
