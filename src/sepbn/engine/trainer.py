@@ -1,5 +1,11 @@
 """One training stage: epochs, validation, checkpoints, logs (:class:`Trainer`).
 
+Why this file is long (~590 lines): it is one class whose methods share one stage's moving
+parts (:class:`_Loop`: the wrapped model, optimizer, schedule, scaler, log); setup, the step
+loop, validation, checkpointing and resuming read and write the same state, so they stay
+together. Everything around the loop lives beside it: results (:mod:`.results`), metric files
+(:mod:`.run_log`), optimizer and AMP (:mod:`.optim`), resume rules (:mod:`.run_config`).
+
 :func:`sepbn.engine.experiment.train` runs a whole experiment (CNT stage 1, stage 2, the
 final evaluation) with one :class:`Trainer` per stage; a Trainer can also train any model of
 the batch contract on any dataset by itself.
