@@ -13,22 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from helpers import randomize
 from sepbn.nn import DomainBatchNorm2d, SepBatchNorm2d, SimpleSepBatchNorm2d, domain_routing
 
 DTYPE = torch.float64
-
-
-def randomize(module: nn.Module) -> nn.Module:
-    """Random parameters and running statistics everywhere, so sets differ."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0.0, 0.5)
-        for name, b in module.named_buffers():
-            if name.endswith("running_mean"):
-                b.normal_()
-            elif name.endswith("running_var"):
-                b.uniform_(0.5, 2.0)
-    return module
 
 
 def small_net(norm: nn.Module, channels: int = 6) -> nn.Sequential:

@@ -9,23 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from helpers import randomize
 from sepbn.nn import SepBatchNorm2d
 from sepbn.nn.fused_separable_norm import _band_max_pool2d, adaptive_max_pool2d
 
 DTYPE = torch.float64
-
-
-def randomize(layer: SepBatchNorm2d, stats: bool = True) -> SepBatchNorm2d:
-    """Distinct random sets (and running statistics) so that no check passes by symmetry."""
-    with torch.no_grad():
-        layer.weight.normal_(1.0, 0.5)
-        layer.bias.normal_(0.0, 0.5)
-        for p in [*layer.reduce.parameters(), *layer.mlp.parameters()]:
-            p.normal_(0.0, 0.5)
-        if stats:
-            layer.norm.running_mean.normal_()
-            layer.norm.running_var.uniform_(0.5, 2.0)
-    return layer
 
 
 def reference(layer: SepBatchNorm2d, x: Tensor) -> tuple[Tensor, Tensor]:
