@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -13,35 +14,53 @@ from sepbn.inference import HaarFaceDetector
 
 
 class _Cascade:
-    """Stands in for the OpenCV cascade: fixed ``x, y, w, h`` detections, and the call."""
+    """Stands in for OpenCV's cascade: fixed ``x, y, w, h`` detections; records the calls."""
 
-    def __init__(self, found: list[list[int]]) -> None:
+    def __init__(self, path: str, found: list[list[int]]) -> None:
+        self.path = path
         self.found = np.array(found, dtype=np.int32).reshape(-1, 4)
         self.calls: list[dict] = []
+
+    def empty(self) -> bool:
+        return False
 
     def detectMultiScale(self, gray: np.ndarray, **kwargs) -> np.ndarray:
         self.calls.append({"shape": gray.shape, "dtype": gray.dtype, **kwargs})
         return self.found
 
 
-def test_boxes_are_corners_largest_first_and_small_ones_dropped() -> None:
+def _stub_cascade(monkeypatch, found: list[list[int]]) -> list[_Cascade]:
+    """Make HaarFaceDetector load a :class:`_Cascade` that finds ``found``."""
+    made: list[_Cascade] = []
+
+    def load(path: str) -> _Cascade:
+        made.append(_Cascade(path, found))
+        return made[-1]
+
+    monkeypatch.setattr(cv2, "CascadeClassifier", load)
+    return made
+
+
+def test_boxes_are_corners_largest_first_and_small_ones_dropped(monkeypatch) -> None:
+    made = _stub_cascade(
+        monkeypatch, [[10, 20, 44, 44], [100, 50, 90, 90], [5, 5, 45, 45], [200, 10, 50, 50]]
+    )
     detector = HaarFaceDetector(min_size=30, scale_factor=1.2, min_neighbors=3)
-    cascade = _Cascade([[10, 20, 44, 44], [100, 50, 90, 90], [5, 5, 45, 45], [200, 10, 50, 50]])
-    detector._cascade = cascade
     boxes = detector(np.zeros((120, 160, 3), dtype=np.uint8))
     # Sides 90, 50, 45 kept (>= 0.5 x 90), 44 dropped; x, y, w, h -> x0, y0, x1, y1.
     np.testing.assert_array_equal(boxes, [[100, 50, 190, 140], [200, 10, 250, 60], [5, 5, 50, 50]])
     assert boxes.dtype == np.float64
+    (cascade,) = made
+    assert Path(cascade.path).name == "haarcascade_frontalface_default.xml"
     (call,) = cascade.calls
     assert call["shape"] == (120, 160) and call["dtype"] == np.uint8  # one gray channel
     assert call["scaleFactor"] == 1.2 and call["minNeighbors"] == 3
     assert call["minSize"] == (30, 30)
 
 
-def test_min_relative_size_zero_keeps_every_detection() -> None:
-    detector = HaarFaceDetector(min_relative_size=0.0)
-    detector._cascade = _Cascade([[0, 0, 10, 10], [20, 20, 100, 100]])
-    boxes = detector(np.zeros((150, 150, 3), dtype=np.uint8))
+def test_min_relative_size_zero_keeps_every_detection(monkeypatch) -> None:
+    _stub_cascade(monkeypatch, [[0, 0, 10, 10], [20, 20, 100, 100]])
+    boxes = HaarFaceDetector(min_relative_size=0.0)(np.zeros((150, 150, 3), dtype=np.uint8))
     np.testing.assert_array_equal(boxes, [[20, 20, 120, 120], [0, 0, 10, 10]])
 
 
