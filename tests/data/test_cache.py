@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from helpers import pts_faces
 from sepbn.data.cache import (
     CACHE_MARGIN,
     CACHE_SIZE,
@@ -231,22 +232,9 @@ def test_progress_bar(tmp_path, capsys):
     assert "prepare 300w cache" in err and "3/3" in err
 
 
-def _read_pts(path: Path) -> np.ndarray:
-    """300-W .pts (headed or not), 1-based -> 0-based."""
-    rows = [ln.split() for ln in path.read_text().splitlines()]
-    pts = [r for r in rows if len(r) == 2 and r[0] not in ("version:", "n_points:")]
-    return np.array(pts, dtype=np.float64) - 1.0
-
-
 @pytest.mark.realdata
 def test_real_300w_faces(data_root, tmp_path):
-    files = sorted((data_root / "300W_train_crops" / "lfpw" / "trainset").glob("*.pts"))[:10]
-    recs = []
-    for p in files:
-        pts = _read_pts(p)
-        recs.append(
-            FaceRecord(p.with_suffix(".jpg"), pts, box_from_landmarks(pts), "300w", source=str(p))
-        )
+    recs = pts_faces(data_root / "300W_train_crops" / "lfpw" / "trainset", 10)
     cache = prepare_cache(recs, tmp_path / "c", "300w", progress=False)
     assert len(cache) == 10
     for i, r in enumerate(recs):

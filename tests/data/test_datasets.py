@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
+from helpers import pts_faces
 from sepbn.data.cache import prepare_cache
 from sepbn.data.datasets import (
     LandmarkDataset,
@@ -290,22 +290,9 @@ def test_distributed_sampler_ranks_are_disjoint_and_cover(num_workers):
     assert sorted(seen[0] + seen[1]) == list(range(10))
 
 
-def _read_pts(path: Path) -> np.ndarray:
-    """300-W .pts (headed or not), 1-based -> 0-based."""
-    rows = [ln.split() for ln in path.read_text().splitlines()]
-    pts = [r for r in rows if len(r) == 2 and r[0] not in ("version:", "n_points:")]
-    return np.array(pts, dtype=np.float64) - 1.0
-
-
 @pytest.mark.realdata
 def test_real_faces_from_cache_map_back_to_the_photo(data_root, tmp_path):
-    files = sorted((data_root / "300W_train_crops" / "helen" / "trainset").glob("*.pts"))[:6]
-    recs = []
-    for p in files:
-        pts = _read_pts(p)
-        recs.append(
-            FaceRecord(p.with_suffix(".jpg"), pts, box_from_landmarks(pts), "300w", source=str(p))
-        )
+    recs = pts_faces(data_root / "300W_train_crops" / "helen" / "trainset", 6)
     cache = prepare_cache(recs, tmp_path / "c", "300w", progress=False)
     ds = LandmarkDataset(cache, "300w", FaceCropTransform(P300, augment=AugmentConfig()))
     raw = LandmarkDataset(recs, "300w", FaceCropTransform(P300, augment=AugmentConfig()))

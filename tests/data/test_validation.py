@@ -24,9 +24,16 @@ def _face(n: int = 5, protocol: str = "wider5", **kw: object) -> FaceRecord:
     return FaceRecord(**fields)  # type: ignore[arg-type]
 
 
-def test_good_record_passes() -> None:
-    validate_record(_face())
-    validate_record(_face(), image_shape=(300, 300, 3))
+def test_good_record_passes_unchanged() -> None:
+    rec = _face()
+    before = {k: np.copy(v) for k, v in vars(rec).items() if isinstance(v, np.ndarray)}
+    assert validate_record(rec) is None
+    assert validate_record(rec, image_shape=(300, 300, 3)) is None
+    for name, value in before.items():  # a check, not a repair
+        np.testing.assert_array_equal(getattr(rec, name), value, err_msg=name)
+    # The same face in a smaller image fails: the image shape is checked, not ignored.
+    with pytest.raises(DatasetError, match="outside the 100x300 image"):
+        validate_record(rec, image_shape=(300, 100, 3))
 
 
 def test_wrong_point_count_names_protocol_and_source() -> None:
@@ -93,8 +100,13 @@ def test_landmark_far_outside_box_uses_tolerance() -> None:
 
 def test_invalid_points_are_not_checked_against_the_box() -> None:
     rec = _face(valid=np.array([True, True, True, True, False]))
-    rec.landmarks[4] = [0.0, 0.0]  # far from the box, but not annotated
-    validate_record(rec, image_shape=(300, 300))
+    rec.landmarks[4] = [-150.0, 0.0]  # far from the box and the image, but not annotated
+    assert validate_record(rec, image_shape=(300, 300)) is None
+    rec.valid[4] = True  # the same point annotated fails both checks, the box's first
+    with pytest.raises(DatasetError, match=r"landmark\(s\) \[4\] lie more than 1 x the box size"):
+        validate_record(rec, image_shape=(300, 300))
+    with pytest.raises(DatasetError, match=r"\[4\] lie more than 0.5 x the box size .* image"):
+        validate_record(rec, image_shape=(300, 300), box_tolerance=5.0)
 
 
 def test_outside_image_border_tolerance() -> None:

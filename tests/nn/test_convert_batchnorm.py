@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torchvision.models import resnext50_32x4d
 
+from helpers import randomize_norms
 from sepbn.nn import (
     DomainBatchNorm2d,
     SepBatchNorm2d,
@@ -16,18 +17,6 @@ from sepbn.nn import (
     convert_batchnorm,
     domain_routing,
 )
-
-
-def randomize_batchnorms(model: nn.Module) -> nn.Module:
-    """Trained-looking statistics and affines, so that a lost copy changes the output."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.2)
-                m.running_mean.normal_(0.0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    return model
 
 
 def net() -> nn.Sequential:
@@ -41,7 +30,7 @@ def net() -> nn.Sequential:
 
 def test_resnext50_bn3_conversion_keeps_eval_output() -> None:
     torch.manual_seed(0)
-    model = randomize_batchnorms(resnext50_32x4d()).eval()
+    model = randomize_norms(resnext50_32x4d()).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         before = model(x)
@@ -79,8 +68,8 @@ def test_resnext50_bn3_conversion_keeps_eval_output() -> None:
 )
 @pytest.mark.parametrize("training", [True, False])
 def test_every_factory_starts_from_the_old_batchnorm(factory, training: bool) -> None:
-    model = randomize_batchnorms(net()).train(training)
-    reference = randomize_batchnorms(net())
+    model = randomize_norms(net()).train(training)
+    reference = randomize_norms(net())
     reference.load_state_dict(model.state_dict())
     reference.train(training)
     originals = [model[1], model[3][1]]
@@ -97,7 +86,7 @@ def test_every_factory_starts_from_the_old_batchnorm(factory, training: bool) ->
 
 
 def test_statistics_affine_and_hyper_parameters_are_copied() -> None:
-    model = randomize_batchnorms(net())
+    model = randomize_norms(net())
     old = model[1]
     convert_batchnorm(model, lambda c: SepBatchNorm2d(c, num_sets=3))
     new = model[1]
@@ -106,7 +95,7 @@ def test_statistics_affine_and_hyper_parameters_are_copied() -> None:
         assert torch.equal(new.weight[k], old.weight) and torch.equal(new.bias[k], old.bias)
     assert torch.equal(new.norm.running_mean, old.running_mean)
     assert torch.equal(new.norm.running_var, old.running_var)
-    domain = convert_batchnorm(randomize_batchnorms(nn.BatchNorm2d(6)), DomainBatchNorm2d)
+    domain = convert_batchnorm(randomize_norms(nn.BatchNorm2d(6)), DomainBatchNorm2d)
     assert isinstance(domain, DomainBatchNorm2d)  # the model itself was a batch norm
 
 

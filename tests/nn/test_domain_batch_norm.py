@@ -8,21 +8,14 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import randomize
 from sepbn.nn import DomainBatchNorm2d, best_of_domains, domain_routing, find_domain_batchnorms
 
 DTYPE = torch.float64
 
 
 def randomized(num_features: int = 4, num_domains: int = 3, **kwargs) -> DomainBatchNorm2d:
-    layer = DomainBatchNorm2d(num_features, num_domains, **kwargs).to(DTYPE)
-    with torch.no_grad():
-        for branch in layer.branches:
-            if branch.affine:
-                branch.weight.normal_()
-                branch.bias.normal_()
-            branch.running_mean.normal_()
-            branch.running_var.uniform_(0.5, 2.0)
-    return layer
+    return randomize(DomainBatchNorm2d(num_features, num_domains, **kwargs).to(DTYPE))
 
 
 @pytest.mark.parametrize("affine", [True, False])

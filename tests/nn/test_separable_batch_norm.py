@@ -9,23 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from helpers import randomize
 from sepbn.nn import SepBatchNorm2d
-from sepbn.nn.fused_separable_norm import _band_max_pool2d, adaptive_max_pool2d
 
 DTYPE = torch.float64
-
-
-def randomize(layer: SepBatchNorm2d, stats: bool = True) -> SepBatchNorm2d:
-    """Distinct random sets (and running statistics) so that no check passes by symmetry."""
-    with torch.no_grad():
-        layer.weight.normal_(1.0, 0.5)
-        layer.bias.normal_(0.0, 0.5)
-        for p in [*layer.reduce.parameters(), *layer.mlp.parameters()]:
-            p.normal_(0.0, 0.5)
-        if stats:
-            layer.norm.running_mean.normal_()
-            layer.norm.running_var.uniform_(0.5, 2.0)
-    return layer
 
 
 def reference(layer: SepBatchNorm2d, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -225,52 +212,6 @@ def test_symmetry_breaks_in_training(temperature: float, fused: bool) -> None:
         assert (layer.bias[k] - layer.bias[0]).abs().max() > 1e-6
 
 
-def test_fused_and_plain_agree_on_everything() -> None:
-    """Values, every gradient and the running statistics, for several input layouts."""
-    for make_input in (
-        lambda: torch.randn(4, 6, 9, 9),
-        lambda: torch.randn(4, 6, 9, 9).contiguous(memory_format=torch.channels_last),
-        lambda: torch.randn(4, 9, 9, 6).permute(0, 3, 1, 2),
-        lambda: torch.randn(4, 6, 3, 3),
-    ):
-        fused = randomize(SepBatchNorm2d(6, num_sets=3, num_groups=3), stats=False).to(DTYPE)
-        plain = copy.deepcopy(fused)
-        plain.use_fused = False
-        x1 = make_input().to(DTYPE).requires_grad_()
-        x2 = x1.detach().clone().requires_grad_()
-        grad = torch.randn(x1.shape, dtype=DTYPE)
-        y1, y2 = fused(x1), plain(x2)
-        torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
-        y1.backward(grad)
-        y2.backward(grad)
-        torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-12)
-        for (name, p1), p2 in zip(fused.named_parameters(), plain.parameters()):
-            torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-10, atol=1e-12, msg=name)
-        torch.testing.assert_close(fused.norm.running_var, plain.norm.running_var)
-
-
-def test_fused_path_is_the_eager_training_default() -> None:
-    layer = SepBatchNorm2d(6)
-    x = torch.randn(4, 6, 5, 5, requires_grad=True)
-    assert "SepBatchNormTrain" in type(layer(x).grad_fn).__name__
-    layer.use_fused = False
-    assert "SepBatchNormTrain" not in type(layer(x).grad_fn).__name__
-    layer.use_fused = True
-    layer.eval()
-    assert "SepBatchNormTrain" not in type(layer(x).grad_fn).__name__
-
-
-def test_fused_path_without_input_gradient() -> None:
-    layer = randomize(SepBatchNorm2d(6))
-    plain = copy.deepcopy(layer)
-    plain.use_fused = False
-    x = torch.randn(4, 6, 5, 5)
-    layer(x).sum().backward()
-    plain(x).sum().backward()
-    for p1, p2 in zip(layer.parameters(), plain.parameters()):
-        torch.testing.assert_close(p1.grad, p2.grad)
-
-
 def test_track_running_stats_false_uses_batch_statistics() -> None:
     layer = randomize(SepBatchNorm2d(6, track_running_stats=False), stats=False).to(DTYPE)
     assert layer.norm.running_mean is None
@@ -330,25 +271,3 @@ def test_extra_repr_and_parameter_shapes() -> None:
     assert layer.weight.shape == layer.bias.shape == (3, 64)
     assert isinstance(layer.norm, nn.BatchNorm2d) and not layer.norm.affine
     assert layer.mlp[0].in_features == 2 * 3 * 3 and layer.mlp[-1].out_features == 2 * 3
-
-
-@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 2, 2), (3, 2, 17, 33), (2, 2, 40, 3)])
-@pytest.mark.parametrize("pool_size", [1, 2, 3, 5])
-def test_band_max_pool_equals_aten_with_overlapping_bands_and_ties(shape, pool_size):
-    torch.manual_seed(0)
-    x = torch.randn(shape, dtype=torch.float64)
-    for values in (x, x.round()):  # rounded: many ties inside windows
-        expected = F.adaptive_max_pool2d(values, pool_size)
-        assert torch.equal(_band_max_pool2d(values, pool_size), expected)
-
-
-def test_adaptive_max_pool2d_takes_band_route_for_large_maps_and_keeps_nan():
-    torch.manual_seed(0)
-    x = torch.randn(1, 64, 64, 64)
-    x[0, 3, 5, 5] = float("nan")
-    with torch.no_grad():
-        pooled = adaptive_max_pool2d(x, 3)
-    expected = F.adaptive_max_pool2d(x, 3)
-    assert torch.equal(pooled.isnan(), expected.isnan()) and int(pooled.isnan().sum()) == 1
-    finite = ~expected.isnan()
-    assert torch.equal(pooled[finite], expected[finite])

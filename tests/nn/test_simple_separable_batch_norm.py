@@ -8,18 +8,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from helpers import randomize
 from sepbn.nn import SimpleSepBatchNorm2d
 
 DTYPE = torch.float64
-
-
-def randomize(layer: SimpleSepBatchNorm2d) -> SimpleSepBatchNorm2d:
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.normal_(0.0, 1.0)
-        layer.norm.running_mean.normal_()
-        layer.norm.running_var.uniform_(0.5, 2.0)
-    return layer
 
 
 def reference(layer: SimpleSepBatchNorm2d, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from sepbn.nn._folding import fold_batch_norm
 from sepbn.nn.separable_norm_base import _check_positive_int
 
 
@@ -160,12 +161,10 @@ class DomainBatchNorm2d(nn.Module):
             [b.bias if b.affine else torch.zeros_like(b.running_var) for b in self.branches]
         )  # (K, C)
         eps = torch.tensor([b.eps for b in self.branches], dtype=dtype, device=var.device)
-        a = scale * torch.rsqrt(var + eps[:, None])  # (K, C)
-        b = shift - mean * a  # (K, C)
-        n = x.shape[0]
-        a = a[domains].to(x.dtype).view(n, self.num_features, 1, 1)
-        b = b[domains].to(x.dtype).view(n, self.num_features, 1, 1)
-        return torch.addcmul(b, x, a)
+        # Each sample's branch, (N, C) each (eps (N, 1)), folded into one multiply-add.
+        return fold_batch_norm(
+            x, mean[domains], var[domains], eps[domains, None], scale[domains], shift[domains]
+        )
 
     def extra_repr(self) -> str:
         first = self.branches[0]

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sepbn.nn._folding import fold_batch_norm
+
 # Below this many pixels per map, ATen's batch-norm backward kernel spends more on each
 # of the N·C "channels" than two plain reductions cost.
 _FUSED_SUMS_MIN_PIXELS = 16
@@ -230,9 +232,7 @@ def normalize_per_sample(
             x.view(1, n * c, h, w), mean, var, scale.reshape(flat), shift.reshape(flat), eps=eps
         )
         return y.view(n, c, h, w)
-    a = scale * torch.rsqrt(var + eps)  # (N, C)
-    b = torch.addcmul(shift, a, mean, value=-1)  # (N, C)
-    return torch.addcmul(b.to(x.dtype)[..., None, None], x, a.to(x.dtype)[..., None, None])
+    return fold_batch_norm(x, mean, var, eps, scale, shift)
 
 
 def separable_norm_train(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sepbn.nn._folding import fold_batch_norm
 from sepbn.nn.fused_separable_norm import mix_sets, separable_norm_train
 
 
@@ -202,12 +203,10 @@ class SeparableNormBase(nn.Module):
         scale, shift = mix_sets(pi, self.weight, self.bias)  # Eq. 6, (N, C) each
         norm = self.norm
         if not norm.training and norm.running_var is not None:
-            # Eval: fold the running statistics into the mixed affine, so the layer is one
-            # multiply-add over x, y = a x + b (a few tiny ops on (N, C) beside it).
-            a = scale * torch.rsqrt(norm.running_var + norm.eps)  # (N, C)
-            b = torch.addcmul(shift, a, norm.running_mean, value=-1)  # (N, C)
-            a, b = a.to(x.dtype)[..., None, None], b.to(x.dtype)[..., None, None]
-            return torch.addcmul(b, x, a), pi
+            # Eval: the running statistics fold into the mixed affine, so the layer is one
+            # multiply-add over x (a few tiny ops on (N, C) beside it).
+            y = fold_batch_norm(x, norm.running_mean, norm.running_var, norm.eps, scale, shift)
+            return y, pi
         x_hat = norm(x)  # Eq. 1 with batch statistics; updates the running ones
         scale, shift = scale.to(x_hat.dtype), shift.to(x_hat.dtype)
         return torch.addcmul(shift[..., None, None], x_hat, scale[..., None, None]), pi  # Eq. 7

@@ -1,0 +1,93 @@
+"""Helpers shared by test files: random layer states and real 300-W faces.
+
+Imported as ``helpers`` (``pythonpath = ["tests"]`` in ``pyproject.toml``); fixtures live in
+``conftest.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sepbn.data.records import FaceRecord, box_from_landmarks
+from sepbn.nn import SeparableNormBase
+
+
+@torch.no_grad()
+def randomize(module: nn.Module, stats: bool = True) -> nn.Module:
+    """Random parameters and running statistics everywhere, so no check passes by symmetry.
+
+    Fresh norms are the identity (γ = 1, β = 0, μ = 0, σ² = 1) and fresh SepBN sets are all
+    equal, which would let a test pass with weights copied to the wrong place, sets mixed in
+    the wrong order or an attention that receives no gradient. Every parameter is drawn from
+    N(0, 0.5²) except the scales γ of norm layers, N(1, 0.5²) like trained ones; running
+    means from N(0, 1) and variances from U(0.5, 2) unless ``stats`` is False.
+    """
+    scales = {
+        id(m.weight)
+        for m in module.modules()
+        if isinstance(m, (nn.modules.batchnorm._NormBase, SeparableNormBase))
+        and m.weight is not None
+    }
+    for p in module.parameters():
+        p.normal_(1.0 if id(p) in scales else 0.0, 0.5)
+    if stats:
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.normal_()
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+    return module
+
+
+@torch.no_grad()
+def randomize_norms(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Trained-looking statistics and affine in every norm of a model, and distinct SepBN sets.
+
+    Unlike :func:`randomize`, convolutions and heads keep their initialization, so a deep
+    model's activations stay in range. The values come from a generator seeded with
+    ``seed``, independent of the global one.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            if module.track_running_stats:
+                module.running_mean.copy_(torch.randn(module.num_features, generator=g) * 0.1)
+                module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)
+            if module.affine:
+                module.weight.copy_(torch.rand(module.num_features, generator=g) + 0.5)
+                module.bias.copy_(torch.randn(module.num_features, generator=g) * 0.1)
+        elif isinstance(module, SeparableNormBase):
+            module.weight.copy_(torch.rand(module.weight.shape, generator=g) + 0.5)
+            module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.1)
+    return model
+
+
+def read_pts(path: Path) -> np.ndarray:
+    """A 300-W ``.pts`` file (headed or not) as 0-based ``(L, 2)`` points.
+
+    Written here, independent of :mod:`sepbn.data.formats`, so that tests of the cache and
+    datasets on real faces do not rely on the reader they would otherwise share a bug with.
+    """
+    rows = [ln.split() for ln in path.read_text().splitlines()]
+    pts = [r for r in rows if len(r) == 2 and r[0] not in ("version:", "n_points:")]
+    return np.array(pts, dtype=np.float64) - 1.0  # 300-W files are 1-based
+
+
+def pts_faces(folder: Path, count: int) -> list[FaceRecord]:
+    """The first ``count`` faces (by file name) of a folder of 300-W ``.pts``/``.jpg`` pairs.
+
+    Each record's box is the tight box of its landmarks.
+    """
+    records = []
+    for path in sorted(folder.glob("*.pts"))[:count]:
+        pts = read_pts(path)
+        records.append(
+            FaceRecord(
+                path.with_suffix(".jpg"), pts, box_from_landmarks(pts), "300w", source=str(path)
+            )
+        )
+    return records
