@@ -13,9 +13,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
-__all__ = ["BoxCorrection", "FaceDetector", "FaceDetectorError"]
+__all__ = ["BoxCorrection", "FaceDetector", "FaceDetectorError", "downscale_for_detection"]
 
 
 class FaceDetectorError(RuntimeError):
@@ -59,11 +60,25 @@ class FaceDetector(ABC):
 
     Attributes:
         name: The registry name (``--detector NAME``).
-        box_correction: The fitted raw -> training box mapping; identity when ``None``.
+        box_correction: The raw -> training box mapping; identity when ``None``. Unless set,
+            the one fitted for :attr:`name` on the 300-W training crops
+            (``box_corrections.json``, see :mod:`.box_correction`), or ``None`` when the
+            detector has no fitted correction.
     """
 
     name: str = "face_detector"
-    box_correction: BoxCorrection | None = None
+
+    @property
+    def box_correction(self) -> BoxCorrection | None:
+        if not hasattr(self, "_box_correction"):
+            from sepbn.inference.face_detection.box_correction import fitted_box_correction
+
+            self._box_correction = fitted_box_correction(self.name)
+        return self._box_correction
+
+    @box_correction.setter
+    def box_correction(self, correction: BoxCorrection | None) -> None:
+        self._box_correction = correction
 
     @abstractmethod
     def detect_raw(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,3 +98,25 @@ class FaceDetector(ABC):
         if self.box_correction is not None and len(boxes):
             boxes = self.box_correction(boxes)
         return boxes, scores
+
+
+def downscale_for_detection(rgb: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
+    """The photo shrunk so that its longer side is at most ``max_side``, and the factor.
+
+    Detectors cost time in proportion to the pixels they scan, and a face that fills a
+    large photo is found as well at 640 pixels as at 4000; a detector runs on the small
+    copy and divides its boxes by the factor to return them in photo pixels.
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8 photo.
+        max_side: The longest side to detect at; ``None`` or 0 keeps the photo as it is.
+
+    Returns:
+        The (possibly) shrunk photo and ``factor = small side / photo side`` (<= 1).
+    """
+    longest = max(rgb.shape[:2])
+    if not max_side or longest <= max_side:
+        return rgb, 1.0
+    factor = max_side / longest
+    size = (max(1, round(rgb.shape[1] * factor)), max(1, round(rgb.shape[0] * factor)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), factor
