@@ -25,11 +25,8 @@ from pathlib import Path
 from sepbn.data.formats import read_records
 from sepbn.data.image_io import load_image
 from sepbn.inference.face_detection import FACE_DETECTORS, FaceDetectorError, build_face_detector
-from sepbn.inference.face_detection.box_correction import (
-    BOX_CORRECTIONS_FILE,
-    fit_box_correction,
-    training_box,
-)
+from sepbn.inference.face_detection.base import BOX_CORRECTIONS_FILE
+from sepbn.inference.face_detection.box_correction import fit_box_correction, training_box
 
 # YuNet needs a model file the user brings; it is fitted only when one is given.
 NEEDS_A_FILE = {"yunet"}

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from sepbn.inference.face_detection import FACE_DETECTORS, BoxCorrection, FaceDetector
+from sepbn.inference.face_detection.base import fitted_box_correction, load_box_corrections
 from sepbn.inference.face_detection.box_correction import (
     fit_box_correction,
     fit_box_correction_to_boxes,
-    fitted_box_correction,
-    load_box_corrections,
     match_detection,
     training_box,
 )

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from sepbn.inference.face_detection import (
+    DEFAULT_FACE_DETECTOR,
+    FACE_DETECTORS,
     BoxCorrection,
     FaceDetector,
     FaceDetectorError,
@@ -43,3 +45,7 @@ def test_unknown_detector_lists_the_valid_names() -> None:
     with pytest.raises(FaceDetectorError, match=r"unknown face detector 'yolo'; valid: .*haar"):
         build_face_detector("yolo")
     assert build_face_detector("haar").name == "haar"
+
+
+def test_the_default_detector_is_registered() -> None:
+    assert DEFAULT_FACE_DETECTOR in FACE_DETECTORS

@@ -5,18 +5,32 @@ ground-truth landmarks, made square (see :func:`sepbn.data.records.box_from_land
 face detector draws its box elsewhere (Haar's box is large and low, BlazeFace's tight around
 the eyes and mouth, ...). :class:`BoxCorrection` maps a detector's raw box to the training
 convention with three numbers fitted once per detector by least squares, on training faces
-only; :class:`FaceDetector` applies it to every detection.
+only (:mod:`.box_correction`), shipped in ``box_corrections.json`` next to this file and
+read by :func:`fitted_box_correction`; :class:`FaceDetector` applies it to every detection.
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-__all__ = ["BoxCorrection", "FaceDetector", "FaceDetectorError", "downscale_for_detection"]
+__all__ = [
+    "BOX_CORRECTIONS_FILE",
+    "BoxCorrection",
+    "FaceDetector",
+    "FaceDetectorError",
+    "downscale_for_detection",
+    "fitted_box_correction",
+    "load_box_corrections",
+]
+
+BOX_CORRECTIONS_FILE = Path(__file__).with_name("box_corrections.json")
 
 
 class FaceDetectorError(RuntimeError):
@@ -52,6 +66,27 @@ class BoxCorrection:
         return np.stack([cx - half, cy - half, cx + half, cy + half], axis=1)
 
 
+@cache
+def _read_corrections(path: str) -> dict[str, dict[str, float]]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["detectors"]
+
+
+def load_box_corrections(path: str | Path = BOX_CORRECTIONS_FILE) -> dict[str, BoxCorrection]:
+    """Every fitted correction in the data file, by detector name."""
+    return {
+        name: BoxCorrection(
+            scale=entry["scale"], offset_x=entry["offset_x"], offset_y=entry["offset_y"]
+        )
+        for name, entry in _read_corrections(str(path)).items()
+    }
+
+
+def fitted_box_correction(name: str) -> BoxCorrection | None:
+    """The shipped correction of the detector called ``name``; ``None`` when it has none."""
+    return load_box_corrections().get(name)
+
+
 class FaceDetector(ABC):
     """Finds faces in an RGB photo.
 
@@ -62,7 +97,7 @@ class FaceDetector(ABC):
         name: The registry name (``--detector NAME``).
         box_correction: The raw -> training box mapping; identity when ``None``. Unless set,
             the one fitted for :attr:`name` on the 300-W training crops
-            (``box_corrections.json``, see :mod:`.box_correction`), or ``None`` when the
+            (:func:`fitted_box_correction`), or ``None`` when the
             detector has no fitted correction.
     """
 
@@ -71,8 +106,6 @@ class FaceDetector(ABC):
     @property
     def box_correction(self) -> BoxCorrection | None:
         if not hasattr(self, "_box_correction"):
-            from sepbn.inference.face_detection.box_correction import fitted_box_correction
-
             self._box_correction = fitted_box_correction(self.name)
         return self._box_correction
 

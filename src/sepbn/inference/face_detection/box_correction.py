@@ -12,17 +12,14 @@ of centre ``c`` and side ``s = sqrt(w h)`` is mapped to that convention by
 
 (residuals ``scale r - 1`` and ``d - offset r``, in target sides). It is fitted once per
 detector on the 1675 300-W training crops (``benchmarks/fit_box_corrections.py``), never on
-test photos, and stored in ``box_corrections.json`` next to this file, which
-:func:`fitted_box_correction` reads by detector name.
+test photos, and stored in ``box_corrections.json``, which
+:func:`~sepbn.inference.face_detection.base.fitted_box_correction` reads by detector name.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from functools import cache
-from pathlib import Path
 
 import numpy as np
 
@@ -30,17 +27,12 @@ from sepbn.data.records import box_from_landmarks
 from sepbn.inference.face_detection.base import BoxCorrection, FaceDetector
 
 __all__ = [
-    "BOX_CORRECTIONS_FILE",
     "BoxCorrectionFit",
     "fit_box_correction",
     "fit_box_correction_to_boxes",
-    "fitted_box_correction",
-    "load_box_corrections",
     "match_detection",
     "training_box",
 ]
-
-BOX_CORRECTIONS_FILE = Path(__file__).with_name("box_corrections.json")
 
 
 @dataclass(frozen=True)
@@ -178,24 +170,3 @@ def fit_box_correction(
             raws.append(boxes[i])
             targets.append(target)
     return fit_box_correction_to_boxes(np.array(raws), np.array(targets), num_faces=tried)
-
-
-@cache
-def _read(path: str) -> dict[str, dict[str, float]]:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)["detectors"]
-
-
-def load_box_corrections(path: str | Path = BOX_CORRECTIONS_FILE) -> dict[str, BoxCorrection]:
-    """Every fitted correction in the data file, by detector name."""
-    return {
-        name: BoxCorrection(
-            scale=entry["scale"], offset_x=entry["offset_x"], offset_y=entry["offset_y"]
-        )
-        for name, entry in _read(str(path)).items()
-    }
-
-
-def fitted_box_correction(name: str) -> BoxCorrection | None:
-    """The shipped correction of the detector called ``name``; ``None`` when it has none."""
-    return load_box_corrections().get(name)
