@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --upgrade pip
 	# The local torch build; pip takes it from this machine's disk.
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[dev,bench,tensorboard]'
+	# mtcnn and dlib: face detectors whose wheels carry their models (mediapipe needs
+	# numpy<2 and a second cv2, so it stays out of this environment).
+	$(BIN)/pip install -e '.[dev,bench,tensorboard,mtcnn,dlib]'
 	touch $(STAMP)
 
 test: $(STAMP)
