@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --upgrade pip
 	# The local torch build; pip takes it from this machine's disk.
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[dev,bench,tensorboard]'
+	$(BIN)/pip install -e '.[dev,bench,tensorboard,analysis]'
 	touch $(STAMP)
 
 test: $(STAMP)
