@@ -223,10 +223,14 @@ def _cmd_similarity(args: argparse.Namespace) -> int:
 
 
 def _yaw_edges(text: str) -> list[float]:
+    from sepbn.analysis.pose_bins import bin_names
+
     try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"--yaw-edges expects degrees like -30,30, got {text!r}") from None
+        edges = [float(v) for v in text.split(",")]
+        bin_names(edges)  # checks them
+    except ValueError as exc:
+        raise ConfigError(f"--yaw-edges expects degrees like -30,30, got {text!r}: {exc}") from None
+    return edges
 
 
 def _print_analysis(done) -> int:
@@ -236,7 +240,7 @@ def _print_analysis(done) -> int:
 
 
 def _cmd_attention(args: argparse.Namespace) -> int:
-    from sepbn.analysis.attention import analyze_attention
+    from sepbn.analysis.attention_report import analyze_attention
 
     done = analyze_attention(
         args.checkpoint,
@@ -430,7 +434,8 @@ def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
         "--yaw-edges",
         default="-30,30",
         metavar="DEG,...",
-        help="yaw bin edges in degrees (default -30,30: right profile, near-frontal, left)",
+        help="yaw bin edges in degrees, e.g. --yaw-edges=-60,-30,30,60 (default -30,30: "
+        "right profile, near-frontal, left profile)",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
