@@ -10,49 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import randomize_norms
+from helpers import tiny_sepbn_checkpoint
 from sepbn.analysis.pose_bins import bin_names, face_yaw, yaw_bins
 from sepbn.cli import main
-from sepbn.config import config_from_dict, to_dict
 from sepbn.data.datasets import LandmarkDataset
 from sepbn.data.domains import estimate_yaw
 from sepbn.data.protocols import get_protocol
 from sepbn.data.synthetic import make_synthetic_records
 from sepbn.data.transforms import FaceCropTransform
-from sepbn.engine.checkpoint import save_checkpoint
-from sepbn.engine.model_builder import build_model_from_config, model_info
 from sepbn.nn import SepBatchNorm2d
 from sepbn.nn.attention_health import attention_health
 
-CONFIG = {
-    "name": "tiny",
-    "model": {"arch": "vanilla_cnn", "norm": "sepbn", "width_mult": 0.125, "input_size": 64},
-    "data": {"train": [{"kind": "synthetic", "protocol": "wflw", "options": {"num_faces": 4}}]},
-}
 FACES = ["--data", "synthetic", "--protocol", "wflw", "--option", "num_faces=24"]
-
-
-def tiny_checkpoint(path: Path, cross: bool = False) -> tuple[Path, torch.nn.Module]:
-    config = config_from_dict(CONFIG)
-    torch.manual_seed(0)
-    heads = {"wflw": 98, "300w": 68} if cross else None
-    model = build_model_from_config(
-        config.model, num_points=None if cross else 98, heads=heads, pretrained=False
-    )
-    randomize_norms(model)  # distinct sets, so π differs between faces
-    # A sharper attention MLP than at initialization, so the weights move between faces.
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, SepBatchNorm2d):
-                for p in m.parameters():
-                    if p.dim() == 2 and p.shape[0] != m.num_sets:
-                        p.mul_(20.0)
-    state = {
-        "model": model.state_dict(),
-        "model_info": model_info(model),
-        "config": to_dict(config),
-    }
-    return save_checkpoint(path, state), model
 
 
 @torch.no_grad()
@@ -81,7 +50,7 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 
 def test_analyze_attention_csv_equals_per_bin_means(tmp_path: Path, capsys) -> None:
-    ckpt, model = tiny_checkpoint(tmp_path / "tiny.pt")
+    ckpt, model = tiny_sepbn_checkpoint(tmp_path / "tiny.pt")
     out = tmp_path / "att"
     argv = ["analyze", "attention", str(ckpt), *FACES, "--option", "seed=3", "--out", str(out)]
     assert main([*argv, "--yaw-edges=-20,0,20"]) == 0  # "=": the value starts with "-"
@@ -133,7 +102,7 @@ def test_analyze_attention_csv_equals_per_bin_means(tmp_path: Path, capsys) -> N
 
 
 def test_analyze_attention_cross_protocol_and_errors(tmp_path: Path, capsys) -> None:
-    ckpt, _ = tiny_checkpoint(tmp_path / "cross.pt", cross=True)
+    ckpt, _ = tiny_sepbn_checkpoint(tmp_path / "cross.pt", cross=True)
     out = tmp_path / "att"
     assert main(["analyze", "attention", str(ckpt), *FACES, "--out", str(out)]) == 0
     assert (out / "attention.csv").is_file()
