@@ -124,7 +124,15 @@ def plot_split(
             ax.grid(axis="y", alpha=0.3)
             if i == len(layers) - 1:
                 ax.set_xlabel(xlabel, fontsize="small")
-    axes[0, 0].legend(fontsize="x-small", loc="upper right", title="mean ± std")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncols=len(labels),
+        fontsize="small",
+        title="mean π ± std over the faces",
+    )
     fig.suptitle(title)
     fig.savefig(path, dpi=100)
     return path
