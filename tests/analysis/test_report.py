@@ -19,6 +19,7 @@ from sepbn.analysis.report import (
     DEFAULT_CONFIG_ROOT,
     ReportError,
     build_report,
+    config_file_key,
     find_runs,
     paper_entries,
     paper_tables,
@@ -80,21 +81,32 @@ def test_spot_checks_against_the_paper() -> None:
 
 
 @pytest.mark.skipif(not (PAPER / "sepbn_cnt_paper.md").is_file(), reason=f"no paper at {PAPER}")
-def test_tables_vii_to_ix_equal_the_paper_text_line_by_line() -> None:
-    """Each row of Tables VII-IX in the paper's text is a label and tab-separated numbers."""
+def test_tables_equal_the_paper_text_line_by_line() -> None:
+    """A row of Tables II, III, VII-IX and XI in the paper's text is its label, then one cell per
+    column, tab-separated; a cell's first number is the value (XI adds the change to the
+    baseline as a subscript), "-" none."""
     text = (PAPER / "sepbn_cnt_paper.md").read_text()
     sections = re.split(r"\nTABLE ", text)
     checked = 0
-    for tid in ("VII", "VIII", "IX"):
-        section = next(s for s in sections if s.startswith(tid + "\n"))
-        for row in paper_tables()[tid].rows:
+    for tid in ("II", "III", "VII", "VIII", "IX", "XI"):
+        section = next(s for s in sections if re.match(rf"{tid}\b", s))
+        table = paper_tables()[tid]
+        for row in table.rows:
             line = next(ln for ln in section.splitlines() if ln.startswith(row.label + "\t"))
-            cells = [re.sub(r"[^0-9.\-]", "", c) for c in line.split("\t")[1:]]
-            for col, cell in zip(paper_tables()[tid].columns, cells):
-                expected = None if cell == "-" else float(cell)
-                assert row.values[col.key] == expected, (tid, row.label, col.key)
+            cells = line.split("\t")[1:]
+            for col, cell in zip(table.columns, cells):
+                number = re.search(r"\d+(\.\d+)?", cell)
+                expected = float(number.group()) if number else None
+                assert row.values[col.key] == expected, (tid, row.label, col.key, cell)
                 checked += 1
-    assert checked == 11 * 2 + 14 * 2 + 11 * 7
+    assert checked == 2 + 3 * 2 + 11 * 2 + 14 * 2 + 11 * 7 + 12 * 3
+
+
+def test_each_config_file_is_its_own_configuration() -> None:
+    """Matching runs to rows ignores seed, name and where a run ran, nothing that trains."""
+    configs = sorted({e.config for e in paper_entries() if e.config})
+    keys = {config_file_key(DEFAULT_CONFIG_ROOT, c) for c in configs}
+    assert len(keys) == len(configs)
 
 
 def _run(root: Path, config: str, seed: int, summary: dict, **sets: object) -> Path:

@@ -47,6 +47,8 @@ __all__ = [
     "RunResult",
     "TableReport",
     "build_report",
+    "config_file_key",
+    "configuration_key",
     "find_runs",
     "load_run",
     "paper_entries",
@@ -248,7 +250,8 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunResult]:
 
 
 @cache
-def _config_key(config_root: Path, relative: str) -> tuple[tuple[str, str], ...]:
+def config_file_key(config_root: Path, relative: str) -> tuple[tuple[str, str], ...]:
+    """The configuration of the file ``relative`` under ``config_root`` (``configs/``)."""
     return configuration_key(to_dict(load_config(config_root / relative)))
 
 
@@ -316,7 +319,7 @@ def build_report(
                 cell = Cell(row.values[col.key])
                 config = row.configs.get(col.key)
                 if config is not None and runs:
-                    key = _config_key(root, config)
+                    key = config_file_key(root, config)
                     for run in runs:
                         value = run.value(col) if run.key == key else None
                         if value is not None:
