@@ -416,10 +416,9 @@ def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
     ``sepbn report``."""
     analyze = sub.add_parser("analyze", help="the paper's analyses: Eq. 2 / Fig. 4, π, Fig. 3")
     kinds = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
-    for parent, name in ((kinds, "similarity"), (sub, "similarity")):
-        p = parent.add_parser(
-            name, help="Eq. 2 / Fig. 4: how similar the branches / sets of each layer are"
-        )
+    about = "Eq. 2 / Fig. 4: how similar the branches / sets of each layer are"
+    for parent, help_text in ((kinds, about), (sub, "the same as 'analyze similarity'")):
+        p = parent.add_parser("similarity", help=help_text)
         p.add_argument("checkpoint")
         p.add_argument("--out", default="similarity.png", help="bar chart (PNG)")
         p.set_defaults(func=_cmd_similarity)
