@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
 	# mtcnn and dlib: face detectors whose wheels carry their models (mediapipe needs
 	# numpy<2 and a second cv2, so it stays out of this environment).
-	$(BIN)/pip install -e '.[dev,bench,tensorboard,mtcnn,dlib]'
+	$(BIN)/pip install -e '.[dev,bench,tensorboard,mtcnn,dlib,analysis]'
 	touch $(STAMP)
 
 test: $(STAMP)

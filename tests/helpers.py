@@ -91,3 +91,40 @@ def pts_faces(folder: Path, count: int) -> list[FaceRecord]:
             )
         )
     return records
+
+
+TINY_SEPBN = {
+    "name": "tiny",
+    "model": {"arch": "vanilla_cnn", "norm": "sepbn", "width_mult": 0.125, "input_size": 64},
+    "data": {"train": [{"kind": "synthetic", "protocol": "wflw", "options": {"num_faces": 4}}]},
+}
+
+
+def tiny_sepbn_checkpoint(path: Path, cross: bool = False) -> tuple[Path, nn.Module]:
+    """An untrained tiny Vanilla CNN with SepBN (WFLW points; + 300-W with ``cross``), saved as
+    ``sepbn train`` would, whose attention differs between faces."""
+    from sepbn.config import config_from_dict, to_dict
+    from sepbn.engine.checkpoint import save_checkpoint
+    from sepbn.engine.model_builder import build_model_from_config, model_info
+    from sepbn.nn import SepBatchNorm2d
+
+    config = config_from_dict(TINY_SEPBN)
+    torch.manual_seed(0)
+    heads = {"wflw": 98, "300w": 68} if cross else None
+    model = build_model_from_config(
+        config.model, num_points=None if cross else 98, heads=heads, pretrained=False
+    )
+    randomize_norms(model)  # distinct sets, so π differs between faces
+    # A sharper attention MLP than at initialization, so the weights move between faces.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, SepBatchNorm2d):
+                for p in m.parameters():
+                    if p.dim() == 2 and p.shape[0] != m.num_sets:
+                        p.mul_(20.0)
+    state = {
+        "model": model.state_dict(),
+        "model_info": model_info(model),
+        "config": to_dict(config),
+    }
+    return save_checkpoint(path, state), model

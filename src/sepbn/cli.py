@@ -8,7 +8,10 @@ Commands::
     sepbn prepare --data K --path P --out CACHE_DIR
     sepbn preview --data K --path P --out grid.png     augmented samples with landmarks
     sepbn predict CHECKPOINT photo.jpg [--box x0,y0,x1,y1] --out annotated.png
-    sepbn similarity CHECKPOINT --out fig4.png         Eq. 2 / Fig. 4 for multi-branch BN layers
+    sepbn analyze similarity CHECKPOINT --out fig4.png Eq. 2 / Fig. 4 (alias: sepbn similarity)
+    sepbn analyze attention CHECKPOINT --data K --path P --out DIR   π by yaw bin / attribute
+    sepbn analyze embedding --data K --path P [--checkpoint C] --out DIR   t-SNE as in Fig. 3
+    sepbn report RUN_DIR... [--table IX] [--format md|csv|latex]     runs beside the paper
 
 Known errors (:class:`sepbn.errors.SepbnError`: bad data, bad config, bad checkpoint, a
 diverged run) print one line and exit with status 1; ``sepbn --debug CMD`` prints their full
@@ -219,6 +222,84 @@ def _cmd_similarity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _yaw_edges(text: str) -> list[float]:
+    from sepbn.analysis.pose_bins import bin_names
+
+    try:
+        edges = [float(v) for v in text.split(",")]
+        bin_names(edges)  # checks them
+    except ValueError as exc:
+        raise ConfigError(f"--yaw-edges expects degrees like -30,30, got {text!r}: {exc}") from None
+    return edges
+
+
+def _print_analysis(done) -> int:
+    print(done.summary())
+    print("wrote " + ", ".join(str(p) for p in done.paths))
+    return 0
+
+
+def _cmd_attention(args: argparse.Namespace) -> int:
+    from sepbn.analysis.attention_report import analyze_attention
+
+    done = analyze_attention(
+        args.checkpoint,
+        _dataset_config(args),
+        args.out,
+        yaw_edges=_yaw_edges(args.yaw_edges),
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    return _print_analysis(done)
+
+
+def _cmd_embedding(args: argparse.Namespace) -> int:
+    from sepbn.analysis.embedding import analyze_embedding
+
+    done = analyze_embedding(
+        _dataset_config(args),
+        args.out,
+        checkpoint=args.checkpoint,
+        yaw_edges=_yaw_edges(args.yaw_edges),
+        max_faces=args.max_faces,
+        perplexity=args.perplexity,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    return _print_analysis(done)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from sepbn.analysis.report import ReportError, build_report, find_runs, paper_tables, render
+
+    runs = find_runs(args.run_dirs)
+    ids = list(paper_tables()) if args.all or not args.table else args.table
+    reports = build_report(ids, runs, args.configs)
+    if not args.all and not args.table:
+        reports = [r for r in reports if r.has_runs]
+        if not reports:
+            raise ReportError(
+                f"none of the {len(runs)} run(s) matches a row of Tables II-XI "
+                "(same config up to seed and name); --all prints the paper's tables alone"
+            )
+    used = {d for r in reports for row in r.runs for d in row}
+    unmatched = [str(run.run_dir) for run in runs if run.run_dir not in used]
+    if unmatched:
+        print(
+            f"note: {len(unmatched)} run(s) in no row shown: {', '.join(unmatched)}",
+            file=sys.stderr,
+        )
+    text = render(reports, args.format)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sepbn.demo import DemoSettings, run_demo
 
@@ -326,13 +407,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser(
-        "similarity", help="Eq. 2 / Fig. 4: how similar the branches / sets of each layer are"
+    _add_analysis_commands(sub)
+    return parser
+
+
+def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
+    """``sepbn analyze {similarity,attention,embedding}``, its alias ``sepbn similarity``, and
+    ``sepbn report``."""
+    analyze = sub.add_parser("analyze", help="the paper's analyses: Eq. 2 / Fig. 4, π, Fig. 3")
+    kinds = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    about = "Eq. 2 / Fig. 4: how similar the branches / sets of each layer are"
+    for parent, help_text in ((kinds, about), (sub, "the same as 'analyze similarity'")):
+        p = parent.add_parser("similarity", help=help_text)
+        p.add_argument("checkpoint")
+        p.add_argument("--out", default="similarity.png", help="bar chart (PNG)")
+        p.set_defaults(func=_cmd_similarity)
+
+    p = kinds.add_parser(
+        "attention", help="SepBN's attention π per layer and group, by yaw bin and attribute"
     )
     p.add_argument("checkpoint")
-    p.add_argument("--out", default="similarity.png", help="bar chart (PNG)")
-    p.set_defaults(func=_cmd_similarity)
-    return parser
+    _add_data_args(p)
+    p.add_argument("--out", default="attention", help="output folder (PNG per layer, CSV)")
+    p.add_argument(
+        "--yaw-edges",
+        default="-30,30",
+        metavar="DEG,...",
+        help="yaw bin edges in degrees, e.g. --yaw-edges=-60,-30,30,60 (default -30,30: "
+        "right profile, near-frontal, left profile)",
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_attention)
+
+    p = kinds.add_parser(
+        "embedding", help="Fig. 3: t-SNE of aligned landmark shapes or backbone features"
+    )
+    _add_data_args(p)
+    p.add_argument("--checkpoint", help="embed this network's backbone features instead")
+    p.add_argument("--out", default="embedding", help="output folder (PNG, CSV)")
+    p.add_argument("--yaw-edges", default="-30,30", metavar="DEG,...", help="yaw bin edges")
+    p.add_argument("--max-faces", type=int, default=3000, help="t-SNE on a random subset")
+    p.add_argument("--perplexity", type=float, default=30.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_embedding)
+
+    p = sub.add_parser("report", help="runs' test results in the layout of the paper's tables")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run folders, or runs/")
+    p.add_argument(
+        "--table",
+        action="append",
+        metavar="ID",
+        help="II, III, ..., XI (repeatable; default: every table a run appears in)",
+    )
+    p.add_argument("--all", action="store_true", help="every table, with or without runs")
+    p.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+    p.add_argument("--out", help="write to this file instead of printing")
+    p.add_argument("--configs", help="the configs/ folder the rows name (default: the checkout's)")
+    p.set_defaults(func=_cmd_report)
 
 
 def _format_warning(
