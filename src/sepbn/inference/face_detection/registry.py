@@ -27,7 +27,7 @@ FACE_DETECTORS: dict[str, Callable[..., FaceDetector]] = {
 
 #: Chosen by ``benchmarks/bench_predict.py`` (docs/benchmarks.md, "Predict on photos"): the
 #: only detector with recall >= dlib HOG's on both 300-W common (100%) and WFLW (92%).
-#: It needs ``pip install 'sepbn[mtcnn]'``; ``haar`` works with no extra.
+#: Its weights come with facenet-pytorch, a dependency of sepbn; ``haar`` needs nothing at all.
 DEFAULT_FACE_DETECTOR = "mtcnn"
 
 
