@@ -12,13 +12,26 @@ import dataclasses
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeGuard, Union, get_args, get_origin, get_type_hints
 
 from sepbn.config.messages import did_you_mean, join_key, unknown_key_error
 from sepbn.config.schema import ExperimentConfig
 from sepbn.errors import ConfigError
 
-__all__ = ["build_dataclass", "config_from_dict", "convert", "to_dict", "type_hints", "type_name"]
+__all__ = [
+    "build_dataclass",
+    "config_from_dict",
+    "convert",
+    "is_dataclass_type",
+    "to_dict",
+    "type_hints",
+    "type_name",
+]
+
+
+def is_dataclass_type(tp: object) -> TypeGuard[type[Any]]:
+    """``tp`` is a dataclass, the class itself (an annotation), not an instance."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
 def type_name(tp: Any) -> str:
@@ -33,7 +46,7 @@ def type_name(tp: Any) -> str:
     if origin is not None:
         args = ", ".join(type_name(a) for a in get_args(tp))
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"
-    if dataclasses.is_dataclass(tp):
+    if is_dataclass_type(tp):
         return f"mapping ({tp.__name__})"
     return getattr(tp, "__name__", str(tp))
 
@@ -93,7 +106,7 @@ def convert(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a mapping, got {value!r}", key=path)
         _, item = get_args(tp) or (str, Any)
         return {str(k): convert(v, item, join_key(path, str(k))) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if is_dataclass_type(tp):
         return build_dataclass(tp, value, path)
     if tp is bool:
         if not isinstance(value, bool):

@@ -94,7 +94,7 @@ def _read_yaml(
         raise ConfigError(f"not valid YAML: {exc}", source=str(path)) from None
     if data is None:
         data = {}
-    if not isinstance(data, Mapping):
+    if not isinstance(data, dict):
         raise ConfigError(
             f"the top level must be a mapping, got {type(data).__name__}", source=str(path)
         )

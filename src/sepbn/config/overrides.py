@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import types
 from collections.abc import Callable, Sequence
 from typing import Any, Union, get_args, get_origin
 
 import yaml
 
-from sepbn.config.conversion import build_dataclass, convert, to_dict, type_hints, type_name
+from sepbn.config.conversion import (
+    build_dataclass,
+    convert,
+    is_dataclass_type,
+    to_dict,
+    type_hints,
+    type_name,
+)
 from sepbn.config.messages import join_key, unknown_key_error
 from sepbn.config.schema import ExperimentConfig
 from sepbn.errors import ConfigError
@@ -43,7 +49,7 @@ def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> str:
         if get_origin(tp) in (Union, types.UnionType):
             # Descend into the non-null member of an Optional[...] annotation.
             (tp,) = [a for a in get_args(tp) if a is not type(None)]
-        if dataclasses.is_dataclass(tp):
+        if is_dataclass_type(tp):
             hints = type_hints(tp)
             if key not in hints:
                 raise unknown_key_error(key, path, hints)
@@ -71,7 +77,7 @@ def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> str:
         child = node[slot] if isinstance(node, list) else node.get(slot)
         if child is None:
             inner = [a for a in get_args(child_tp) if a is not type(None)] or [child_tp]
-            if dataclasses.is_dataclass(inner[0]):
+            if is_dataclass_type(inner[0]):
                 try:
                     child = to_dict(inner[0]())
                 except TypeError:
