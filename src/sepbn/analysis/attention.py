@@ -53,7 +53,10 @@ def attention_by_domain(
             domains = batch["domain"].numpy()
             model(to_model_input(batch["image"], device))
             for name, layer in layers.items():
-                pi = layer.last_attention.float().cpu().numpy()  # (N, G, K) or (N, K)
+                attention = layer.last_attention  # kept by keep_attention above
+                if attention is None:
+                    raise RuntimeError(f"SepBN layer {name!r} took no part in the forward pass")
+                pi = attention.float().cpu().numpy()  # (N, G, K) or (N, K)
                 pi = pi.reshape(pi.shape[0], -1, pi.shape[-1])
                 acc = sums.setdefault(name, np.zeros((num_domains, *pi.shape[1:])))
                 for d in range(num_domains):
