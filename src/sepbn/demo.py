@@ -212,6 +212,7 @@ def run_demo(settings: DemoSettings) -> dict[str, dict[str, float]]:
         loader = DataLoader(test_set, batch_size=64, collate_fn=collate_landmarks)
         results[label] = evaluate(model, loader, "300w", progress=False)
     elapsed = time.perf_counter() - start
+    assert test_set is not None  # demo_configs gives at least one model
 
     metrics = {k: r.metrics.to_dict() for k, r in results.items()}
     table = _table(results)

@@ -58,7 +58,10 @@ def collect_attention(
         for batch in loader:
             model(to_model_input(batch["image"], device))
             for name, layer in layers.items():
-                pi = layer.last_attention.float().cpu().numpy()  # (N, G, K) or (N, K)
+                attention = layer.last_attention  # kept by keep_attention above
+                if attention is None:
+                    raise RuntimeError(f"SepBN layer {name!r} took no part in the forward pass")
+                pi = attention.float().cpu().numpy()  # (N, G, K) or (N, K)
                 weights[name].append(pi.reshape(pi.shape[0], -1, pi.shape[-1]))
             for f in fields:
                 values[f].append(np.asarray(batch[f]))

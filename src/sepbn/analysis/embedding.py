@@ -20,9 +20,10 @@ Files written to ``out_dir``: ``embedding.csv`` (one line per embedded face), ``
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,7 +123,9 @@ def align_shapes(
 
 
 @torch.inference_mode()
-def backbone_features(model: torch.nn.Module, loader, device: str = "cpu") -> np.ndarray:
+def backbone_features(
+    model: torch.nn.Module, loader: Iterable[Mapping[str, Any]], device: str = "cpu"
+) -> np.ndarray:
     """The flattened backbone output of every face, ``(N, C·s·s)``, in the loader's order."""
     backbone = getattr(model, "backbone", None)
     if backbone is None:

@@ -43,7 +43,7 @@ def load_model_and_faces(
                 f"{checkpoint} has no branch for protocol {protocol!r}; "
                 f"valid: {list(model.protocols)}"
             )
-        model = model.single_protocol(protocol)  # type: ignore[operator]
+        model = model.single_protocol(protocol)
     return model.to(device).eval(), config, loaded
 
 

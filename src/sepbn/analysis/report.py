@@ -228,7 +228,9 @@ def load_run(run_dir: str | Path) -> RunResult:
             raise ReportError(f"{root} is not a finished run: {path} is missing")
     try:
         # Through the config classes, so defaults added since the run are filled in.
-        config = to_dict(config_from_dict(yaml.safe_load(config_path.read_text()), config_path))
+        config = to_dict(
+            config_from_dict(yaml.safe_load(config_path.read_text()), str(config_path))
+        )
         summary = json.loads(summary_path.read_text())
     except (ValueError, yaml.YAMLError) as exc:
         raise ReportError(f"{root}: {exc}") from exc

@@ -16,6 +16,7 @@ their statistics, so only scale and shift are reported).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -40,6 +41,11 @@ def mean_pairwise_cosine(vectors: Tensor) -> float:
     return float(torch.stack(sims).mean())
 
 
+def _branch_similarity(branches: Iterable[nn.Module], name: str) -> float:
+    """Eq. 2 between the ``name`` tensors (a parameter or buffer) of BN ``branches``."""
+    return mean_pairwise_cosine(torch.stack([getattr(branch, name) for branch in branches]))
+
+
 def branch_similarity(model: nn.Module) -> dict[str, dict[str, float]]:
     """Eq. 2 for every multi-branch / multi-set normalization layer of ``model``.
 
@@ -52,10 +58,10 @@ def branch_similarity(model: nn.Module) -> dict[str, dict[str, float]]:
         if isinstance(module, DomainBatchNorm2d) and module.num_domains >= 2:
             b = module.branches
             out[name] = {
-                "running_mean": mean_pairwise_cosine(torch.stack([x.running_mean for x in b])),
-                "running_var": mean_pairwise_cosine(torch.stack([x.running_var for x in b])),
-                "scale": mean_pairwise_cosine(torch.stack([x.weight for x in b])),
-                "shift": mean_pairwise_cosine(torch.stack([x.bias for x in b])),
+                "running_mean": _branch_similarity(b, "running_mean"),
+                "running_var": _branch_similarity(b, "running_var"),
+                "scale": _branch_similarity(b, "weight"),
+                "shift": _branch_similarity(b, "bias"),
             }
         elif isinstance(module, SeparableNormBase) and module.weight.shape[0] >= 2:
             out[name] = {

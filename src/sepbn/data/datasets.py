@@ -70,6 +70,13 @@ class LandmarkDataset(Dataset):
             transform's evaluation crop.
     """
 
+    # One row per face, set by _init_from_cache or _init_from_records.
+    orig_landmarks: np.ndarray  # (N, L, 2)
+    valid: np.ndarray  # (N, L)
+    boxes: np.ndarray  # (N, 4)
+    domains: np.ndarray  # (N,)
+    sources: list[str]
+
     def __init__(
         self,
         source: Sequence[FaceRecord] | FaceCache,
@@ -176,7 +183,11 @@ class LandmarkDataset(Dataset):
             matrix = compose_affine(matrix, cache.matrix[index])  # original -> cache -> crop
         else:
             rec = self.source[index]
-            image = rec.image if rec.image is not None else load_image(rec.image_path, rec.source)
+            if rec.image is not None:
+                image = rec.image
+            else:
+                assert rec.image_path is not None  # _init_from_records checked one is set
+                image = load_image(rec.image_path, rec.source)
             crop, pts, matrix = self.transform(image, rec.landmarks, rec.box, valid, rng)
         order = self.transform.point_order(matrix)
         domain = int(self.domains[index])
@@ -184,7 +195,7 @@ class LandmarkDataset(Dataset):
             domain = int(mirror_domain(domain))
         return {
             "image": torch.from_numpy(crop).permute(2, 0, 1).contiguous(),  # (3, S, S)
-            "landmarks": torch.from_numpy(pts.astype(np.float32)),  # type: ignore[union-attr]
+            "landmarks": torch.from_numpy(pts.astype(np.float32)),
             "valid": torch.from_numpy(valid[order].copy()),
             "matrix": torch.from_numpy(matrix),
             "orig_landmarks": torch.from_numpy(self.orig_landmarks[index][order]),

@@ -39,7 +39,8 @@ class DatasetError(SepbnError, ValueError):
         self.reason = reason
         self.category = category or reason
 
-    def __reduce__(self):  # keeps the three fields through pickling (worker processes)
+    def __reduce__(self) -> tuple[type[DatasetError], tuple[str, str, str]]:
+        # Keeps the three fields through pickling (worker processes).
         return type(self), (self.source, self.reason, self.category)
 
 

@@ -35,7 +35,7 @@ class LandmarkProtocol:
     num_points: int
     flip_perm: tuple[int, ...]
     norm: NormKind = "inter_ocular"
-    norm_points: tuple[int, int] | None = None
+    norm_points: tuple[int, ...] | None = None  # two indices, checked in __post_init__
 
     def __post_init__(self) -> None:
         perm = self.flip_perm
@@ -76,7 +76,8 @@ class LandmarkProtocol:
         single = gt.ndim == 2
         gt = gt[None] if single else gt
         if self.norm == "inter_ocular":
-            i, j = self.norm_points  # type: ignore[misc]
+            assert self.norm_points is not None  # __post_init__ requires it for inter_ocular
+            i, j = self.norm_points
             d = np.linalg.norm(gt[:, i] - gt[:, j], axis=-1)
         else:
             if boxes is None:
@@ -116,7 +117,7 @@ class LandmarkProtocol:
             num_points=int(d["num_points"]),
             flip_perm=tuple(int(i) for i in d["flip_perm"]),
             norm=d.get("norm", "inter_ocular"),
-            norm_points=tuple(int(i) for i in np_) if np_ is not None else None,  # type: ignore[arg-type]
+            norm_points=tuple(int(i) for i in np_) if np_ is not None else None,
         )
 
 

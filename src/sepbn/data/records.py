@@ -18,7 +18,8 @@ class FaceRecord:
         box: ``(4,)`` float64 face box ``x_min, y_min, x_max, y_max`` in pixels.
         protocol: Key of the landmark protocol (``"wflw"``, ``"300w"``, ...).
         valid: ``(L,)`` bool, False where a point is not annotated (AFLW, AFLW2000-3D).
-            Invalid points are excluded from the loss and the metrics.
+            Invalid points are excluded from the loss and the metrics. ``None`` (the default)
+            marks every point valid: the record then holds an all-true array.
         occluded: ``(L,)`` bool occlusion flags where the format has them (COFW), else None.
         attributes: Named 0/1 attributes (WFLW: pose, expression, illumination,
             makeup, occlusion, blur).
@@ -33,7 +34,7 @@ class FaceRecord:
     landmarks: np.ndarray
     box: np.ndarray
     protocol: str
-    valid: np.ndarray | None = None
+    valid: np.ndarray = None  # type: ignore[assignment]  # None: all valid, see __post_init__
     occluded: np.ndarray | None = None
     attributes: dict[str, bool] = field(default_factory=dict)
     source: str = ""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import cv2
 import numpy as np
@@ -112,7 +112,7 @@ class AugmentConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown augment option(s) {sorted(unknown)}; valid: {sorted(known)}")
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kw)
 
 
@@ -313,9 +313,8 @@ class FaceCropTransform:
         aug = self.augment
         if aug is None:
             return crop_matrix(box, self.output_size, self.box_scale)
-        if rng is None:
-            raise ValueError("FaceCropTransform with augment needs an rng (np.random.Generator)")
-        u = rng.random(7)  # one draw per parameter keeps a sample's stream short and fixed
+        # One draw per parameter keeps a sample's stream short and fixed.
+        u = _augment_rng(rng).random(7)
         offsets = (2.0 * u[:4] - 1.0) * aug.box_jitter
         return crop_matrix(
             box,
@@ -334,6 +333,26 @@ class FaceCropTransform:
         ``crop_landmarks = apply_affine(matrix, landmarks)[order]`` keeps semantic order.
         """
         return self._flip_perm if is_mirrored(matrix) else self._identity
+
+    @overload
+    def __call__(
+        self,
+        image: np.ndarray,
+        landmarks: np.ndarray,
+        box: np.ndarray,
+        valid: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    @overload
+    def __call__(
+        self,
+        image: np.ndarray,
+        landmarks: None,
+        box: np.ndarray,
+        valid: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[np.ndarray, None, np.ndarray]: ...
 
     def __call__(
         self,
@@ -376,7 +395,7 @@ class FaceCropTransform:
             borderValue=(0, 0, 0),
         )
         if self.augment is not None and self.augment.photometric:
-            crop = photometric_augment(crop, self.augment, rng)  # type: ignore[arg-type]
+            crop = photometric_augment(crop, self.augment, _augment_rng(rng))
         if landmarks is None:
             return crop, None, matrix
         pts = np.asarray(landmarks, dtype=np.float64)
@@ -390,6 +409,12 @@ class FaceCropTransform:
         if valid is not None:
             out[~np.asarray(valid, dtype=bool)[order]] = 0.0
         return crop, out, matrix
+
+
+def _augment_rng(rng: np.random.Generator | None) -> np.random.Generator:
+    if rng is None:
+        raise ValueError("FaceCropTransform with augment needs an rng (np.random.Generator)")
+    return rng
 
 
 def photometric_augment(

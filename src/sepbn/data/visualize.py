@@ -46,7 +46,7 @@ def draw_landmarks(
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
     pts = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
     out = np.ascontiguousarray(image).copy()
-    keep = np.isfinite(pts).all(axis=1)
+    keep = np.all(np.isfinite(pts), axis=1)
     if valid is not None:
         keep &= np.asarray(valid, dtype=bool)
     scaled = np.round(np.where(keep[:, None], pts, 0.0) * (1 << _SHIFT)).astype(np.int64)

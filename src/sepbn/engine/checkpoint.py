@@ -212,7 +212,10 @@ def _first_line(exc: Exception) -> str:
 
 def capture_rng_state() -> dict[str, Any]:
     """The state of every random generator a training run uses."""
-    mt_name, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state(legacy=True)
+    if isinstance(legacy, dict):  # only under a bit generator other than numpy's MT19937
+        raise TypeError(f"np.random holds a {legacy['bit_generator']} generator, not MT19937")
+    mt_name, keys, pos, has_gauss, cached = legacy
     state: dict[str, Any] = {
         "python": random.getstate(),
         # As a tensor, so the checkpoint stays loadable with weights_only=True.

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -176,9 +176,10 @@ def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
             )
         options = dict(ds.options)
         if isinstance(options.get("config"), dict):
-            options["config"] = SyntheticFaceConfig(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in options["config"].items()}
-            )
+            fields: dict[str, Any] = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in options["config"].items()
+            }
+            options["config"] = SyntheticFaceConfig(**fields)
         records = make_synthetic_records(
             int(options.pop("num_faces", 64)),
             protocol=ds.protocol or "300w",
@@ -322,7 +323,12 @@ def make_loader(
     the environment of the training process (the ``sepbn`` command and the Makefile do) so
     that idle OpenMP threads do not spin on the training cores.
     """
-    num = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]
+    sized = sampler if sampler is not None else dataset
+    if not isinstance(sized, Sized):
+        raise TypeError(
+            f"make_loader needs a dataset or sampler with a length, got {type(sized).__name__}"
+        )
+    num = len(sized)
     worker_init = worker_init_fn if num_workers else None
     return DataLoader(
         dataset,

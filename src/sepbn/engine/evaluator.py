@@ -32,7 +32,7 @@ from sepbn.data.transforms import apply_affine, invert_affine
 from sepbn.metrics.ced import plot_ced
 from sepbn.metrics.nme import FAILURE_THRESHOLD, nme_per_image
 from sepbn.metrics.report import LandmarkMetrics, write_per_image_csv, write_summary_json
-from sepbn.models import is_cross_protocol, to_model_input
+from sepbn.models import CrossProtocolModel, is_cross_protocol, to_model_input
 from sepbn.nn import best_of_domains, num_model_domains
 
 
@@ -136,7 +136,7 @@ class _ProtocolBranch(nn.Module):
     the SepBN domain routing relies on.
     """
 
-    def __init__(self, model: nn.Module, protocol: str) -> None:
+    def __init__(self, model: CrossProtocolModel, protocol: str) -> None:
         super().__init__()
         self.model = model
         self.protocol = protocol
@@ -339,12 +339,20 @@ def _run(
                 sources = None  # a batch without sources: none are known
     finally:
         model.train(was_training)
-    if not parts["indices"]:
+    if name is None or not parts["indices"]:
         raise ValueError(f"no face of protocol {name!r} in the loader; found {sorted(seen)}")
     cat = {k: np.concatenate(v) for k, v in parts.items() if v}
-    best_domain = cat.pop("best", None)
-    preds = Predictions(protocol=name, **cat, sources=sources)  # type: ignore[arg-type]
-    return preds, best_domain
+    preds = Predictions(
+        protocol=name,
+        indices=cat["indices"],
+        landmarks=cat["landmarks"],
+        gt=cat["gt"],
+        norm=cat["norm"],
+        valid=cat["valid"],
+        domains=cat["domains"],
+        sources=sources,
+    )
+    return preds, cat.get("best")
 
 
 @dataclass

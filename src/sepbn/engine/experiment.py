@@ -273,8 +273,9 @@ def train(
                 # Each stage starts from its own seed, whatever ran (or was resumed) before.
                 seed_everything(config.seed + 1 + i)
                 model, _ = load_model_from_checkpoint(init, config=config)
+                assert is_cross_protocol(model)  # a config with finetune builds a CNT model
                 model.train()
-                model.keep_branches([target])  # type: ignore[operator]
+                model.keep_branches([target])
                 sets = [s for s in data.train if s.protocol.name == target]
                 train_set, val_set = datasets(sets, 0)
                 stages[name] = Trainer(

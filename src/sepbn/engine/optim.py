@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -64,6 +64,14 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"unknown train.amp {mode!r}; valid: 'auto', 'off', 'bf16', 'fp16'")
 
 
+@runtime_checkable
+class _SplitModel(Protocol):
+    """A model that splits its parameters into a shared backbone and a head."""
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]: ...
+    def head_parameters(self) -> Iterator[nn.Parameter]: ...
+
+
 def finetune_param_groups(
     backbone_lr: float, head_lr: float
 ) -> Callable[[nn.Module], list[dict[str, Any]]]:
@@ -78,8 +86,12 @@ def finetune_param_groups(
     """
 
     def groups(model: nn.Module) -> list[dict[str, Any]]:
-        backbone = [p for p in model.backbone_parameters() if p.requires_grad]  # type: ignore[operator]
-        head = [p for p in model.head_parameters() if p.requires_grad]  # type: ignore[operator]
+        if not isinstance(model, _SplitModel):
+            raise TypeError(
+                f"{type(model).__name__} has no backbone_parameters() and head_parameters()"
+            )
+        backbone = [p for p in model.backbone_parameters() if p.requires_grad]
+        head = [p for p in model.head_parameters() if p.requires_grad]
         covered = {id(p) for p in backbone + head}
         missing = [
             n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered

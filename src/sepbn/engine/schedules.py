@@ -19,6 +19,7 @@ learning rate constant (CNT stage 2 backbone, paper Sec. IV).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -103,23 +104,24 @@ class WarmupCosine:
         self.per_epoch = per_epoch
         self.constant = constant
         # Validate the arguments once, up front.
-        warmup_cosine_lr(0, **self._curve_kwargs())
+        self._curve(0)
 
-    def _curve_kwargs(self) -> dict[str, float | int | None]:
-        return {
-            "lr": self.lr,
-            "min_lr": self.min_lr,
-            "total_steps": self.total_steps,
-            "warmup_steps": self.warmup_steps,
-            "warmup_start_lr": self.warmup_start_lr,
-        }
+    def _curve(self, step: int) -> float:
+        return warmup_cosine_lr(
+            step,
+            lr=self.lr,
+            min_lr=self.min_lr,
+            total_steps=self.total_steps,
+            warmup_steps=self.warmup_steps,
+            warmup_start_lr=self.warmup_start_lr,
+        )
 
     def __call__(self, step: int) -> float:
         if self.constant:
             return 1.0
         if self.per_epoch:
             step = (step // self.steps_per_epoch) * self.steps_per_epoch
-        return warmup_cosine_lr(step, **self._curve_kwargs()) / self.lr
+        return self._curve(step) / self.lr
 
 
 def build_lr_scheduler(
@@ -153,7 +155,7 @@ def build_lr_scheduler(
     """
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown schedule {schedule!r}; valid: 'cosine', 'constant'")
-    factors = [
+    factors: list[Callable[[int], float]] = [
         WarmupCosine(
             group.get("initial_lr", group["lr"]),
             min_lr=min(min_lr, group.get("initial_lr", group["lr"])),

@@ -303,7 +303,7 @@ class Trainer:
         cfg = self.config
         ctx = self.ctx
         amp_dtype = resolve_amp(cfg.train.amp, ctx.device)
-        raw = self.model.to(device=ctx.device, memory_format=self._memory_format)
+        raw = self.model.to(ctx.device).to(memory_format=self._memory_format)
         find_unused = cfg.train.find_unused_parameters
         if find_unused is None:
             # Branches of protocols (or domains) absent from a batch get no gradient.
@@ -311,7 +311,7 @@ class Trainer:
         model = wrap_model(raw, ctx, sync_bn=cfg.train.sync_bn, find_unused_parameters=find_unused)
         self.model = raw = unwrap_model(model)  # SyncBN conversion may have replaced layers
         if cfg.train.compile:
-            model = torch.compile(model)  # type: ignore[assignment]
+            model = torch.compile(model)  # type: ignore[assignment]  # an OptimizedModule, typed as a callable
 
         optimizer = build_optimizer(cfg.optim, self._groups(raw))
         sampler = build_sampler(self.train_set, ctx, cfg.seed)

@@ -123,8 +123,10 @@ def write_summary_json(path: str | Path, metrics: LandmarkMetrics, **extra: Any)
 class PerImageErrors(Protocol):
     """What :func:`attribute_table` needs from an evaluation result (``EvalResult``)."""
 
-    indices: np.ndarray
-    nmes: np.ndarray
+    @property
+    def indices(self) -> np.ndarray: ...
+    @property
+    def nmes(self) -> np.ndarray: ...
 
 
 def attribute_table(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -304,8 +305,9 @@ class ProtocolBranch(nn.Module):
         return self.head(self.act(branch_norm(self.norm, self.conv(x))))
 
 
-def is_cross_protocol(model: nn.Module) -> bool:
+def is_cross_protocol(model: nn.Module) -> TypeGuard[CrossProtocolModel]:
     """True for a model called as ``model(x, protocol_ids)``: it names its branches in a
-    ``protocols`` list (as :class:`CrossProtocolModel` does); any other model is called as
-    ``model(x) -> (N, L, 2)``."""
+    ``protocols`` list (as :class:`CrossProtocolModel` does, and a ``torch.compile`` wrapper of
+    one, which forwards its attributes); any other model is called as ``model(x) -> (N, L, 2)``.
+    """
     return isinstance(getattr(model, "protocols", None), (list, tuple))

@@ -188,6 +188,7 @@ def build_model(
     options = (backbone_norm, sepbn_blocks, sepbn_positions, width_mult, input_size, pretrained)
     if num_points is not None:
         return BUILDERS[arch](num_points, *options)
+    assert heads is not None  # exactly one of num_points and heads, checked above
     # The single-protocol model's backbone is the shared one; its 1-point head is dropped.
     base = BUILDERS[arch](1, *options)
     return CrossProtocolModel(

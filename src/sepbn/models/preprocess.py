@@ -50,6 +50,9 @@ class ImageNormalize(nn.Module):
         - Output: ``(N, C, H, W)``, same dtype.
     """
 
+    mean: Tensor  # (1, C, 1, 1) buffer
+    std: Tensor  # (1, C, 1, 1) buffer
+
     def __init__(
         self,
         mean: Sequence[float] = IMAGENET_MEAN,

@@ -33,6 +33,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import torch
@@ -47,6 +48,7 @@ from sepbn.models.preprocess import ImageNormalize
 from sepbn.nn import convert_batchnorm
 
 NormLayer = Callable[[int], nn.Module]
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 Pretrained = str | os.PathLike | bool | None
 
 #: The three batch-norm positions of a bottleneck block (Fig. 6).
@@ -176,10 +178,10 @@ def _check_positions(sepbn_positions: Iterable[str] | str | None) -> frozenset[s
 
 
 def convert_bottleneck_norms(
-    model: nn.Module,
+    model: ModuleT,
     norm_layer: NormLayer | None,
     sepbn_positions: Iterable[str] | str | None = None,
-) -> nn.Module:
+) -> ModuleT:
     """Replace the BN1/BN2/BN3 norms named by ``sepbn_positions`` in every block.
 
     Args:
@@ -429,6 +431,7 @@ def mobilenet_v2(
     _check_common(num_points, input_size, width_mult)
     backbone = mobilenet_v2_backbone(norm_layer, sepbn_positions, width_mult, pretrained)
     channels = backbone.out_channels
+    assert isinstance(channels, int)  # MobileNetV2.last_channel, set by mobilenet_v2_backbone
     return LandmarkRegressor(
         backbone,
         PooledHead(channels, num_points, dropout),

@@ -79,7 +79,7 @@ def _block_mask(sepbn_blocks: Sequence[bool] | Sequence[int] | None) -> tuple[bo
                 f"sepbn_blocks as booleans needs {num_blocks} entries (one per block, "
                 f"64x64 ... 2x2), got {len(items)}: {items}"
             )
-        return tuple(items)
+        return tuple(bool(v) for v in items)
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
         raise TypeError(
             f"sepbn_blocks must be {num_blocks} booleans or 0-based block indices, got {items}"

@@ -15,7 +15,7 @@ from sepbn.data.records import FaceRecord
 from sepbn.data.validation import validate_record
 from sepbn.errors import ConfigError
 
-ON_ERROR_CHOICES = ("raise", "skip")
+ON_ERROR_CHOICES: tuple[OnError, ...] = ("raise", "skip")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 # The category of every reason number_problem gives.
 NOT_A_NUMBER = "not a finite number"
@@ -49,7 +49,7 @@ class ErrorPolicy:
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error must be one of {list(ON_ERROR_CHOICES)}, got {on_error!r}")
         report = SkipReport() if report is None else report
-        return cls(on_error, report, str(what), len(report))  # type: ignore[arg-type]
+        return cls(on_error, report, str(what), len(report))
 
     def fail(self, source: str, reason: str, category: str | None = None) -> None:
         """Raise or record a problem with one record (``category``: see DatasetError)."""
@@ -148,7 +148,7 @@ def parse_rows(rows: Sequence[Sequence[str]]) -> tuple[np.ndarray, list[str | No
             if number_problem(row) is None:
                 values[r] = np.array(row, dtype=np.float64)
     problems: list[str | None] = [None] * len(rows)
-    for r in np.flatnonzero(~np.isfinite(values).all(axis=1)):
+    for r in np.flatnonzero(~np.all(np.isfinite(values), axis=1)).tolist():
         problems[r] = number_problem(rows[r]) or "not a finite number"
     return values, problems
 

@@ -81,7 +81,9 @@ def read_coco(
     check_split("coco", split, (None,))
     path = Path(path)
     data = _load_json(path)
-    info = data.get("info") if isinstance(data.get("info"), dict) else {}
+    info = data.get("info")
+    if not isinstance(info, dict):
+        info = {}
     ours = info.get("sepbn_protocol") is not None
     anns = data["annotations"]
     if protocol is None and ours:
@@ -120,7 +122,8 @@ def read_coco(
         record.protocol = protocol
         if not coco_visibility:
             record.occluded = None
-        if check_images and not policy.check_image(record.image_path, source):
+        image = record.image_path  # set from the annotation's file_name
+        if check_images and image is not None and not policy.check_image(image, source):
             continue
         if policy.accept(record, shape):
             records.append(record)
@@ -266,7 +269,7 @@ def write_coco(
             root.mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(file), cv2.cvtColor(rec.image, cv2.COLOR_RGB2BGR)):
                 raise DatasetError(str(file), "could not write image")
-            size = rec.image.shape[:2]
+            size: tuple[int, ...] | None = rec.image.shape[:2]
         else:
             file = Path(rec.image_path)
             size = rec.image.shape[:2] if rec.image is not None else None

@@ -221,9 +221,9 @@ def read_cofw68(
     for i in sorted(files):
         source = str(files[i])
         try:
-            with MatFile(files[i]) as m:
-                pts = m.array("Points").astype(np.float64)
-                occ = m.array("Occ").reshape(-1) > 0
+            with MatFile(files[i]) as mat:
+                pts = mat.array("Points").astype(np.float64)
+                occ = mat.array("Occ").reshape(-1) > 0
             if pts.shape != (68, 2) or occ.shape != (68,):
                 raise DatasetError(
                     source,

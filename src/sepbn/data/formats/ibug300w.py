@@ -299,7 +299,8 @@ def read_300w(
     root = Path(path)
     if not root.is_dir():
         raise DatasetError(str(root), "300-W root folder not found")
-    subsets = SPLITS_300W[split]  # type: ignore[index]
+    assert split is not None  # check_split accepts the keys of SPLITS_300W only
+    subsets = SPLITS_300W[split]
     missing = [s for s in subsets if not (root / s).is_dir()]
     if missing and (not allow_missing or len(missing) == len(subsets)):
         hint = "" if allow_missing else "; pass allow_missing=True to read the others"

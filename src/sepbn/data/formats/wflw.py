@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,11 +93,11 @@ def _parse_list(path: Path, policy: ErrorPolicy) -> Iterator[_Line]:
     split = [(lineno, tokens) for lineno, tokens in split if tokens]
     # One bulk number conversion for the well-formed lines; per-line work only on failure.
     good = [k for k, (_, tokens) in enumerate(split) if len(tokens) == expected]
-    values, problems = parse_rows([split[k][1][:-1] for k in good]) if good else (None, [])
+    values, problems = parse_rows([split[k][1][:-1] for k in good])  # (R, T)
     parsed = dict(zip(good, range(len(good))))
-    flags_ok = None
-    if expected == _RECT_ATTR_TOKENS and values is not None:
-        flags_ok = np.isin(values[:, 2 * NUM_POINTS + 4 :], (0.0, 1.0)).all(axis=1)  # (R,)
+    flags_ok = np.ones(len(good), dtype=bool)  # (R,)
+    if expected == _RECT_ATTR_TOKENS:
+        flags_ok = np.all(np.isin(values[:, 2 * NUM_POINTS + 4 :], (0.0, 1.0)), axis=1)
     layout = (
         "196 coordinates, 4 box values, 6 attribute flags and the image path"
         if expected == _RECT_ATTR_TOKENS
@@ -109,16 +110,17 @@ def _parse_list(path: Path, policy: ErrorPolicy) -> Iterator[_Line]:
             policy.fail(source, reason, "wrong number of tokens")
             continue
         r = parsed[k]
-        if problems[r] is not None:
-            policy.fail(source, problems[r], NOT_A_NUMBER)  # type: ignore[arg-type]
+        problem = problems[r]
+        if problem is not None:
+            policy.fail(source, problem, NOT_A_NUMBER)
             continue
-        row = values[r]  # type: ignore[index]
+        row = values[r]
         pts = row[: 2 * NUM_POINTS].reshape(NUM_POINTS, 2)  # (L, 2) from interleaved x y
         box = flags = None
         if expected == _RECT_ATTR_TOKENS:
             box = row[2 * NUM_POINTS : 2 * NUM_POINTS + 4]
             flags = row[2 * NUM_POINTS + 4 : 2 * NUM_POINTS + 10]
-            if not flags_ok[r]:  # type: ignore[index]
+            if not flags_ok[r]:
                 reason = f"attribute flags must be 0 or 1, got {flags.tolist()}"
                 policy.fail(source, reason, "attribute flags not 0 or 1")
                 continue
@@ -280,7 +282,7 @@ def read_wflw(
         check_images: Check that every referenced image file exists.
     """
     path = Path(path)
-    kw = {
+    kw: dict[str, Any] = {
         "image_root": image_root,
         "on_error": on_error,
         "report": report,
@@ -288,14 +290,14 @@ def read_wflw(
     }
     if path.is_file():
         check_split("wflw", split, (None, *WFLW_SPLITS))
-        records = read_wflw_list(path, **kw)  # type: ignore[arg-type]
+        records = read_wflw_list(path, **kw)
         return _filter_subset(records, split)
     if not path.is_dir():
         raise DatasetError(str(path), "WFLW list file or annotation folder not found")
     check_split("wflw", split, WFLW_SPLITS)
     rect = _find_file(path, f"list_98pt_rect_attr_{'train' if split == 'train' else 'test'}.txt")
     if rect is not None:
-        return _filter_subset(read_wflw_list(rect, **kw), split)  # type: ignore[arg-type]
+        return _filter_subset(read_wflw_list(rect, **kw), split)
     if split == "train":
         raise DatasetError(str(path), "list_98pt_rect_attr_train.txt not found under this folder")
     if split in ATTRIBUTE_LIST_NAMES:
@@ -305,10 +307,10 @@ def read_wflw(
                 str(path),
                 f"neither list_98pt_rect_attr_test.txt nor list_98pt_test_{split}.txt found",
             )
-        return read_wflw_list(sub, **kw)  # type: ignore[arg-type]
+        return read_wflw_list(sub, **kw)
     full = _find_file(path, "list_98pt_test.txt")
     if full is not None:
-        return read_wflw_list(full, **kw)  # type: ignore[arg-type]
+        return read_wflw_list(full, **kw)
     warnings.warn(
         f"{path}: list_98pt_rect_attr_test.txt and list_98pt_test.txt not found; merging the "
         "six per-attribute test lists instead (their union is only part of the 2500-face test "
@@ -316,7 +318,7 @@ def read_wflw(
         DatasetWarning,
         stacklevel=2,
     )
-    return read_wflw_attr(path, **kw)  # type: ignore[arg-type]
+    return read_wflw_attr(path, **kw)
 
 
 def _filter_subset(records: list[FaceRecord], split: str | None) -> list[FaceRecord]:

@@ -104,13 +104,14 @@ def read_wider5(
     boxes = values[:, :4]
     marks = values[:, 4:19].reshape(-1, NUM_POINTS, 3)  # (F, 5, 3) x y flag
     large = (boxes[:, 2] > min_size) & (boxes[:, 3] > min_size)
-    has_marks = ~(marks[:, :, :2] < 0).all(axis=(1, 2))
+    has_marks = ~np.all(marks[:, :, :2] < 0, axis=(1, 2))
     records = []
     n_small = n_unmarked = 0
     for f, (lineno, image, _) in enumerate(faces):
         source = f"{path}:{lineno}"
-        if problems[f] is not None:
-            policy.fail(source, problems[f], NOT_A_NUMBER)
+        problem = problems[f]
+        if problem is not None:
+            policy.fail(source, problem, NOT_A_NUMBER)
             continue
         if not large[f]:
             n_small += 1
@@ -121,7 +122,7 @@ def read_wider5(
         if check_images and not policy.check_image(image, source):
             continue
         pts = marks[f, :, :2]
-        missing = (pts < 0).all(axis=1)
+        missing = np.all(pts < 0, axis=1)
         x, y, w, h = boxes[f]
         record = FaceRecord(
             image_path=image,

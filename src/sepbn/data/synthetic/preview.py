@@ -31,10 +31,14 @@ def save_synthetic_preview(
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
     cfg = config if config is not None else SyntheticFaceConfig()
-    records = make_synthetic_records(num, protocol, seed, cfg)
-    marks = [[(r.landmarks[~r.occluded], GREEN), (r.landmarks[r.occluded], RED)] for r in records]
-    labels = [f"{k} {DOMAIN_NAMES[r.domain]}" for k, r in enumerate(records)]
+    images, marks, labels = [], [], []
+    for k, r in enumerate(make_synthetic_records(num, protocol, seed, cfg)):
+        # Generated records always hold pixels, occlusion flags and a pose domain.
+        assert r.image is not None and r.occluded is not None and r.domain is not None
+        images.append(r.image)
+        marks.append([(r.landmarks[~r.occluded], GREEN), (r.landmarks[r.occluded], RED)])
+        labels.append(f"{k} {DOMAIN_NAMES[r.domain]}")
     ncols = int(np.ceil(np.sqrt(num)))
-    grid = make_grid([r.image for r in records], marks, ncols, labels, pad=0, radius=1.0)
+    grid = make_grid(images, marks, ncols, labels, pad=0, radius=1.0)
     title = f"synthetic faces, seed={seed}, protocol={protocol}, {cfg.image_size}px"
     return write_png(path, add_title(grid, title))

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 # Image-left half and midline of the 68 landmarks, (X, Y, Z) in template units.
 _LANDMARKS_LEFT: dict[int, tuple[float, float, float]] = {
@@ -121,7 +122,7 @@ class _TemplateBuilder:
         self.mirror += mirror
         self.groups["landmarks"] = np.arange(NUM_LANDMARKS)
 
-    def add_pair(self, name: str, left: Sequence[Sequence[float]]) -> None:
+    def add_pair(self, name: str, left: ArrayLike) -> None:
         """Add ``name_l`` (image-left) and ``name_r`` (its mirror, same point order)."""
         left_pts = np.asarray(left, dtype=np.float64).reshape(-1, 3)
         n, start = len(left_pts), self.size
@@ -130,9 +131,7 @@ class _TemplateBuilder:
         self.groups[f"{name}_l"] = np.arange(start, start + n)
         self.groups[f"{name}_r"] = np.arange(start + n, start + 2 * n)
 
-    def add_symmetric(
-        self, name: str, left: Sequence[Sequence[float]], mid: Sequence[Sequence[float]] = ()
-    ) -> None:
+    def add_symmetric(self, name: str, left: ArrayLike, mid: ArrayLike = ()) -> None:
         """Add one group made of ``left``, ``mid`` (on the midline) and the mirror of ``left``."""
         left_pts = np.asarray(left, dtype=np.float64).reshape(-1, 3)
         mid_pts = np.asarray(mid, dtype=np.float64).reshape(-1, 3)
