@@ -256,6 +256,8 @@ def _table_configs(reproduce: Path) -> dict[str, list[str]]:
         if heading:
             current = heading.group(1)
             tables[current] = []
+        elif line.startswith("## "):  # the next section: no table's configs any more
+            current = None
         elif current:
             for path in re.findall(r"`([a-z0-9_]+/[A-Za-z0-9_.-]+\.yaml)`", line):
                 if path not in tables[current]:
