@@ -98,8 +98,10 @@ def sep_batch_norm_step(
     # Eq. 7 folded into one multiply-add over the map: y = a x + b.
     a = mixed[0] * torch.rsqrt(var + eps)  # (N, C)
     b = mixed[1] - a * mean  # (N, C)
-    y = x.to(f32) * a[..., None, None] + b[..., None, None]
-    return y.to(x.dtype), pi
+    y = (x.to(f32) * a[..., None, None] + b[..., None, None]).to(x.dtype)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        y = y.contiguous(memory_format=torch.channels_last)  # a no-op unless inductor chose NCHW
+    return y, pi
 
 
 def shape_class(x: Tensor, weight: Tensor, static: tuple[Any, ...]) -> tuple[Any, ...]:

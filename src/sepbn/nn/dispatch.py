@@ -32,7 +32,9 @@ A compiled shape class that fails to compile falls back to ``"plain"`` with one 
 :func:`sepbn_path` forces a path for the calls inside it: ``"fused"`` and ``"compiled"``
 then run on any device and dtype where their other conditions hold (``"compiled"`` on CPU
 too, which is how CI tests it, with ``backend="aot_eager"``), and ``"plain"`` everywhere.
-The layer attribute ``use_fused = False`` forces ``"plain"`` for one layer.
+The layer attribute ``use_fused = False`` forces ``"plain"`` for one layer, and the
+environment variable ``SEPBN_PATH`` sets the process-wide default (e.g. ``SEPBN_PATH=plain``
+to avoid the compilation at the first CUDA steps, about 10-30 s per SepBN shape).
 """
 
 from __future__ import annotations
@@ -48,11 +50,16 @@ PATHS: tuple[str, ...] = ("auto", "plain", "fused", "compiled")
 # The torch.compile backend of the compiled path; SEPBN_COMPILE_BACKEND overrides it.
 DEFAULT_BACKEND = os.environ.get("SEPBN_COMPILE_BACKEND", "inductor")
 
-_state: dict[str, str] = {"path": "auto", "backend": DEFAULT_BACKEND}
+DEFAULT_PATH = os.environ.get("SEPBN_PATH", "auto")
+if DEFAULT_PATH not in PATHS:
+    raise ValueError(f"SEPBN_PATH={DEFAULT_PATH!r}; valid: {', '.join(map(repr, PATHS))}")
+
+_state: dict[str, str] = {"path": DEFAULT_PATH, "backend": DEFAULT_BACKEND}
 
 
 def current_path() -> str:
-    """The path forced by the innermost :func:`sepbn_path` (``"auto"`` outside any)."""
+    """The path forced by the innermost :func:`sepbn_path` (outside any: ``SEPBN_PATH``,
+    default ``"auto"``)."""
     return _state["path"]
 
 
