@@ -255,3 +255,15 @@ def test_torch_compile_of_layer_equals_eager(kind: str) -> None:
     for (name, p1), p2 in zip(eager.named_parameters(), compiled_layer.parameters()):
         torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-5, atol=1e-5, msg=name)
     torch.testing.assert_close(compiled_layer.norm.running_var, eager.norm.running_var)
+
+
+def test_compiled_output_can_be_modified_in_place() -> None:
+    """A ResNet bottleneck's ``out += identity`` right after the layer, then backward."""
+    compiled.clear_cache()
+    layer = randomize(SepBatchNorm2d(6))
+    x = torch.randn(4, 6, 5, 5, requires_grad=True)
+    with sepbn_path("compiled", backend="aot_eager"):
+        y = layer(x)
+    y += 1
+    y.relu_().sum().backward()
+    assert compiled.cache_size() == 1 and x.grad is not None and x.grad.abs().sum() > 0
