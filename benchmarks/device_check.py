@@ -366,6 +366,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "seconds per face of the config's architecture (stage 1 of its CNT config, synthetic",
         "faces, the config's batch and AMP); configs shared by several tables count in each.",
     ]
+    if env["quick"]:
+        lines += ["", "--quick: tiny models and inputs; these hours are not an estimate."]
     return "\n".join(lines) + "\n"
 
 
