@@ -9,8 +9,15 @@ On glibc the script first stops malloc from handing freed blocks back to the ker
 otherwise every iteration may page-fault its 8 MB feature maps in again, at random
 for one layer or the other, which swamps the ratio (``--keep-malloc`` to measure as is).
 
+``--compiled`` adds ``torch.compile`` (inductor, ``dynamic=False``) of both layers, train
+fwd+bwd, at the three largest maps (the compiled layer then runs its plain path, traced
+and fused by inductor). ``--device cuda`` and ``--dtype bfloat16`` (autocast, float32
+parameters) time the same on a GPU; :func:`layer_ratios` is what
+``benchmarks/device_check.py`` calls.
+
 Usage:
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_layers.py [--repeats 15]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_layers.py --compiled
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -52,18 +60,46 @@ def _steady_allocator() -> bool:
     )
 
 
-def _median_time(fn: Callable[[], None], number: int) -> float:
+CPU = torch.device("cpu")
+
+# The three largest maps, where the compiled column is measured (issue 9, §1).
+LARGE_SHAPES = VANILLA_SHAPES[:3]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn: Callable[[], None], number: int, device: torch.device) -> float:
+    _sync(device)
     start = time.perf_counter()
     for _ in range(number):
         fn()
+    _sync(device)
     return (time.perf_counter() - start) / number
 
 
-def _train_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+def _autocast(device: torch.device, dtype: torch.dtype):
+    """Autocast to ``dtype`` for half precisions (AMP: float32 parameters), else nothing."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.autocast(device.type, dtype=dtype)
+    return nullcontext()
+
+
+def _train_step(
+    layer: Callable[[torch.Tensor], torch.Tensor],
+    params: nn.Module,
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> Callable[[], None]:
     def step() -> None:
         x.grad = None
-        layer.zero_grad(set_to_none=True)
-        layer(x).backward(grad)
+        params.zero_grad(set_to_none=True)
+        with _autocast(x.device, dtype):
+            y = layer(x)
+        y.backward(grad.to(y.dtype))
 
     return step
 
@@ -77,15 +113,74 @@ def _eval_step(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
 
 
 def _compare(
-    bn_fn: Callable[[], None], sep_fn: Callable[[], None], repeats: int, number: int
+    bn_fn: Callable[[], None],
+    sep_fn: Callable[[], None],
+    repeats: int,
+    number: int,
+    device: torch.device = CPU,
 ) -> tuple[float, float]:
-    for fn in (bn_fn, sep_fn):  # warm-up: allocator, kernels, thread pool
-        _median_time(fn, number)
+    for fn in (bn_fn, sep_fn):  # warm-up: allocator, kernels, thread pool, compilation
+        _median_time(fn, number, device)
     bn_times, sep_times = [], []
     for _ in range(repeats):
-        bn_times.append(_median_time(bn_fn, number))
-        sep_times.append(_median_time(sep_fn, number))
+        bn_times.append(_median_time(bn_fn, number, device))
+        sep_times.append(_median_time(sep_fn, number, device))
     return statistics.median(bn_times), statistics.median(sep_times)
+
+
+def layer_ratios(
+    shapes: tuple[tuple[int, int], ...],
+    batch: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    compiled: bool,
+    repeats: int,
+    work: float = 2e6,
+    backend: str = "inductor",
+) -> list[dict[str, float | str]]:
+    """Train fwd+bwd time of ``nn.BatchNorm2d`` and ``SepBatchNorm2d`` per (C, H=W).
+
+    Args:
+        shapes: (C, H=W) pairs.
+        batch: Batch size N.
+        device: Where to run.
+        dtype: float32, or bfloat16/float16 under autocast (float32 parameters).
+        compiled: ``torch.compile`` (``dynamic=False``) both layers.
+        repeats: Alternating repeats; each times about ``work / (N·C·H·W)`` calls.
+        work: See ``repeats``.
+        backend: ``torch.compile`` backend.
+
+    Returns:
+        One row per shape: ``shape``, ``bn_ms``, ``sepbn_ms``, ``ratio``.
+    """
+    rows: list[dict[str, float | str]] = []
+    for channels, size in shapes:
+        bn = nn.BatchNorm2d(channels).to(device)
+        sep = SepBatchNorm2d(channels, num_sets=3, num_groups=2, pool_size=3).to(device)
+        fns = [
+            torch.compile(m, backend=backend, dynamic=False) if compiled else m for m in (bn, sep)
+        ]
+        # Under AMP a norm's input is the half output of the convolution before it.
+        x = torch.randn(batch, channels, size, size, device=device, dtype=dtype)
+        x.requires_grad_()
+        grad = torch.randn_like(x)
+        number = max(1, int(work // x.numel()))
+        bn_s, sep_s = _compare(
+            _train_step(fns[0], bn, x, grad, dtype),
+            _train_step(fns[1], sep, x, grad, dtype),
+            repeats,
+            number,
+            device,
+        )
+        rows.append(
+            {
+                "shape": f"{channels}×{size}×{size}",
+                "bn_ms": bn_s * 1e3,
+                "sepbn_ms": sep_s * 1e3,
+                "ratio": sep_s / bn_s,
+            }
+        )
+    return rows
 
 
 def main() -> None:
@@ -94,6 +189,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="train-mode batch size (paper: 8)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--keep-malloc", action="store_true", help="leave glibc malloc as is")
+    parser.add_argument(
+        "--compiled", action="store_true", help="add torch.compile (inductor) at the large maps"
+    )
+    parser.add_argument("--compiled-only", action="store_true", help="only the compiled table")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -105,6 +204,23 @@ def main() -> None:
     )
     print("SepBatchNorm2d(C, num_sets=3, num_groups=2, pool_size=3) vs nn.BatchNorm2d(C)")
     print()
+    if not args.compiled_only:
+        _eager_table(args)
+    if args.compiled or args.compiled_only:
+        print()
+        print(f"torch.compile (inductor, dynamic=False), train fwd+bwd, batch {args.batch}:")
+        print()
+        print("| C×H×W | compiled BN (ms) | compiled SepBN (ms) | ratio |")
+        print("|---|---|---|---|")
+        for row in layer_ratios(LARGE_SHAPES, args.batch, CPU, torch.float32, True, args.repeats):
+            print(
+                f"| {row['shape']} | {row['bn_ms']:.3f} | {row['sepbn_ms']:.3f} "
+                f"| {row['ratio']:.2f} |",
+                flush=True,
+            )
+
+
+def _eager_table(args: argparse.Namespace) -> None:
     header = (
         "| C×H×W | train fwd+bwd BN (ms) | SepBN (ms) | ratio "
         "| eval fwd b=1 BN (ms) | SepBN (ms) | ratio |"
@@ -118,7 +234,7 @@ def main() -> None:
         grad = torch.randn_like(x)
         number = max(1, int(2e6 // x.numel()))
         train_bn, train_sep = _compare(
-            _train_step(bn, x, grad), _train_step(sep, x, grad), args.repeats, number
+            _train_step(bn, bn, x, grad), _train_step(sep, sep, x, grad), args.repeats, number
         )
         bn.eval()
         sep.eval()

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real-data root and deterministic seeds."""
+"""Shared fixtures: the real-data root, deterministic seeds, and the ``cuda`` marker's skip."""
 
 from __future__ import annotations
 
@@ -16,6 +16,16 @@ def data_root_path() -> Path:
     """``SEPBN_DATA`` or ``../shared/data`` next to the checkout."""
     env = os.environ.get("SEPBN_DATA")
     return Path(env) if env else (REPO.parent / "shared" / "data")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Skip the tests marked ``cuda`` when no GPU is present, saying so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is False")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -146,11 +146,11 @@ class Net(nn.Module):
         return self.body(x).view(-1, 5, 2)
 
 
-def run(stage_dir, batch_size, ctx=None):
+def run(stage_dir, batch_size, ctx=None, device="cpu"):
     config = ExperimentConfig(
         data=DataConfig(num_workers=0),
         optim=OptimConfig(lr=0.05, min_lr=1e-3, batch_size=batch_size, epochs=2, warmup_epochs=1),
-        train=TrainConfig(device="cpu", checkpoint_every=1, progress=False, tensorboard=False),
+        train=TrainConfig(device=device, checkpoint_every=1, progress=False, tensorboard=False),
     )
     torch.manual_seed(0)
     trainer = Trainer(config, stage_dir, Net(), Faces(16), ctx=ctx)

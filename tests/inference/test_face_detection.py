@@ -46,7 +46,7 @@ def test_boxes_are_corners_largest_first_and_small_ones_dropped(monkeypatch) -> 
         monkeypatch, [[10, 20, 44, 44], [100, 50, 90, 90], [5, 5, 45, 45], [200, 10, 50, 50]]
     )
     detector = HaarFaceDetector(min_size=30, scale_factor=1.2, min_neighbors=3)
-    boxes, scores = detector(np.zeros((120, 160, 3), dtype=np.uint8))
+    boxes, scores = detector.detect_raw(np.zeros((120, 160, 3), dtype=np.uint8))
     assert scores.tolist() == [1.0, 1.0, 1.0]  # the cascade has no confidence
     # Sides 90, 50, 45 kept (>= 0.5 x 90), 44 dropped; x, y, w, h -> x0, y0, x1, y1.
     np.testing.assert_array_equal(boxes, [[100, 50, 190, 140], [200, 10, 250, 60], [5, 5, 50, 50]])
@@ -61,7 +61,8 @@ def test_boxes_are_corners_largest_first_and_small_ones_dropped(monkeypatch) -> 
 
 def test_min_relative_size_zero_keeps_every_detection(monkeypatch) -> None:
     _stub_cascade(monkeypatch, [[0, 0, 10, 10], [20, 20, 100, 100]])
-    boxes, _ = HaarFaceDetector(min_relative_size=0.0)(np.zeros((150, 150, 3), dtype=np.uint8))
+    detector = HaarFaceDetector(min_relative_size=0.0)
+    boxes, _ = detector.detect_raw(np.zeros((150, 150, 3), dtype=np.uint8))
     np.testing.assert_array_equal(boxes, [[20, 20, 120, 120], [0, 0, 10, 10]])
 
 
@@ -89,7 +90,7 @@ def test_haar_boxes_on_300w_photos_sit_on_the_annotated_face(data_root: Path) ->
     detector = HaarFaceDetector()
     on_face = extra = 0
     for record in records:
-        boxes, _ = detector(load_image(record.image_path))
+        boxes, _ = detector.detect_raw(load_image(record.image_path))
         if len(boxes) == 0:
             continue
         x0, y0, x1, y1 = record.box

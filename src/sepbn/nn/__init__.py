@@ -8,10 +8,13 @@
 - :func:`convert_batchnorm`: swap the ``nn.BatchNorm2d`` layers of any model.
 - :class:`AttentionRecorder` and :class:`AttentionHealth`: is the attention alive (entropy,
   set usage, input dependence of π per layer)?
+- :func:`sepbn_path`: force the plain, fused (CPU) or compiled (CUDA default) implementation;
+  which one runs where is tabled in :mod:`sepbn.nn.dispatch`.
 """
 
 from sepbn.nn.attention_health import AttentionHealth, AttentionRecorder, collapsed_layers
 from sepbn.nn.convert import convert_batchnorm
+from sepbn.nn.dispatch import sepbn_path
 from sepbn.nn.domain_batch_norm import (
     DomainBatchNorm2d,
     best_of_domains,
@@ -40,5 +43,6 @@ __all__ = [
     "domain_routing",
     "find_domain_batchnorms",
     "num_model_domains",
+    "sepbn_path",
     "set_temperature",
 ]

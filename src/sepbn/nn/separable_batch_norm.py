@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sepbn.nn import compiled_separable_norm as compiled
+from sepbn.nn import dispatch
 from sepbn.nn.fused_separable_norm import adaptive_max_pool2d, sep_batch_norm_train
 from sepbn.nn.separable_norm_base import SeparableNormBase, _check_positive_int
 
@@ -170,6 +172,39 @@ class SepBatchNorm2d(SeparableNormBase):
             self.pool_size,
             self.aggregation == "hard",
         )
+
+    _supports_compiled = True
+
+    def _forward_compiled(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Train mode through the cached ``torch.compile`` of one pure function.
+
+        See :mod:`sepbn.nn.compiled_separable_norm`; falls back to the plain path (one
+        warning) for a shape class that does not compile.
+        """
+        static = (self.pool_size, self.aggregation, self.eps, self.norm.momentum)
+        key = compiled.shape_class(x, self.weight, static)
+        backend = dispatch.compile_backend()
+        if compiled.has_failed(key, backend):
+            return self._forward_plain(x)
+        hidden, out = self.mlp[0], self.mlp[2]
+        args = (
+            x, self.weight, self.bias,
+            self.reduce.weight.view(self.num_groups, self.num_features), self.reduce.bias,
+            hidden.weight, hidden.bias, out.weight, out.bias, self.tau,
+            self.norm.running_mean, self.norm.running_var,
+        )  # fmt: skip
+        factor = self._count_batch()
+        flags = (factor, self.norm.eps, self.pool_size, self.aggregation == "hard")
+        try:
+            step = compiled.compiled_step(key, backend)
+            # Autocast off: the function picks its own precisions (float32 statistics).
+            with torch.autocast(x.device.type, enabled=False):
+                return step(*args, *flags)
+        except Exception as error:  # a compiler failure, not a property of the input
+            compiled.mark_failed(key, backend, error)
+            if self.norm.num_batches_tracked is not None:
+                self.norm.num_batches_tracked.sub_(1)  # the plain path counts it again
+            return self._forward_plain(x)
 
     def extra_repr(self) -> str:
         return (

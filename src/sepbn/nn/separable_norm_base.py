@@ -10,7 +10,10 @@ The mapping is never applied K times: the weights first collapse the K sets into
 scale and one shift per (sample, channel) (Eq. 6), which then act in the same single
 pass over the feature map as the normalization: in eval mode the whole layer is one
 inference-mode batch norm over the (1, N·C, H, W) view, and eager train mode runs the
-fused kernels of :mod:`sepbn.nn.fused_separable_norm`.
+fused kernels of :mod:`sepbn.nn.fused_separable_norm` on CPU or the compiled function of
+:mod:`sepbn.nn.compiled_separable_norm` on CUDA. Which path runs for which device, dtype,
+mode and compile state, and how to force one, is in :mod:`sepbn.nn.dispatch`
+(:meth:`SeparableNormBase._choose_path` implements it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sepbn.nn import dispatch
 from sepbn.nn._folding import fold_batch_norm
 from sepbn.nn.fused_separable_norm import mix_sets, separable_norm_train
 
@@ -46,9 +50,10 @@ class SeparableNormBase(nn.Module):
         tau: Buffer holding τ, saved in the ``state_dict`` because it changes the output.
         keep_attention: When True, every forward stores the weights it used in
             ``last_attention`` (detached), for analysis.
-        use_fused: When True (default), eager train-mode calls on CPU use the fused
-            kernels of :mod:`sepbn.nn.fused_separable_norm`; False forces the plain path
-            ``BatchNorm2d(x)`` then ``γ̂ x̂ + β̂``. Both give the same values and gradients.
+        use_fused: When True (default), eager train-mode calls take the fast path for
+            their device (:mod:`sepbn.nn.dispatch`); False forces the plain path
+            ``BatchNorm2d(x)`` then ``γ̂ x̂ + β̂`` for this layer. All paths give the same
+            values and gradients.
 
     Shape:
         - Input: (N, C, H, W)
@@ -189,8 +194,11 @@ class SeparableNormBase(nn.Module):
                 f"{type(self).__name__} expects input of shape (N, {self.num_features}, H, W), "
                 f"got {tuple(x.shape)}"
             )
-        if self._can_fuse(x):
+        path = self._choose_path(x)
+        if path == "fused":
             y, pi = self._forward_fused(x, self._count_batch())
+        elif path == "compiled":
+            y, pi = self._forward_compiled(x)
         else:
             y, pi = self._forward_plain(x)
         if self.keep_attention:
@@ -221,28 +229,55 @@ class SeparableNormBase(nn.Module):
         )
         return y, pi
 
-    def _can_fuse(self, x: Tensor) -> bool:
-        """Whether the fused train-mode kernels apply (eager, float, plain inner BatchNorm2d).
+    def _choose_path(self, x: Tensor) -> str:
+        """``"plain"``, ``"fused"`` or ``"compiled"`` for this call (table in :mod:`.dispatch`)."""
+        forced = dispatch.current_path()
+        if forced == "plain" or not self._can_take_fast_path(x):
+            return "plain"
+        if forced == "fused":  # on any device, where its dtype conditions hold
+            return "fused" if self._can_fuse(x) else "plain"
+        if forced == "compiled":  # on any device and float dtype
+            return "compiled" if self._supports_compiled else "plain"
+        if x.device.type == "cpu" and self._can_fuse(x):
+            return "fused"
+        if x.device.type == "cuda" and self._supports_compiled and self.norm.momentum is not None:
+            return "compiled"
+        return "plain"
 
-        Tracing compilers, ``torch.func`` transforms, autocast and ``SyncBatchNorm``
-        (whose statistics are all-reduced) take the plain path; so does a batch with one
-        value per channel, for BatchNorm2d's error message.
+    def _can_take_fast_path(self, x: Tensor) -> bool:
+        """Whether any path other than the plain one applies (eager, train, plain inner BN).
+
+        Tracing compilers, ``torch.func`` transforms and ``SyncBatchNorm`` (whose
+        statistics are all-reduced) take the plain path; so does a batch with one value
+        per channel, for BatchNorm2d's error message.
         """
         return (
             self.use_fused
             and self.norm.training
             and type(self.norm) is nn.BatchNorm2d
-            and x.dtype in (torch.float32, torch.float64)
-            and x.dtype == self.weight.dtype
-            and x.device.type == "cpu"  # the only device the fused kernels are tested on
+            and x.is_floating_point()
             and x.numel() > x.shape[1]
-            and not torch.is_autocast_enabled(x.device.type)
             and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing()
             and not torch.jit.is_scripting()
             and not _is_functorch_tensor(x)
             and not _is_functorch_tensor(self.weight)
         )
+
+    def _can_fuse(self, x: Tensor) -> bool:
+        """Whether the fused kernels' dtype conditions hold: float32/64, no autocast."""
+        return (
+            x.dtype in (torch.float32, torch.float64)
+            and x.dtype == self.weight.dtype
+            and not torch.is_autocast_enabled(x.device.type)
+        )
+
+    # Whether :meth:`_forward_compiled` exists (``SepBatchNorm2d``).
+    _supports_compiled = False
+
+    def _forward_compiled(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Train-mode path through ``torch.compile``; returns ``(y, π)``."""
+        raise NotImplementedError
 
     def _count_batch(self) -> float:
         """Count the batch and return the running-average factor, as ``nn.BatchNorm2d`` does."""

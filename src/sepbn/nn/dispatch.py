@@ -1,0 +1,97 @@
+"""Which implementation a SepBN-type layer runs, and a way to force one.
+
+Three paths compute the same train-mode layer (tests compare them):
+
+- ``"plain"``: the reference, written from Eqs. 1, 5-7 with modules (``BatchNorm2d(x)``,
+  then ``γ̂ x̂ + β̂``). Always available; eval mode with running statistics is always this
+  path, which is then one folded multiply-add over the map.
+- ``"fused"``: the hand-fused CPU autograd nodes of :mod:`sepbn.nn.fused_separable_norm`.
+- ``"compiled"``: ``torch.compile`` of one pure function
+  (:mod:`sepbn.nn.compiled_separable_norm`), ``SepBatchNorm2d`` only.
+
+With the default ``"auto"``, a train-mode call with a plain inner ``nn.BatchNorm2d``,
+outside ``torch.compile``/``torch.jit``/``torch.func`` and with a batch of more than one
+value per channel, runs:
+
+========  ===================================  ==========================================
+device    dtype / autocast                     path
+========  ===================================  ==========================================
+CPU       float32/float64, no autocast         fused
+CPU       anything else (autocast, half)       plain
+CUDA      float32/float16/bfloat16, autocast   compiled (inductor), ``SepBatchNorm2d``
+          or not; ``momentum`` not None        with ``aggregation`` soft or hard
+CUDA      ``SimpleSepBatchNorm2d``, momentum   plain
+          None (cumulative average)
+other     any                                  plain
+========  ===================================  ==========================================
+
+Everything else (eval mode, ``SyncBatchNorm`` inner norm, inside a user's
+``torch.compile``, which then traces and fuses the plain path itself) runs ``"plain"``.
+A compiled shape class that fails to compile falls back to ``"plain"`` with one warning.
+
+:func:`sepbn_path` forces a path for the calls inside it: ``"fused"`` and ``"compiled"``
+then run on any device and dtype where their other conditions hold (``"compiled"`` on CPU
+too, which is how CI tests it, with ``backend="aot_eager"``), and ``"plain"`` everywhere.
+The layer attribute ``use_fused = False`` forces ``"plain"`` for one layer, and the
+environment variable ``SEPBN_PATH`` sets the process-wide default (e.g. ``SEPBN_PATH=plain``
+to avoid the compilation at the first CUDA steps, about 10-30 s per SepBN shape).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+Path = Literal["auto", "plain", "fused", "compiled"]
+PATHS: tuple[str, ...] = ("auto", "plain", "fused", "compiled")
+
+# The torch.compile backend of the compiled path; SEPBN_COMPILE_BACKEND overrides it.
+DEFAULT_BACKEND = os.environ.get("SEPBN_COMPILE_BACKEND", "inductor")
+
+DEFAULT_PATH = os.environ.get("SEPBN_PATH", "auto")
+if DEFAULT_PATH not in PATHS:
+    raise ValueError(f"SEPBN_PATH={DEFAULT_PATH!r}; valid: {', '.join(map(repr, PATHS))}")
+
+_state: dict[str, str] = {"path": DEFAULT_PATH, "backend": DEFAULT_BACKEND}
+
+
+def current_path() -> str:
+    """The path forced by the innermost :func:`sepbn_path` (outside any: ``SEPBN_PATH``,
+    default ``"auto"``)."""
+    return _state["path"]
+
+
+def compile_backend() -> str:
+    """The ``torch.compile`` backend the compiled path uses now."""
+    return _state["backend"]
+
+
+@contextmanager
+def sepbn_path(path: Path, backend: str | None = None) -> Iterator[None]:
+    """Force the implementation of every SepBN-type layer called inside the block.
+
+    Args:
+        path: ``"auto"``, ``"plain"``, ``"fused"`` or ``"compiled"`` (see the module
+            docstring for where each applies).
+        backend: ``torch.compile`` backend for the compiled path inside the block (default:
+            unchanged, ``"inductor"`` unless ``SEPBN_COMPILE_BACKEND`` says otherwise).
+
+    Raises:
+        ValueError: If ``path`` is not one of :data:`PATHS`.
+
+    Example:
+        >>> with sepbn_path("compiled", backend="aot_eager"):
+        ...     y = layer(x)  # doctest: +SKIP
+    """
+    if path not in PATHS:
+        raise ValueError(f"unknown SepBN path {path!r}; valid: {', '.join(map(repr, PATHS))}")
+    saved = dict(_state)
+    _state["path"] = path
+    if backend is not None:
+        _state["backend"] = backend
+    try:
+        yield
+    finally:
+        _state.update(saved)
