@@ -82,17 +82,19 @@ def test_eval_missing_checkpoint_is_one_clear_line(tmp_path: Path, capsys) -> No
     assert code == 1 and len(err) == 1 and str(missing) in err[0]
 
 
-def test_predict_with_box_writes_json_and_png(trained: Path, tmp_path: Path) -> None:
+def test_predict_with_box_writes_json_and_drawing(trained: Path, tmp_path: Path) -> None:
     record = make_synthetic_records(1, seed=3)[0]
     photo = tmp_path / "face.png"
     cv2.imwrite(str(photo), cv2.cvtColor(record.image, cv2.COLOR_RGB2BGR))
     box = ",".join(f"{v:.1f}" for v in record.box)
     out = tmp_path / "pred"
-    assert main(["predict", str(trained), str(photo), "--box", box, "--out", str(out)]) == 0
-    result = json.loads((out / "landmarks.json").read_text())[str(photo)]
-    landmarks = np.array(result["landmarks"])
+    args = ["predict", str(trained), str(photo), "--box", box, "--out", str(out), "--draw"]
+    assert main(args) == 0
+    (result,) = json.loads((out / "landmarks.json").read_text())["records"]
+    assert result["image"] == str(photo)
+    landmarks = np.array([face["landmarks"] for face in result["faces"]])
     assert landmarks.shape == (1, 68, 2) and np.isfinite(landmarks).all()
-    assert (out / "face_landmarks.png").is_file()
+    assert (out / "face_landmarks.jpg").is_file()
 
 
 class _Oracle(torch.nn.Module):
@@ -114,7 +116,7 @@ def test_detector_maps_crop_predictions_back_to_the_photo() -> None:
     matrix = crop_matrix(record.box, size, scale)
     crop_truth = apply_affine(matrix, record.landmarks) / size
     detector = LandmarkDetector(_Oracle(crop_truth), "300w", size, scale, refine_steps=0)
-    predicted = detector.predict(record.image, record.box[None])
+    predicted = detector.predict_boxes(record.image, record.box[None])
     np.testing.assert_allclose(predicted[0], record.landmarks, atol=1e-3)
 
 
