@@ -133,6 +133,10 @@ def test_quality_ranks_real_faces_above_non_face_crops(
         face_q.append(face.quality)
         noise = np.random.default_rng(i).integers(0, 255, image.shape, dtype=np.uint8)
         other_q.append(real.predict(noise, [box])[0].quality)
+        beside = box + np.array([1, 0, 1, 0]) * 1.3 * (box[2] - box[0])  # background
+        if beside[2] >= image.shape[1]:
+            beside = box - np.array([1, 0, 1, 0]) * 1.3 * (box[2] - box[0])
+        other_q.append(real.predict(image, [beside])[0].quality)
     assert min(face_q) > max(other_q), (face_q, other_q)
 
 

@@ -166,7 +166,8 @@ def predict_photos(
                     summary.no_face.append((_where(frame), str(result.reason)))
                     report(f"{_where(frame)}: {result.reason}")
                 pending.append((result, frame.image, found, scores))
-                if len(pending) >= batch_photos or sum(len(p[2]) for p in pending) >= 64:
+                faces_waiting = sum(len(p[2]) for p in pending)
+                if len(pending) >= batch_photos or faces_waiting >= detector.batch_size:
                     flush(writer)
             flush(writer)
     finally:
