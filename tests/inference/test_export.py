@@ -22,6 +22,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 SIZE = 64
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 SMALL = {
     "vanilla_cnn": 0.125,
     "mobilenet_v2": 0.25,

@@ -31,6 +31,7 @@ model (max abs difference below 1e-4 in normalized coordinates).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +130,13 @@ def export_model(
     net = ExportableLandmarkNet(model.cpu().float()).eval()
     example = torch.zeros(2, 3, input_size, input_size, dtype=torch.uint8)
     if fmt == "torchscript":
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # Shape tests on the static S become constants (intended); TorchScript's own
+            # deprecation notice is PyTorch's message to us, not to the user.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(net, example, check_trace=False)
-        torch.jit.save(traced, str(out), _extra_files={"sepbn.json": _json_of(metadata)})
+            torch.jit.save(traced, str(out), _extra_files={"sepbn.json": _json_of(metadata)})
         return out
     if opset < MIN_OPSET:
         raise InferenceError(f"ONNX opset {opset} is too old; sepbn needs >= {MIN_OPSET}")
