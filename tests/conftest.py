@@ -59,3 +59,51 @@ def write_pts_folder():
         return folder
 
     return write
+
+
+def _train_vanilla_sepbn(root: Path, train_data: dict, optim: dict, **sections) -> Path:
+    """Train a Vanilla CNN (width 1/8, S = 64, SepBN) on the CPU; its ``last.pt``."""
+    from sepbn.config import config_from_dict
+    from sepbn.engine.experiment import train
+
+    config = {
+        "name": root.name,
+        "model": {"arch": "vanilla_cnn", "norm": "sepbn", "width_mult": 0.125, "input_size": 64},
+        "data": {"train": [train_data], "num_workers": 0, "cache_dir": str(root / "cache")},
+        "optim": optim,
+        "train": {"device": "cpu", "progress": False, "tensorboard": False},
+        **sections,
+    }
+    train(config_from_dict(config), root / "run")
+    return root / "run" / "stage1" / "last.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_300w_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 68-point checkpoint trained for one epoch on 8 synthetic faces (seconds)."""
+    data = {"kind": "synthetic", "protocol": "300w", "options": {"num_faces": 8}}
+    optim = {"epochs": 1, "batch_size": 8, "warmup_epochs": 0}
+    return _train_vanilla_sepbn(tmp_path_factory.mktemp("tiny300w"), data, optim)
+
+
+@pytest.fixture(scope="session")
+def real_300w_checkpoint(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 68-point checkpoint trained for a minute on the real 300-W training crops.
+
+    Good enough to find the landmarks of a real face roughly (about 4% of the box side),
+    which the photo and quality tests need; no test photo is used for training.
+    """
+    data = {"kind": "pts_folder", "path": str(data_root / "300W_train_crops")}
+    optim = {
+        "name": "adam",
+        "lr": 3e-3,
+        "min_lr": 1e-5,
+        "weight_decay": 0.0,
+        "batch_size": 32,
+        "epochs": 8,
+        "warmup_epochs": 1,
+    }
+    temperature = {"start": 30.0, "end": 1.0, "epochs": 3}
+    return _train_vanilla_sepbn(
+        tmp_path_factory.mktemp("real300w"), data, optim, temperature=temperature
+    )

@@ -61,7 +61,7 @@ def test_train_writes_checkpoint_and_test_metrics(trained: Path) -> None:
     detector = LandmarkDetector.from_checkpoint(trained, refine_steps=0)
     nmes = []
     for face in make_synthetic_records(4, seed=0, start_index=1000):
-        predicted = detector.predict(face.image, face.box[None])[0]
+        predicted = detector.predict_boxes(face.image, face.box[None])[0]
         d = np.linalg.norm(face.landmarks[36] - face.landmarks[45])
         nmes.append(np.linalg.norm(predicted - face.landmarks, axis=1).mean() / d)
     nmes = np.array(nmes)
@@ -161,17 +161,19 @@ def test_eval_missing_checkpoint_is_one_clear_line(tmp_path: Path, capsys) -> No
     assert code == 1 and len(err) == 1 and str(missing) in err[0]
 
 
-def test_predict_with_box_writes_json_and_png(trained: Path, tmp_path: Path) -> None:
+def test_predict_with_box_writes_json_and_drawing(trained: Path, tmp_path: Path) -> None:
     record = make_synthetic_records(1, seed=3)[0]
     photo = tmp_path / "face.png"
     cv2.imwrite(str(photo), cv2.cvtColor(record.image, cv2.COLOR_RGB2BGR))
     box = ",".join(f"{v:.1f}" for v in record.box)
     out = tmp_path / "pred"
-    assert main(["predict", str(trained), str(photo), "--box", box, "--out", str(out)]) == 0
-    result = json.loads((out / "landmarks.json").read_text())[str(photo)]
-    landmarks = np.array(result["landmarks"])
+    args = ["predict", str(trained), str(photo), "--box", box, "--out", str(out), "--draw"]
+    assert main(args) == 0
+    (result,) = json.loads((out / "landmarks.json").read_text())["records"]
+    assert result["image"] == str(photo)
+    landmarks = np.array([face["landmarks"] for face in result["faces"]])
     assert landmarks.shape == (1, 68, 2) and np.isfinite(landmarks).all()
-    assert (out / "face_landmarks.png").is_file()
+    assert (out / "face_landmarks.jpg").is_file()
 
 
 def test_prepare_and_preview_on_synthetic_faces(tmp_path: Path) -> None:

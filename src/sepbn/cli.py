@@ -1,5 +1,9 @@
 """The ``sepbn`` command line: thin wiring around the library modules.
 
+Why this file is long (~600 lines): it is the argument parser of fourteen commands and their
+``_cmd_*`` functions, each a few lines that call one library function; the logic is in the
+modules they call.
+
 Commands::
 
     sepbn demo                      train BN / SepBN / CNT+SepBN on synthetic faces, compare
@@ -7,7 +11,9 @@ Commands::
     sepbn eval CHECKPOINT --data K --path P [--split S]
     sepbn prepare --data K --path P --out CACHE_DIR
     sepbn preview --data K --path P --out grid.png     augmented samples with landmarks
-    sepbn predict CHECKPOINT photo.jpg [--box x0,y0,x1,y1] --out annotated.png
+    sepbn predict CHECKPOINT INPUTS... --out DIR [--detector D] [--format json|csv|pts]
+                                    [--draw] [--every N] [--box x0,y0,x1,y1]
+    sepbn export CHECKPOINT --format onnx|torchscript --out FILE [--protocol P]
     sepbn analyze similarity CHECKPOINT --out fig4.png Eq. 2 / Fig. 4 (alias: sepbn similarity)
     sepbn analyze attention CHECKPOINT --data K --path P --out DIR   π by yaw bin / attribute
     sepbn analyze embedding --data K --path P [--checkpoint C] --out DIR   t-SNE as in Fig. 3
@@ -183,22 +189,73 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
+    from tqdm import tqdm
 
     from sepbn.inference import LandmarkDetector, predict_photos
 
-    boxes = None
+    boxes = _predict_boxes(args)
+    detector = LandmarkDetector.from_checkpoint(
+        args.checkpoint,
+        protocol=args.protocol,
+        device=args.device,
+        detector=args.detector,
+        batch_size=args.batch_size,
+    )
+    summary = predict_photos(
+        detector,
+        args.inputs,
+        args.out,
+        boxes=boxes,
+        fmt=args.format,
+        draw=args.draw,
+        every=args.every,
+        progress=not args.quiet,
+        report=lambda line: tqdm.write(f"sepbn predict: {line}", file=sys.stderr),
+    )
+    if summary.ok:
+        if not args.quiet:
+            print(summary.format())
+        return 0
+    print(f"sepbn predict: {summary.format()}", file=sys.stderr)
+    return 1
+
+
+def _predict_boxes(args: argparse.Namespace):
+    """``--box`` (one array for every photo) or ``--boxes FILE`` (per photo), or None."""
+    import json
+
+    import numpy as np
+
+    from sepbn.inference.errors import InferenceError
+
+    if args.box and args.boxes:
+        raise InferenceError("give --box or --boxes, not both")
     if args.box:
         try:
             boxes = np.array([[float(v) for v in b.split(",")] for b in args.box])
         except ValueError:
-            boxes = np.zeros((0, 0))
+            raise InferenceError(f"--box expects x_min,y_min,x_max,y_max, got {args.box}") from None
         if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise ConfigError(f"--box expects x_min,y_min,x_max,y_max, got {args.box}")
-    detector = LandmarkDetector.from_checkpoint(
-        args.checkpoint, protocol=args.protocol, device=args.device
+            raise InferenceError(f"--box expects x_min,y_min,x_max,y_max, got {args.box}")
+        return boxes
+    if args.boxes:
+        try:
+            table = json.loads(Path(args.boxes).read_text())
+        except (OSError, ValueError) as exc:
+            raise InferenceError(f"--boxes {args.boxes}: not a readable JSON file: {exc}") from None
+        if not isinstance(table, dict):
+            raise InferenceError(f"--boxes {args.boxes}: expected {{image: [[x0,y0,x1,y1], ...]}}")
+        return {str(k): np.asarray(v, dtype=np.float64).reshape(-1, 4) for k, v in table.items()}
+    return None
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sepbn.inference.export import export_checkpoint
+
+    path = export_checkpoint(
+        args.checkpoint, args.out, fmt=args.format, protocol=args.protocol, opset=args.opset
     )
-    predict_photos(detector, args.images, args.out, boxes=boxes)
+    print(f"wrote {path}")
     return 0
 
 
@@ -393,19 +450,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", action="store_true", help="write landmark indices")
     p.set_defaults(func=_cmd_preview)
 
-    p = sub.add_parser("predict", help="landmarks on photos (OpenCV face detector or --box)")
-    p.add_argument("checkpoint")
-    p.add_argument("images", nargs="+", help="photo files")
+    from sepbn.inference.export import DEFAULT_OPSET, EXPORT_FORMATS
+    from sepbn.inference.face_detection import DEFAULT_FACE_DETECTOR, FACE_DETECTORS
+    from sepbn.inference.writers import FORMATS
+
+    p = sub.add_parser(
+        "predict", help="landmarks on photos, folders and videos (face detector or --box)"
+    )
+    p.add_argument("checkpoint", help="a sepbn checkpoint, or an exported .onnx file")
+    p.add_argument(
+        "inputs", nargs="+", help="photo files, folders (searched recursively) and videos"
+    )
+    p.add_argument("--out", default="predictions", help="output folder")
+    p.add_argument(
+        "--detector",
+        default=DEFAULT_FACE_DETECTOR,
+        help=f"face detector ({', '.join(sorted(FACE_DETECTORS))}; "
+        f"default {DEFAULT_FACE_DETECTOR})",
+    )
     p.add_argument(
         "--box",
         action="append",
         metavar="X0,Y0,X1,Y1",
-        help="face box in pixels (repeatable); default: OpenCV's Haar face detector",
+        help="face box in display pixels, used for every photo (repeatable); "
+        "default: the face detector",
     )
+    p.add_argument(
+        "--boxes", metavar="JSON", help="per-photo boxes: {image path or name: [[x0,y0,x1,y1]]}"
+    )
+    p.add_argument("--format", choices=FORMATS, default="json", help="output format")
+    p.add_argument("--draw", action="store_true", help="also write <name>_landmarks.jpg")
+    p.add_argument("--every", type=int, default=1, metavar="N", help="every N-th video frame")
     p.add_argument("--protocol", help="branch of a cross-protocol checkpoint")
-    p.add_argument("--out", default="predictions", help="output folder")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=64, help="face crops per network call")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,  # keeps `sepbn -q predict` working
+        help="no progress bar, only warnings",
+    )
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="the landmark network as one ONNX or TorchScript file")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
+    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--protocol", help="branch of a cross-protocol checkpoint")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 17)")
+    p.set_defaults(func=_cmd_export)
 
     _add_analysis_commands(sub)
     return parser

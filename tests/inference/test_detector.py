@@ -39,6 +39,7 @@ class Constant(nn.Module):
     def __init__(self, coords: np.ndarray) -> None:
         super().__init__()
         self.register_buffer("coords", torch.as_tensor(coords, dtype=torch.float32))
+        self.num_points = int(coords.shape[0])
         self.inputs: list[Tensor] = []
 
     def forward(self, x: Tensor) -> Tensor:
@@ -48,6 +49,8 @@ class Constant(nn.Module):
 
 class RedCentroid(nn.Module):
     """Every landmark at the centroid of the red channel of its crop, in crop pixels / S."""
+
+    num_points = POINTS
 
     def forward(self, x: Tensor) -> Tensor:
         red = x[:, 0].double()  # (N, S, S); blue and green stay black in the test photo
@@ -72,7 +75,7 @@ def test_landmarks_map_back_to_photo_pixels() -> None:
     box = np.array([60.0, 40.0, 180.0, 200.0])  # not square: the side is the height
     model = Constant(coords)
     detector = LandmarkDetector(model, "300w", SIZE, SCALE, refine_steps=0)
-    landmarks = detector.predict(PHOTO, box[None])
+    landmarks = detector.predict_boxes(PHOTO, box[None])
     assert landmarks.shape == (1, POINTS, 2) and landmarks.dtype == np.float64
     np.testing.assert_allclose(landmarks[0], photo_from_crop(box, coords * SIZE), atol=1e-9)
     (batch,) = model.inputs
@@ -90,12 +93,12 @@ def test_each_box_of_a_batch_sees_its_own_face() -> None:
     # its crop, off-centre; the last crop runs past the bottom of the photo.
     boxes = np.array([[40.0, 35.0, 110.0, 95.0], [200.0, 50.0, 250.0, 120.0], [115, 170, 185, 236]])
     detector = LandmarkDetector(RedCentroid(), "300w", SIZE, SCALE, refine_steps=0)
-    landmarks = detector.predict(photo, boxes)
+    landmarks = detector.predict_boxes(photo, boxes)
     assert landmarks.shape == (3, POINTS, 2)
     np.testing.assert_allclose(landmarks[:, 0], centres, atol=0.05)  # photo pixels
     # The same faces one at a time give the same landmarks.
     for box, expected in zip(boxes, landmarks):
-        np.testing.assert_allclose(detector.predict(photo, [box])[0], expected, atol=1e-9)
+        np.testing.assert_allclose(detector.predict_boxes(photo, [box])[0], expected, atol=1e-9)
 
 
 @pytest.mark.parametrize("refine_steps", [1, 2])
@@ -104,7 +107,7 @@ def test_refine_recrops_around_the_previous_landmark_box(refine_steps: int) -> N
     model = Constant(coords)
     boxes = np.array([[60.0, 40.0, 180.0, 200.0], [200.0, 30.0, 300.0, 100.0]])
     detector = LandmarkDetector(model, "300w", SIZE, SCALE, refine_steps=refine_steps)
-    landmarks = detector.predict(PHOTO, boxes)
+    landmarks = detector.predict_boxes(PHOTO, boxes)
     for box, got in zip(boxes, landmarks):
         expected = photo_from_crop(box, coords * SIZE)
         for _ in range(refine_steps):  # the tight box of the previous prediction
@@ -117,7 +120,7 @@ def test_refine_recrops_around_the_previous_landmark_box(refine_steps: int) -> N
 @pytest.mark.parametrize("boxes", [[], np.zeros((0, 4))], ids=["list", "array"])
 def test_no_boxes_give_no_faces_without_running_the_model(boxes) -> None:
     model = Constant(_coords())
-    landmarks = LandmarkDetector(model, "300w", SIZE, SCALE).predict(PHOTO, boxes)
+    landmarks = LandmarkDetector(model, "300w", SIZE, SCALE).predict_boxes(PHOTO, boxes)
     assert landmarks.shape == (0, POINTS, 2)
     assert model.inputs == []
 
@@ -145,8 +148,8 @@ def test_cross_protocol_model_runs_the_chosen_branch() -> None:
     x = torch.rand(2, 3, SIZE, SIZE)
     with torch.no_grad():
         expected = model(x, torch.tensor([1, 1]))["wflw"]  # wflw is protocol id 1
-        torch.testing.assert_close(detector.model(x), expected, rtol=0, atol=0)
-    assert detector.predict(PHOTO, [[60.0, 40.0, 180.0, 200.0]]).shape == (1, 98, 2)
+        torch.testing.assert_close(detector.backend.model(x), expected, rtol=0, atol=0)
+    assert detector.predict_boxes(PHOTO, [[60.0, 40.0, 180.0, 200.0]]).shape == (1, 98, 2)
     with pytest.raises(
         ValueError, match=r"no branch for protocol 'cofw'; valid: \['300w', 'wflw'\]"
     ):
@@ -179,4 +182,4 @@ def test_from_checkpoint_takes_size_crop_and_protocol_from_it(tmp_path: Path) ->
     detector = LandmarkDetector.from_checkpoint(path, protocol="wflw")
     with torch.no_grad():
         expected = cross(x, torch.tensor([1]))["wflw"]
-        torch.testing.assert_close(detector.model(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(detector.backend.model(x), expected, rtol=0, atol=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -10,6 +12,7 @@ import numpy as np
 from sepbn.data.errors import DatasetError
 
 # JPEG files end with the EOI marker; a missing marker means a truncated download.
+_JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"
 _PNG_IEND = b"IEND"
 
@@ -47,12 +50,45 @@ def image_file_problem(path: str | Path) -> tuple[str, str] | None:
     return _content_problem(head, tail)
 
 
-def load_image(path: str | Path, source: str = "") -> np.ndarray:
+def _decode_capturing_stderr(data: bytes, flags: int) -> tuple[np.ndarray | None, str]:
+    """``cv2.imdecode``, with what the C decoder printed on file descriptor 2.
+
+    libjpeg reports a corrupt entropy-coded segment only as a warning on stderr ("Corrupt
+    JPEG data: ...") and returns an image whose lower part is grey; OpenCV gives no other
+    sign of it, so the warning is the only way to tell such a file from a good one.
+    """
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        message = captured.read().decode("utf-8", "replace").strip()
+    return image, message
+
+
+def load_image(
+    path: str | Path,
+    source: str = "",
+    *,
+    exif_orientation: bool = False,
+    strict: bool = False,
+) -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` uint8 RGB (grayscale is expanded to 3 channels).
+
+    16-bit images are scaled by 255 / 65535, an alpha channel is dropped.
 
     Args:
         path: The image file.
         source: Where the reference to the image came from (``"list.txt:12"``), for errors.
+        exif_orientation: Turn the pixels as a JPEG's EXIF orientation tag says, so that they
+            are what a photo viewer shows (phone photos). Off for datasets, whose
+            annotations refer to the stored pixels.
+        strict: Treat a JPEG that libjpeg decodes only with a "Corrupt JPEG data" warning
+            (its lower part comes out grey) as undecodable.
 
     Raises:
         DatasetError: The file is missing, empty, truncated or not a decodable image.
@@ -63,6 +99,8 @@ def load_image(path: str | Path, source: str = "") -> np.ndarray:
         data = path.read_bytes()
     except FileNotFoundError:
         raise DatasetError(where, "image file not found") from None
+    except IsADirectoryError:
+        raise DatasetError(where, "is a folder, not an image file") from None
     except OSError as e:
         raise DatasetError(
             where, f"image file unreadable: {e.strerror or e}", "image file unreadable"
@@ -71,10 +109,20 @@ def load_image(path: str | Path, source: str = "") -> np.ndarray:
     if problem is not None:
         category, reason = problem
         raise DatasetError(where, reason, category)
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    # IMREAD_UNCHANGED ignores the EXIF orientation; ANYCOLOR | ANYDEPTH applies it and
+    # still keeps 16 bits and grayscale (it drops alpha, which is dropped below anyway).
+    flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if exif_orientation else cv2.IMREAD_UNCHANGED
+    if strict and data[:3] == _JPEG_SOI:
+        img, warning = _decode_capturing_stderr(data, flags)
+        if img is not None and "corrupt" in warning.lower():
+            raise DatasetError(where, f"corrupt JPEG data ({warning.splitlines()[0]})")
+    else:
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if img is None:
         raise DatasetError(where, "not a decodable image")
-    if img.dtype != np.uint8:
+    if img.dtype == np.uint16:
+        img = cv2.convertScaleAbs(img, alpha=255.0 / 65535.0)
+    elif img.dtype != np.uint8:
         img = cv2.convertScaleAbs(img, alpha=255.0 / max(float(img.max()), 1.0))
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)

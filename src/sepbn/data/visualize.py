@@ -47,6 +47,9 @@ def draw_landmarks(
     pts = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
     out = np.ascontiguousarray(image).copy()
     keep = np.all(np.isfinite(pts), axis=1)
+    # Points far outside would overflow OpenCV's fixed-point coordinates; they are not drawn.
+    h, w = image.shape[:2]
+    keep &= (np.abs(pts) < 4 * max(h, w) + 4 * radius).all(axis=1)
     if valid is not None:
         keep &= np.asarray(valid, dtype=bool)
     scaled = np.round(np.where(keep[:, None], pts, 0.0) * (1 << _SHIFT)).astype(np.int64)
@@ -136,9 +139,20 @@ def add_title(image: np.ndarray, title: str) -> np.ndarray:
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
     """Write an RGB uint8 image as PNG (creating the folder), returning the path."""
-    path = Path(path)
+    return _write(Path(path), image, [])
+
+
+def write_jpeg(path: str | Path, image: np.ndarray, quality: int = 90) -> Path:
+    """Write an RGB uint8 image as JPEG (creating the folder), returning the path.
+
+    Several times faster to encode than PNG and a tenth of its size for a photo.
+    """
+    return _write(Path(path), image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+
+
+def _write(path: Path, image: np.ndarray, params: list[int]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params):
         raise OSError(f"could not write {path}")
     return path
 

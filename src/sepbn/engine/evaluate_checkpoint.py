@@ -90,6 +90,11 @@ def evaluate_checkpoint(
         raise CheckpointError(
             f"{checkpoint} has no branch for protocol {protocol!r}; valid: {list(model.protocols)}"
         )
+    if not is_cross_protocol(model) and model.num_points != loaded.protocol.num_points:
+        raise CheckpointError(
+            f"{checkpoint} is a {model.num_points}-point model; {loaded.name} is "
+            f"{protocol!r} data with {loaded.protocol.num_points} points"
+        )
     loader = DataLoader(
         make_eval_set(loaded, config),
         batch_size=batch_size,

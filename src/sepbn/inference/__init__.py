@@ -1,7 +1,16 @@
-"""Inference on photos: face boxes, the landmark detector, photo files in and out."""
+"""Inference on photos: face detectors, the landmark detector, photo files in and out, export."""
 
-from sepbn.inference.detector import LandmarkDetector
-from sepbn.inference.face_detection import HaarFaceDetector
-from sepbn.inference.photos import predict_photos
+from sepbn.inference.detector import Face, LandmarkDetector
+from sepbn.inference.errors import InferenceError
+from sepbn.inference.face_detection import FaceDetectorError, HaarFaceDetector
+from sepbn.inference.photos import PredictSummary, predict_photos
 
-__all__ = ["HaarFaceDetector", "LandmarkDetector", "predict_photos"]
+__all__ = [
+    "Face",
+    "FaceDetectorError",
+    "HaarFaceDetector",
+    "InferenceError",
+    "LandmarkDetector",
+    "PredictSummary",
+    "predict_photos",
+]

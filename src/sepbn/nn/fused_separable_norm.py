@@ -64,13 +64,18 @@ def adaptive_max_pool2d(
     if (
         not return_indices
         and x.is_contiguous()
-        and x.numel() >= _BAND_POOL_MIN_NUMEL
         and not (x.requires_grad and torch.is_grad_enabled())
+        and (x.numel() >= _BAND_POOL_MIN_NUMEL or _is_exporting())
     ):
         return _band_max_pool2d(x, pool_size)
     if x.shape[-2] * x.shape[-1] <= _CHANNELS_LAST_POOL_MAX_PIXELS:
         x = x.contiguous(memory_format=torch.channels_last)
     return F.adaptive_max_pool2d(x, pool_size, return_indices=return_indices)
+
+
+def _is_exporting() -> bool:
+    """Whether an exporter traces the call; ONNX has no adaptive max pooling, slices it has."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
 
 
 def _adaptive_bands(size: int, pool_size: int) -> list[tuple[int, int]]:

@@ -20,6 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sepbn.errors import SepbnError
+
 __all__ = [
     "BOX_CORRECTIONS_FILE",
     "BoxCorrection",
@@ -33,7 +35,7 @@ __all__ = [
 BOX_CORRECTIONS_FILE = Path(__file__).with_name("box_corrections.json")
 
 
-class FaceDetectorError(RuntimeError):
+class FaceDetectorError(SepbnError, RuntimeError):
     """A face detector cannot be built (unknown name, missing extra, missing model file)."""
 
 

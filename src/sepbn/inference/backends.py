@@ -1,0 +1,123 @@
+"""What runs the landmark network on a batch of crops: eager PyTorch or onnxruntime.
+
+Both take the crops as the data pipeline makes them, ``(N, S, S, 3)`` uint8 RGB, and return
+``(N, L, 2)`` coordinates divided by S, so :class:`sepbn.inference.LandmarkDetector` does
+not care which one it holds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from sepbn.inference.errors import InferenceError
+from sepbn.models import to_model_input
+
+__all__ = ["LandmarkBackend", "OnnxBackend", "TorchBackend", "resolve_device"]
+
+
+class LandmarkBackend(Protocol):
+    """``backend(crops) -> (N, L, 2)`` normalized coordinates, with ``num_points`` = L."""
+
+    num_points: int
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray: ...
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` = CUDA when available, else the CPU; a CUDA device that is absent is an error.
+
+    Raises:
+        InferenceError: An unknown device string, or CUDA asked for on a machine without it.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InferenceError(f"unknown device {device!r} (e.g. cpu, cuda, cuda:1): {exc}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InferenceError(
+                f"device {device!r} asked for, but this PyTorch sees no CUDA GPU; use --device cpu"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InferenceError(
+                f"device {device!r} asked for, but only {torch.cuda.device_count()} GPU(s) exist"
+            )
+    return resolved
+
+
+class TorchBackend:
+    """A single-protocol landmark network in eval mode.
+
+    Args:
+        model: ``model(x) -> (N, L, 2)`` for float ``[0, 1]`` images ``(N, 3, S, S)``.
+        device: Where it runs.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.device = device
+        self.model = model.to(device).eval()
+        self.num_points = int(model.num_points)
+
+    @torch.inference_mode()
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(crops).permute(0, 3, 1, 2)  # (N, 3, S, S) uint8
+        out = self.model(to_model_input(batch, self.device))  # (N, L, 2)
+        return out.float().cpu().numpy().astype(np.float64)
+
+
+class OnnxBackend:
+    """A file written by ``sepbn export --format onnx``, run by onnxruntime on the CPU.
+
+    Args:
+        path: The ``.onnx`` file; its metadata gives the protocol, S and the box scale.
+
+    Attributes:
+        metadata: The file's metadata (see :mod:`sepbn.inference.export`), parsed.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise InferenceError(
+                "backend 'onnx' needs onnxruntime: pip install onnxruntime"
+            ) from None
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InferenceError(f"{self.path}: no such ONNX file")
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(self.path), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InferenceError(f"{self.path}: not a loadable ONNX model: {first}") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.metadata: dict[str, Any] = {k: _parse(v) for k, v in props.items()}
+        if "protocol" not in self.metadata or "input_size" not in self.metadata:
+            raise InferenceError(
+                f"{self.path}: no sepbn metadata (protocol, input_size); "
+                "write the file with `sepbn export`"
+            )
+        self.num_points = int(self.metadata["num_points"])
+        self._input = self.session.get_inputs()[0].name
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(crops.transpose(0, 3, 1, 2))  # (N, 3, S, S) uint8
+        (out,) = self.session.run(None, {self._input: batch})
+        return np.asarray(out, dtype=np.float64)
+
+
+def _parse(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value

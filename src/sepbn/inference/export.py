@@ -1,0 +1,215 @@
+"""``sepbn export``: the landmark network as one ONNX or TorchScript file.
+
+The exported graph is the whole single-protocol network (for a CNT checkpoint: the shared
+backbone and the chosen protocol's branch) in eval mode, so every SepBN layer is in its eval
+form: the running statistics folded into the per-sample mixed affine, ``y = a x + b`` with
+``a = γ̂ / sqrt(σ² + ε)`` and ``b = β̂ - a μ`` (Eq. 6-7), where ``γ̂, β̂`` come from the
+attention branch (adaptive max pooling, a 1×1 convolution, an MLP and a softmax over the K
+sets).
+
+**Input and output.** ``images``: ``(N, 3, S, S)`` **uint8** RGB crops (0-255, the crops of
+:class:`sepbn.data.transforms.FaceCropTransform`); the division by 255 and the ImageNet
+mean / std normalization are inside the graph. ``landmarks``: ``(N, L, 2)`` float32, x, y in
+crop pixels divided by S. N is dynamic.
+
+**Metadata** (ONNX ``metadata_props``; TorchScript ``_extra_files["sepbn.json"]``), each a
+JSON value: ``protocol``, ``num_points`` (L), ``flip_perm`` (the protocol's 0-based
+horizontal-flip permutation), ``input_size`` (S), ``box_scale``, ``input`` and ``output``
+(the descriptions above), ``arch``, ``norm``, ``sepbn_version``.
+
+**ONNX opset.** At least :data:`MIN_OPSET` (18, PyTorch's ``torch.export``-based exporter,
+which this module uses). ONNX has no adaptive max pooling, so while exporting, SepBN's
+attention pools with slices and maxima over its T×T bands (static, since S is);
+a SepBN layer in eval form then needs ``Slice``, ``ReduceMax`` / ``Max``, ``Concat``,
+``Conv`` (the 1×1 reduction), ``Gemm`` (the MLP), ``Relu``, ``Softmax``, ``Reshape``,
+``Transpose``, ``Mul``, ``Add``, ``Sub``, ``Div`` (the folded affine). The networks add
+``Conv``, ``MaxPool``, ``LeakyRelu`` / ``Relu`` / ``Clip``, ``ReduceMean``, ``Gemm``.
+``tests/inference/test_export.py`` checks onnxruntime and TorchScript against the eager
+model (max abs difference below 1e-4 in normalized coordinates).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sepbn import __version__
+from sepbn.inference.errors import InferenceError
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "EXPORT_FORMATS",
+    "MIN_OPSET",
+    "ExportableLandmarkNet",
+    "export_checkpoint",
+    "export_metadata",
+    "export_model",
+]
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+MIN_OPSET = 18
+DEFAULT_OPSET = 18
+INPUT_DESCRIPTION = "images: (N, 3, S, S) uint8 RGB, 0-255; /255 and ImageNet mean/std inside"
+OUTPUT_DESCRIPTION = "landmarks: (N, L, 2) float32, x, y in crop pixels / S"
+
+
+class ExportableLandmarkNet(nn.Module):
+    """A single-protocol landmark network that takes uint8 crops.
+
+    Args:
+        model: ``model(x) -> (N, L, 2)`` for float ``[0, 1]`` images (its first layer is
+            the ImageNet normalization).
+
+    Shape:
+        - Input: ``(N, 3, S, S)`` uint8.
+        - Output: ``(N, L, 2)`` float32.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.num_points = int(model.num_points)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.to(torch.float32) / 255.0)
+
+
+def export_metadata(
+    protocol: Any, input_size: int, box_scale: float, config: Any | None = None
+) -> dict[str, str]:
+    """The metadata written beside the graph, as ``{key: JSON text}``."""
+    meta: dict[str, Any] = {
+        "format": "sepbn-landmarks-net",
+        "protocol": protocol.name,
+        "num_points": protocol.num_points,
+        "flip_perm": list(protocol.flip_perm),
+        "input_size": int(input_size),
+        "box_scale": float(box_scale),
+        "input": INPUT_DESCRIPTION,
+        "output": OUTPUT_DESCRIPTION,
+        "sepbn_version": __version__,
+    }
+    if config is not None:
+        meta["arch"] = config.model.arch
+        meta["norm"] = config.model.norm
+    return {key: json.dumps(value) for key, value in meta.items()}
+
+
+def export_model(
+    model: nn.Module,
+    out: str | Path,
+    fmt: str,
+    input_size: int,
+    metadata: dict[str, str],
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Write a single-protocol ``model`` as ONNX or TorchScript.
+
+    Args:
+        model: ``model(x) -> (N, L, 2)`` for float ``[0, 1]`` images.
+        out: The file to write (its folder is created).
+        fmt: ``"onnx"`` or ``"torchscript"``.
+        input_size: S.
+        metadata: From :func:`export_metadata`.
+        opset: ONNX opset, at least :data:`MIN_OPSET`.
+
+    Raises:
+        InferenceError: An unknown format, or an opset below :data:`MIN_OPSET`.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise InferenceError(f"unknown export format {fmt!r}; valid: {list(EXPORT_FORMATS)}")
+    out = Path(out)
+    if out.is_dir():
+        raise InferenceError(f"--out {out} is a folder; give the file to write")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    net = ExportableLandmarkNet(model.cpu().float()).eval()
+    example = torch.zeros(2, 3, input_size, input_size, dtype=torch.uint8)
+    if fmt == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            # Shape tests on the static S become constants (intended); TorchScript's own
+            # deprecation notice is PyTorch's message to us, not to the user.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            traced = torch.jit.trace(net, example, check_trace=False)
+            torch.jit.save(traced, str(out), _extra_files={"sepbn.json": _json_of(metadata)})
+        return out
+    if opset < MIN_OPSET:
+        raise InferenceError(f"ONNX opset {opset} is too old; sepbn needs >= {MIN_OPSET}")
+    return _export_onnx(net, example, out, metadata, opset)
+
+
+def _export_onnx(
+    net: nn.Module, example: torch.Tensor, out: Path, metadata: dict[str, str], opset: int
+) -> Path:
+    try:
+        import onnx
+    except ImportError:
+        raise InferenceError(
+            "ONNX export needs onnx and onnxscript: pip install onnx onnxscript"
+        ) from None
+    with torch.no_grad():  # also routes SepBN's adaptive max pooling to slices and maxima
+        program = torch.onnx.export(
+            net,
+            (example,),
+            None,
+            input_names=["images"],
+            output_names=["landmarks"],
+            dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+    proto = program.model_proto
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out))
+    return out
+
+
+def _json_of(metadata: dict[str, str]) -> str:
+    return json.dumps({key: json.loads(value) for key, value in metadata.items()})
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    fmt: str = "onnx",
+    protocol: str | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """``sepbn export``: a checkpoint's network (one protocol's branch) as a file.
+
+    Args:
+        checkpoint: A ``sepbn train`` checkpoint.
+        out: The file to write.
+        fmt: ``"onnx"`` or ``"torchscript"``.
+        protocol: The branch of a cross-protocol checkpoint (checked against a
+            single-protocol model's point count).
+        opset: ONNX opset.
+
+    Raises:
+        CheckpointError: A missing, corrupt or foreign checkpoint.
+        InferenceError: A protocol the model does not have, an unknown format.
+    """
+    from sepbn.data.protocols import get_protocol
+    from sepbn.engine.model_builder import load_model_from_checkpoint
+    from sepbn.inference.detector import checkpoint_protocol
+    from sepbn.models import is_cross_protocol
+
+    if fmt not in EXPORT_FORMATS:
+        raise InferenceError(f"unknown export format {fmt!r}; valid: {list(EXPORT_FORMATS)}")
+    model, config = load_model_from_checkpoint(checkpoint, map_location="cpu")
+    name = checkpoint_protocol(model, config, protocol, checkpoint)
+    if is_cross_protocol(model):
+        model = model.single_protocol(name)
+    meta = export_metadata(
+        get_protocol(name), config.model.input_size, config.data.box_scale, config
+    )
+    return export_model(model, out, fmt, config.model.input_size, meta, opset)
