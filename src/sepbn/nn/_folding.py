@@ -50,8 +50,8 @@ def running_stats(bn: _NormBase) -> tuple[Tensor, Tensor]:
     Shape:
         - Output: (C,) each
     """
-    assert bn.running_mean is not None  # the caller checked running_var, registered with it
-    assert bn.running_var is not None  # the caller checked track_running_stats or this
+    # Callers check running_var is not None first; the mean is registered with it.
+    assert bn.running_mean is not None and bn.running_var is not None
     return bn.running_mean, bn.running_var
 
 

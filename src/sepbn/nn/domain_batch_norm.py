@@ -165,7 +165,8 @@ class DomainBatchNorm2d(nn.Module):
         shift = torch.stack(
             [b.bias if b.affine else torch.zeros_like(v) for b, (_, v) in zip(norms, stats)]
         )  # (K, C)
-        eps = torch.tensor([b.eps for b in norms], dtype=var.dtype, device=var.device)
+        dtype = stats[0][1].dtype
+        eps = torch.tensor([b.eps for b in norms], dtype=dtype, device=var.device)
         # Each sample's branch, (N, C) each (eps (N, 1)), folded into one multiply-add.
         return fold_batch_norm(
             x, mean[domains], var[domains], eps[domains, None], scale[domains], shift[domains]
