@@ -39,6 +39,11 @@ from sepbn import __version__
 from sepbn.errors import ConfigError, SepbnError
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from sepbn.analysis.attention_report import AttentionAnalysis
+    from sepbn.analysis.embedding import EmbeddingAnalysis
+    from sepbn.config import DatasetConfig
     from sepbn.data.errors import SkipReport
 
 logger = logging.getLogger("sepbn")
@@ -70,7 +75,7 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
-def _dataset_config(args: argparse.Namespace):
+def _dataset_config(args: argparse.Namespace) -> DatasetConfig:
     import yaml
 
     from sepbn.config import DatasetConfig
@@ -220,7 +225,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1
 
 
-def _predict_boxes(args: argparse.Namespace):
+def _predict_boxes(args: argparse.Namespace) -> np.ndarray | dict[str, np.ndarray] | None:
     """``--box`` (one array for every photo) or ``--boxes FILE`` (per photo), or None."""
     import json
 
@@ -290,7 +295,7 @@ def _yaw_edges(text: str) -> list[float]:
     return edges
 
 
-def _print_analysis(done) -> int:
+def _print_analysis(done: AttentionAnalysis | EmbeddingAnalysis) -> int:
     print(done.summary())
     print("wrote " + ", ".join(str(p) for p in done.paths))
     return 0

@@ -64,7 +64,7 @@ class TorchBackend:
     def __init__(self, model: nn.Module, device: torch.device) -> None:
         self.device = device
         self.model = model.to(device).eval()
-        self.num_points = int(model.num_points)
+        self.num_points = model_num_points(model)
 
     @torch.inference_mode()
     def __call__(self, crops: np.ndarray) -> np.ndarray:
@@ -121,3 +121,10 @@ def _parse(value: str) -> Any:
         return json.loads(value)
     except ValueError:
         return value
+
+
+def model_num_points(model: nn.Module) -> int:
+    """L of a single-protocol landmark network: its ``num_points`` attribute."""
+    num_points = model.num_points  # typed by nn.Module.__getattr__ as a tensor or module
+    assert not isinstance(num_points, nn.Module)  # sepbn's models set an int in __init__
+    return int(num_points)

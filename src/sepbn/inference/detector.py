@@ -35,7 +35,13 @@ from torch import nn
 
 from sepbn.data.protocols import PROTOCOLS, LandmarkProtocol, get_protocol, protocol_for_num_points
 from sepbn.data.transforms import FaceCropTransform, apply_affine, invert_affine
-from sepbn.inference.backends import LandmarkBackend, OnnxBackend, TorchBackend, resolve_device
+from sepbn.inference.backends import (
+    LandmarkBackend,
+    OnnxBackend,
+    TorchBackend,
+    model_num_points,
+    resolve_device,
+)
 from sepbn.inference.errors import InferenceError
 from sepbn.inference.face_detection import (
     DEFAULT_FACE_DETECTOR,
@@ -232,7 +238,6 @@ class LandmarkDetector:
             InferenceError: A protocol that does not fit the model, a missing device.
         """
         backend = backend or ("onnx" if Path(path).suffix.lower() == ".onnx" else "torch")
-        options = dict(refine_steps=refine_steps, face_detector=detector, batch_size=batch_size)
         if backend == "onnx":
             onnx = OnnxBackend(path)
             meta = onnx.metadata
@@ -241,7 +246,13 @@ class LandmarkDetector:
                     f"{path} was exported for protocol {meta['protocol']!r}, not {protocol!r}"
                 )
             return cls(
-                onnx, meta["protocol"], int(meta["input_size"]), float(meta["box_scale"]), **options
+                onnx,
+                meta["protocol"],
+                int(meta["input_size"]),
+                float(meta["box_scale"]),
+                refine_steps=refine_steps,
+                face_detector=detector,
+                batch_size=batch_size,
             )
         if backend != "torch":
             raise InferenceError(f"unknown backend {backend!r}; valid: ['torch', 'onnx']")
@@ -256,7 +267,9 @@ class LandmarkDetector:
             input_size=config.model.input_size,
             box_scale=config.data.box_scale,
             device=resolved,
-            **options,
+            refine_steps=refine_steps,
+            face_detector=detector,
+            batch_size=batch_size,
         )
 
     # ------------------------------------------------------------------ public predictions
@@ -399,7 +412,7 @@ def checkpoint_protocol(model: nn.Module, config: Any, protocol: str | None, pat
         if protocol not in branches:
             raise InferenceError(f"{path} has no branch {protocol!r}; valid: {branches}")
         return protocol
-    num_points = int(model.num_points)
+    num_points = model_num_points(model)
     if protocol is not None:
         asked = get_protocol(protocol)
         if asked.num_points != num_points:

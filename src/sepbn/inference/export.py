@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from sepbn import __version__
+from sepbn.inference.backends import model_num_points
 from sepbn.inference.errors import InferenceError
 
 __all__ = [
@@ -73,7 +74,7 @@ class ExportableLandmarkNet(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model.eval()
-        self.num_points = int(model.num_points)
+        self.num_points = model_num_points(model)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images.to(torch.float32) / 255.0)
@@ -164,6 +165,7 @@ def _export_onnx(
             dynamo=True,
             verbose=False,
         )
+    assert program is not None  # dynamo=True returns the ONNXProgram
     proto = program.model_proto
     for key, value in metadata.items():
         entry = proto.metadata_props.add()

@@ -141,6 +141,7 @@ def predict_photos(
                 result.faces = found
                 summary.faces += len(found)
                 if draw:
+                    assert image is not None  # status "ok": the frame was read
                     drawn = write_jpeg(out / f"{result.name}_landmarks.jpg", _drawing(image, found))
                     summary.paths.append(drawn)
         for result, *_ in pending:

@@ -106,6 +106,7 @@ def sep_batch_norm_step(
 
 def shape_class(x: Tensor, weight: Tensor, static: tuple[Any, ...]) -> tuple[Any, ...]:
     """The key one compiled callable serves: everything ``dynamic=False`` specializes on."""
+    layout: str | tuple[int, ...]
     if x.is_contiguous():
         layout = "nchw"
     elif x.is_contiguous(memory_format=torch.channels_last):
@@ -126,7 +127,8 @@ def shape_class(x: Tensor, weight: Tensor, static: tuple[Any, ...]) -> tuple[Any
 
 def has_failed(key: tuple[Any, ...], backend: str) -> bool:
     """Whether this shape class failed to compile with ``backend`` before."""
-    return (*key, backend) in _CACHE and _CACHE[(*key, backend)] is None
+    full_key = (*key, backend)
+    return full_key in _CACHE and _CACHE[full_key] is None
 
 
 def compiled_step(key: tuple[Any, ...], backend: str) -> CompiledStep:
@@ -156,7 +158,8 @@ def compiled_step(key: tuple[Any, ...], backend: str) -> CompiledStep:
 def mark_failed(key: tuple[Any, ...], backend: str, error: BaseException) -> None:
     """Remember that a shape class does not compile, and warn once per process."""
     global _warned
-    _CACHE[(*key, backend)] = None
+    full_key = (*key, backend)
+    _CACHE[full_key] = None
     if not _warned:
         _warned = True
         warnings.warn(

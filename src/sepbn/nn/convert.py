@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from sepbn.nn._folding import copy_running_stats
 from sepbn.nn.domain_batch_norm import DomainBatchNorm2d
 from sepbn.nn.separable_norm_base import SeparableNormBase
 
@@ -101,10 +102,7 @@ def _copy_batchnorm(src: _NormBase, dst: _NormBase) -> None:
             f"{type(dst).__name__}({dst.num_features}): channel counts differ"
         )
     dst.eps, dst.momentum = src.eps, src.momentum
-    if src.track_running_stats and dst.track_running_stats:
-        dst.running_mean.copy_(src.running_mean)
-        dst.running_var.copy_(src.running_var)
-        dst.num_batches_tracked.copy_(src.num_batches_tracked)
+    copy_running_stats(src, dst)
     if src.affine and dst.affine:
         dst.weight.copy_(src.weight)
         dst.bias.copy_(src.bias)

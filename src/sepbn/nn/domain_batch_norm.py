@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from sepbn.nn._folding import fold_batch_norm
+from sepbn.nn._folding import copy_running_stats, fold_batch_norm, running_stats
 from sepbn.nn.separable_norm_base import _check_positive_int
 
 
@@ -70,9 +72,14 @@ class DomainBatchNorm2d(nn.Module):
         self.routed_domains: Tensor | None = None
         self.reset_parameters()
 
+    def _norms(self) -> list[_BatchNorm]:
+        """The branches, typed: ``nn.ModuleList`` yields plain modules."""
+        # BatchNorm2d, or SyncBatchNorm after nn.SyncBatchNorm.convert_sync_batchnorm.
+        return cast("list[_BatchNorm]", list(self.branches))
+
     def reset_parameters(self) -> None:
         """Reset every branch as a fresh ``nn.BatchNorm2d``."""
-        for branch in self.branches:
+        for branch in self._norms():
             branch.reset_parameters()
 
     @torch.no_grad()
@@ -87,13 +94,10 @@ class DomainBatchNorm2d(nn.Module):
                 f"cannot start a DomainBatchNorm2d({self.num_features}) from "
                 f"{type(bn).__name__}({bn.num_features}): channel counts differ"
             )
-        for branch in self.branches:
+        for branch in self._norms():
             branch.eps = bn.eps
             branch.momentum = bn.momentum
-            if branch.track_running_stats and bn.track_running_stats:
-                branch.running_mean.copy_(bn.running_mean)
-                branch.running_var.copy_(bn.running_var)
-                branch.num_batches_tracked.copy_(bn.num_batches_tracked)
+            copy_running_stats(bn, branch)
             if branch.affine:
                 if bn.affine:
                     branch.weight.copy_(bn.weight)
@@ -139,10 +143,10 @@ class DomainBatchNorm2d(nn.Module):
                 "`with sepbn.nn.domain_routing(model, domains):` or pass domains=..."
             )
         domains = domains.to(x.device)
-        if all(not b.training and b.running_var is not None for b in self.branches):
+        if all(not b.training and b.running_var is not None for b in self._norms()):
             return self._forward_eval(x, domains)
         out = torch.empty_like(x)
-        for k, branch in enumerate(self.branches):
+        for k, branch in enumerate(self._norms()):
             rows = (domains == k).nonzero().squeeze(1)
             if rows.numel() == 0:  # no sample of this domain: keep its statistics untouched
                 continue
@@ -151,23 +155,25 @@ class DomainBatchNorm2d(nn.Module):
 
     def _forward_eval(self, x: Tensor, domains: Tensor) -> Tensor:
         """Running statistics and affine of each sample's branch, folded into ``x * a + b``."""
-        dtype = self.branches[0].running_var.dtype
-        mean = torch.stack([b.running_mean for b in self.branches])  # (K, C)
-        var = torch.stack([b.running_var for b in self.branches])  # (K, C)
+        norms = self._norms()
+        stats = [running_stats(b) for b in norms]  # forward checked running_var is kept
+        mean = torch.stack([m for m, _ in stats])  # (K, C)
+        var = torch.stack([v for _, v in stats])  # (K, C)
         scale = torch.stack(
-            [b.weight if b.affine else torch.ones_like(b.running_var) for b in self.branches]
+            [b.weight if b.affine else torch.ones_like(v) for b, (_, v) in zip(norms, stats)]
         )  # (K, C)
         shift = torch.stack(
-            [b.bias if b.affine else torch.zeros_like(b.running_var) for b in self.branches]
+            [b.bias if b.affine else torch.zeros_like(v) for b, (_, v) in zip(norms, stats)]
         )  # (K, C)
-        eps = torch.tensor([b.eps for b in self.branches], dtype=dtype, device=var.device)
+        dtype = stats[0][1].dtype
+        eps = torch.tensor([b.eps for b in norms], dtype=dtype, device=var.device)
         # Each sample's branch, (N, C) each (eps (N, 1)), folded into one multiply-add.
         return fold_batch_norm(
             x, mean[domains], var[domains], eps[domains, None], scale[domains], shift[domains]
         )
 
     def extra_repr(self) -> str:
-        first = self.branches[0]
+        first = self._norms()[0]
         return (
             f"{self.num_features}, num_domains={self.num_domains}, eps={first.eps}, "
             f"momentum={first.momentum}, affine={first.affine}, "

@@ -16,7 +16,7 @@ Both are used only in eager mode, on CPU, for float32/float64 tensors with a pla
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,18 @@ _BAND_POOL_MIN_NUMEL = 1 << 17
 # Up to this many rows per map, a band's maximum is a chain of elementwise maxima over
 # its rows (fast for short rows); taller maps reduce each band in one call.
 _ROW_CHAIN_MAX_HEIGHT = 16
+
+
+@overload
+def adaptive_max_pool2d(
+    x: Tensor, pool_size: int, return_indices: Literal[False] = False
+) -> Tensor: ...
+
+
+@overload
+def adaptive_max_pool2d(
+    x: Tensor, pool_size: int, return_indices: Literal[True]
+) -> tuple[Tensor, Tensor]: ...
 
 
 def adaptive_max_pool2d(
@@ -70,7 +82,9 @@ def adaptive_max_pool2d(
         return _band_max_pool2d(x, pool_size)
     if x.shape[-2] * x.shape[-1] <= _CHANNELS_LAST_POOL_MAX_PIXELS:
         x = x.contiguous(memory_format=torch.channels_last)
-    return F.adaptive_max_pool2d(x, pool_size, return_indices=return_indices)
+    if return_indices:
+        return F.adaptive_max_pool2d(x, pool_size, return_indices=True)
+    return F.adaptive_max_pool2d(x, pool_size)
 
 
 def _is_exporting() -> bool:

@@ -152,19 +152,28 @@ class SepBatchNorm2d(SeparableNormBase):
     def _set_weights(self, x: Tensor) -> Tensor:
         return self.attention(x)
 
-    def _forward_fused(self, x: Tensor, factor: float) -> tuple[Tensor, Tensor]:
+    def _attention_tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The attention's parameters and τ, in the order the fused and compiled steps take them.
+
+        Returns:
+            ``(reduce_weight (G, C), reduce_bias, hidden_weight, hidden_bias, out_weight,
+            out_bias, tau)``.
+        """
         hidden, out = self.mlp[0], self.mlp[2]
+        assert isinstance(hidden, nn.Linear) and isinstance(out, nn.Linear)  # built in __init__
+        assert self.reduce.bias is not None  # Conv2d(bias=True) in __init__
+        reduce_weight = self.reduce.weight.view(self.num_groups, self.num_features)
+        return (
+            reduce_weight, self.reduce.bias,
+            hidden.weight, hidden.bias, out.weight, out.bias, self.tau,
+        )  # fmt: skip
+
+    def _forward_fused(self, x: Tensor, factor: float) -> tuple[Tensor, Tensor]:
         return sep_batch_norm_train(
             x,
             self.weight,
             self.bias,
-            self.reduce.weight.view(self.num_groups, self.num_features),
-            self.reduce.bias,
-            hidden.weight,
-            hidden.bias,
-            out.weight,
-            out.bias,
-            self.tau,
+            *self._attention_tensors(),
             self.norm.running_mean,
             self.norm.running_var,
             factor,
@@ -186,11 +195,8 @@ class SepBatchNorm2d(SeparableNormBase):
         backend = dispatch.compile_backend()
         if compiled.has_failed(key, backend):
             return self._forward_plain(x)
-        hidden, out = self.mlp[0], self.mlp[2]
         args = (
-            x, self.weight, self.bias,
-            self.reduce.weight.view(self.num_groups, self.num_features), self.reduce.bias,
-            hidden.weight, hidden.bias, out.weight, out.bias, self.tau,
+            x, self.weight, self.bias, *self._attention_tensors(),
             self.norm.running_mean, self.norm.running_var,
         )  # fmt: skip
         factor = self._count_batch()

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from sepbn.nn import dispatch
-from sepbn.nn._folding import fold_batch_norm
+from sepbn.nn._folding import copy_running_stats, fold_batch_norm, running_stats
 from sepbn.nn.fused_separable_norm import mix_sets, separable_norm_train
 
 
@@ -59,6 +59,8 @@ class SeparableNormBase(nn.Module):
         - Input: (N, C, H, W)
         - Output: (N, C, H, W), same dtype and memory format as the input.
     """
+
+    tau: Tensor  # () buffer, τ
 
     def __init__(
         self,
@@ -162,10 +164,7 @@ class SeparableNormBase(nn.Module):
             )
         self.eps = bn.eps
         self.momentum = bn.momentum
-        if self.norm.track_running_stats and bn.track_running_stats:
-            self.norm.running_mean.copy_(bn.running_mean)
-            self.norm.running_var.copy_(bn.running_var)
-            self.norm.num_batches_tracked.copy_(bn.num_batches_tracked)
+        copy_running_stats(bn, self.norm)
         if bn.affine:
             self.weight.copy_(bn.weight.expand_as(self.weight))
             self.bias.copy_(bn.bias.expand_as(self.bias))
@@ -213,7 +212,8 @@ class SeparableNormBase(nn.Module):
         if not norm.training and norm.running_var is not None:
             # Eval: the running statistics fold into the mixed affine, so the layer is one
             # multiply-add over x (a few tiny ops on (N, C) beside it).
-            y = fold_batch_norm(x, norm.running_mean, norm.running_var, norm.eps, scale, shift)
+            mean, var = running_stats(norm)
+            y = fold_batch_norm(x, mean, var, norm.eps, scale, shift)
             return y, pi
         x_hat = norm(x)  # Eq. 1 with batch statistics; updates the running ones
         scale, shift = scale.to(x_hat.dtype), shift.to(x_hat.dtype)

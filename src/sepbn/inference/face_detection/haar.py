@@ -45,7 +45,7 @@ class HaarFaceDetector(FaceDetector):
         min_relative_size: float = 0.5,
         max_side: int = 640,
     ):
-        path = Path(cv2.data.haarcascades) / _CASCADE
+        path = Path(cv2.data.haarcascades) / _CASCADE  # type: ignore[attr-defined]  # cv2's stubs omit cv2.data
         self._cascade = cv2.CascadeClassifier(str(path))
         if self._cascade.empty():
             raise FileNotFoundError(

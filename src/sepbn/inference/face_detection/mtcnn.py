@@ -285,7 +285,7 @@ class MTCNNFaceDetector(FaceDetector):
             if len(boxes) == 0:
                 break
             boxes = self._refine(image, boxes, stage)
-        boxes = boxes.cpu().double().numpy()
-        boxes = boxes[boxes[:, 4] >= self.min_score] if len(boxes) else np.zeros((0, 5))
-        boxes = boxes[np.argsort(-boxes[:, 4], kind="stable")]
-        return boxes[:, :4] / factor, boxes[:, 4]
+        found = boxes.cpu().double().numpy()
+        found = found[found[:, 4] >= self.min_score] if len(found) else np.zeros((0, 5))
+        found = found[np.argsort(-found[:, 4], kind="stable")]
+        return found[:, :4] / factor, found[:, 4]
