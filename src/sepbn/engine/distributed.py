@@ -119,8 +119,8 @@ def check_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"device {str(dev)!r}: CUDA is not available on this machine (no GPU visible, "
-                f"or torch built without CUDA); available: {available_devices()}"
+                f"device {str(dev)!r}: CUDA is not available on this machine (no CUDA GPU "
+                f"visible, or torch built without CUDA); available: {available_devices()}"
             )
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sepbn.engine.distributed import check_device
+from sepbn.errors import ConfigError
 from sepbn.inference.errors import InferenceError
 from sepbn.models import to_model_input
 
@@ -30,27 +32,20 @@ class LandmarkBackend(Protocol):
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` = CUDA when available, else the CPU; a CUDA device that is absent is an error.
+    """``None`` = CUDA when available, else the CPU; any other device must exist here.
+
+    The check is :func:`sepbn.engine.distributed.check_device`, the one every entry point
+    uses; its error becomes an :class:`InferenceError` that suggests ``--device cpu``.
 
     Raises:
-        InferenceError: An unknown device string, or CUDA asked for on a machine without it.
+        InferenceError: An unknown device string, or a device this machine lacks.
     """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InferenceError(f"unknown device {device!r} (e.g. cpu, cuda, cuda:1): {exc}") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InferenceError(
-                f"device {device!r} asked for, but this PyTorch sees no CUDA GPU; use --device cpu"
-            )
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise InferenceError(
-                f"device {device!r} asked for, but only {torch.cuda.device_count()} GPU(s) exist"
-            )
-    return resolved
+        return check_device(device)
+    except ConfigError as exc:
+        raise InferenceError(f"{exc}; use --device cpu") from None
 
 
 class TorchBackend:
