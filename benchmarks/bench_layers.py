@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from sepbn.nn import SepBatchNorm2d
+from sepbn.nn.dispatch import PATHS, sepbn_path
 
 # (C, H=W) of the Vanilla CNN's BN inputs, Table I.
 VANILLA_SHAPES: tuple[tuple[int, int], ...] = (
@@ -93,20 +94,21 @@ def _train_step(
     x: torch.Tensor,
     grad: torch.Tensor,
     dtype: torch.dtype = torch.float32,
+    path: str = "auto",
 ) -> Callable[[], None]:
     def step() -> None:
         x.grad = None
         params.zero_grad(set_to_none=True)
-        with _autocast(x.device, dtype):
+        with _autocast(x.device, dtype), sepbn_path(path):  # type: ignore[arg-type]
             y = layer(x)
         y.backward(grad.to(y.dtype))
 
     return step
 
 
-def _eval_step(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+def _eval_step(layer: nn.Module, x: torch.Tensor, path: str = "auto") -> Callable[[], None]:
     def step() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), sepbn_path(path):  # type: ignore[arg-type]
             layer(x)
 
     return step
@@ -193,6 +195,13 @@ def main() -> None:
         "--compiled", action="store_true", help="add torch.compile (inductor) at the large maps"
     )
     parser.add_argument("--compiled-only", action="store_true", help="only the compiled table")
+    parser.add_argument(
+        "--path",
+        choices=PATHS,
+        default="auto",
+        help="SepBN implementation for the eager table (sepbn.nn.dispatch; auto: native "
+        "C++ kernels on CPU)",
+    )
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -223,28 +232,38 @@ def main() -> None:
 def _eager_table(args: argparse.Namespace) -> None:
     header = (
         "| C×H×W | train fwd+bwd BN (ms) | SepBN (ms) | ratio "
-        "| eval fwd b=1 BN (ms) | SepBN (ms) | ratio |"
+        "| eval fwd b=1 BN (ms) | SepBN (ms) | ratio | SepBN path train / eval |"
     )
     print(header)
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for channels, size in VANILLA_SHAPES:
         bn = nn.BatchNorm2d(channels)
         sep = SepBatchNorm2d(channels, num_sets=3, num_groups=2, pool_size=3)
         x = torch.randn(args.batch, channels, size, size, requires_grad=True)
         grad = torch.randn_like(x)
         number = max(1, int(2e6 // x.numel()))
+        with sepbn_path(args.path):
+            train_path = sep._choose_path(x)
         train_bn, train_sep = _compare(
-            _train_step(bn, bn, x, grad), _train_step(sep, sep, x, grad), args.repeats, number
+            _train_step(bn, bn, x, grad),
+            _train_step(sep, sep, x, grad, path=args.path),
+            args.repeats,
+            number,
         )
         bn.eval()
         sep.eval()
         x1 = torch.randn(1, channels, size, size)
+        with torch.no_grad(), sepbn_path(args.path):
+            eval_path = sep._choose_path(x1)
         number = max(5, int(1e6 // x1.numel()))
-        eval_bn, eval_sep = _compare(_eval_step(bn, x1), _eval_step(sep, x1), args.repeats, number)
+        eval_bn, eval_sep = _compare(
+            _eval_step(bn, x1), _eval_step(sep, x1, args.path), args.repeats, number
+        )
         print(
             f"| {channels}×{size}×{size} | {train_bn * 1e3:.3f} | {train_sep * 1e3:.3f} "
             f"| {train_sep / train_bn:.2f} | {eval_bn * 1e3:.4f} | {eval_sep * 1e3:.4f} "
-            f"| {eval_sep / eval_bn:.2f} |"
+            f"| {eval_sep / eval_bn:.2f} | {train_path} / {eval_path} |",
+            flush=True,
         )
 
 

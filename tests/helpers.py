@@ -128,3 +128,33 @@ def tiny_sepbn_checkpoint(path: Path, cross: bool = False) -> tuple[Path, nn.Mod
         "config": to_dict(config),
     }
     return save_checkpoint(path, state), model
+
+
+def assert_train_step_matches(
+    layer: nn.Module,
+    plain: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    y_plain: torch.Tensor,
+    input_grad: bool,
+    **tol: float,
+) -> None:
+    """Every gradient (x's when asked) and the running statistics of ``layer`` equal ``plain``'s.
+
+    ``y``/``y_plain`` are the two layers' outputs on ``x`` after one training step; a
+    gradient that ``plain`` does not have (the attention behind a hard arg-max) must be
+    missing from ``layer`` too.
+    """
+    grad = torch.randn_like(y_plain)
+    inputs = [x] if input_grad else []
+    grads = torch.autograd.grad(y, [*inputs, *layer.parameters()], grad, allow_unused=True)
+    expected = torch.autograd.grad(y_plain, [*inputs, *plain.parameters()], grad, allow_unused=True)
+    names = [*(["x"] if input_grad else []), *(n for n, _ in layer.named_parameters())]
+    for name, g, g_plain in zip(names, grads, expected):
+        if g_plain is None:
+            assert g is None, name
+        else:
+            torch.testing.assert_close(g, g_plain, **tol, msg=name)
+    torch.testing.assert_close(layer.norm.running_mean, plain.norm.running_mean, **tol)
+    torch.testing.assert_close(layer.norm.running_var, plain.norm.running_var, **tol)
+    assert int(layer.norm.num_batches_tracked) == int(plain.norm.num_batches_tracked) == 1

@@ -25,7 +25,7 @@ from test_fused_separable_norm import KINDS, make_input
 from torch import Tensor, nn
 
 from helpers import randomize
-from sepbn.nn import SepBatchNorm2d, SimpleSepBatchNorm2d
+from sepbn.nn import SepBatchNorm2d, SimpleSepBatchNorm2d, native
 from sepbn.nn import compiled_separable_norm as compiled
 from sepbn.nn.dispatch import sepbn_path
 
@@ -153,7 +153,11 @@ def test_gradcheck_float64_through_compiled_path() -> None:
 
 
 def test_dispatch_picks_and_forces_paths(monkeypatch) -> None:
-    """auto: fused on CPU float32, plain under CPU autocast and in eval; forced paths run."""
+    """auto: native (C++) on CPU float32, plain under CPU autocast; forced paths run.
+
+    Forcing "compiled" sends eval to the folded plain path (only auto and native run the
+    C++ eval layer).
+    """
     seen: list[str] = []
     original = SepBatchNorm2d._choose_path
 
@@ -177,7 +181,8 @@ def test_dispatch_picks_and_forces_paths(monkeypatch) -> None:
     layer.use_fused = False
     with sepbn_path("compiled"):
         layer(x)
-    assert seen == ["fused", "plain", "compiled", "plain", "plain", "plain"]
+    expected_auto = "native" if native.available() else "fused"
+    assert seen == [expected_auto, "plain", "compiled", "plain", "plain", "plain"]
     simple = SimpleSepBatchNorm2d(6)
     with sepbn_path("compiled"):
         assert simple._choose_path(x) == "plain"  # no compiled form

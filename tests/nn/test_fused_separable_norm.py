@@ -1,5 +1,9 @@
 """The fused CPU kernels of ``sepbn.nn.fused_separable_norm`` against the plain path.
 
+Every test here runs with the C++ kernels of ``sepbn.nn.native`` switched off (they would
+otherwise take the NCHW inputs), so that "auto" means "fused"; ``test_native.py`` tests
+the C++ kernels against the same plain path.
+
 The plain path is ``BatchNorm2d(x)`` then ``γ̂ x̂ + β̂`` from differentiable modules
 (``use_fused = False``). Each input layout below takes a different branch of the fused
 kernels; :func:`make_input` checks that it still does against the module's size
@@ -17,12 +21,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from helpers import randomize
-from sepbn.nn import SepBatchNorm2d, SimpleSepBatchNorm2d
+from helpers import assert_train_step_matches, randomize
+from sepbn.nn import SepBatchNorm2d, SimpleSepBatchNorm2d, native
 from sepbn.nn import fused_separable_norm as fused
 from sepbn.nn.fused_separable_norm import _band_max_pool2d, adaptive_max_pool2d
 
 DTYPE = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _without_native_kernels():
+    with native.disabled():
+        yield
+
 
 # Small layers (a narrow MLP keeps the numerical Jacobians cheap); C = 6 unless given.
 KINDS: dict[str, Callable[[int], nn.Module]] = {
@@ -94,19 +105,7 @@ def test_fused_equals_plain(kind: str, layout: str, input_grad: bool, dtype: tor
     for memory_format in (torch.contiguous_format, torch.channels_last):
         if x.is_contiguous(memory_format=memory_format):
             assert y.is_contiguous(memory_format=memory_format)
-    grad = torch.randn_like(y_plain)
-    inputs = [x] if input_grad else []
-    grads = torch.autograd.grad(y, [*inputs, *layer.parameters()], grad, allow_unused=True)
-    expected = torch.autograd.grad(y_plain, [*inputs, *plain.parameters()], grad, allow_unused=True)
-    names = [*(["x"] if input_grad else []), *(n for n, _ in layer.named_parameters())]
-    for name, g, g_plain in zip(names, grads, expected):
-        if g_plain is None:  # the attention behind a hard arg-max
-            assert g is None, name
-        else:
-            torch.testing.assert_close(g, g_plain, **tol, msg=name)
-    torch.testing.assert_close(layer.norm.running_mean, plain.norm.running_mean, **tol)
-    torch.testing.assert_close(layer.norm.running_var, plain.norm.running_var, **tol)
-    assert int(layer.norm.num_batches_tracked) == int(plain.norm.num_batches_tracked) == 1
+    assert_train_step_matches(layer, plain, x, y, y_plain, input_grad, **tol)
 
 
 @pytest.mark.parametrize("kind", ["sep", "simple"])

@@ -75,7 +75,13 @@ def test_torch_compile_traces_whole_layer(kind: str) -> None:
         if p_eager.grad is None:
             assert p_compiled.grad is None, name
         else:
-            torch.testing.assert_close(p_compiled.grad, p_eager.grad, msg=name)
+            # float32, summed in different orders by the two paths: agreement to 1e-5 of
+            # the gradient's largest entry (the convolution's bias, which feeds a batch
+            # norm, has a true gradient of 0 and a value that is rounding noise).
+            atol = 1e-5 * (1.0 + float(p_eager.grad.abs().max()))
+            torch.testing.assert_close(
+                p_compiled.grad, p_eager.grad, rtol=1e-5, atol=atol, msg=name
+            )
     torch.testing.assert_close(compiled_net[1].norm.running_var, eager[1].norm.running_var)
     eager.eval()
     compiled.eval()

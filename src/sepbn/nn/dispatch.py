@@ -1,22 +1,29 @@
 """Which implementation a SepBN-type layer runs, and a way to force one.
 
-Three paths compute the same train-mode layer (tests compare them):
+Four paths compute the same layer (tests compare them):
 
 - ``"plain"``: the reference, written from Eqs. 1, 5-7 with modules (``BatchNorm2d(x)``,
-  then ``γ̂ x̂ + β̂``). Always available; eval mode with running statistics is always this
-  path, which is then one folded multiply-add over the map.
-- ``"fused"``: the hand-fused CPU autograd nodes of :mod:`sepbn.nn.fused_separable_norm`.
+  then ``γ̂ x̂ + β̂``). Always available; in eval mode with running statistics it is one
+  folded multiply-add over the map.
+- ``"native"``: the C++ CPU kernels of :mod:`sepbn.nn.native` (built once per machine
+  with its C++ compiler): the whole train-mode layer as one op call forward and one
+  backward, and, for ``SepBatchNorm2d``, the whole eval-mode layer as one call.
+- ``"fused"``: the hand-fused autograd nodes of :mod:`sepbn.nn.fused_separable_norm`,
+  built from ATen ops (the CPU fallback when the C++ kernels cannot be built).
 - ``"compiled"``: ``torch.compile`` of one pure function
   (:mod:`sepbn.nn.compiled_separable_norm`), ``SepBatchNorm2d`` only.
 
-With the default ``"auto"``, a train-mode call with a plain inner ``nn.BatchNorm2d``,
+With the default ``"auto"``, a **train-mode** call with a plain inner ``nn.BatchNorm2d``,
 outside ``torch.compile``/``torch.jit``/``torch.func`` and with a batch of more than one
 value per channel, runs:
 
 ========  ===================================  ==========================================
-device    dtype / autocast                     path
+device    dtype / layout / autocast            path
 ========  ===================================  ==========================================
-CPU       float32/float64, no autocast         fused
+CPU       float32/float64, NCHW-contiguous,    native (fused if the C++ kernels are
+          no autocast                          unavailable or ``SEPBN_NATIVE=0``)
+CPU       float32/float64, other layouts       fused
+          (channels-last, strided)
 CPU       anything else (autocast, half)       plain
 CUDA      float32/float16/bfloat16, autocast   compiled (inductor), ``SepBatchNorm2d``
           or not; ``momentum`` not None        with ``aggregation`` soft or hard
@@ -25,16 +32,22 @@ CUDA      ``SimpleSepBatchNorm2d``, momentum   plain
 other     any                                  plain
 ========  ===================================  ==========================================
 
-Everything else (eval mode, ``SyncBatchNorm`` inner norm, inside a user's
-``torch.compile``, which then traces and fuses the plain path itself) runs ``"plain"``.
-A compiled shape class that fails to compile falls back to ``"plain"`` with one warning.
+An **eval-mode** ``SepBatchNorm2d`` call with running statistics runs ``"native"`` when
+no gradient is wanted (``torch.no_grad()``/``inference_mode()``, or nothing requires a
+gradient), on the CPU conditions above, outside tracing, compiling and ONNX export;
+otherwise it runs ``"plain"``. Everything else (``SyncBatchNorm`` inner norm in training,
+inside a user's ``torch.compile``, which then traces and fuses the plain path itself) runs
+``"plain"``. A compiled shape class that fails to compile falls back to ``"plain"`` with
+one warning.
 
-:func:`sepbn_path` forces a path for the calls inside it: ``"fused"`` and ``"compiled"``
-then run on any device and dtype where their other conditions hold (``"compiled"`` on CPU
-too, which is how CI tests it, with ``backend="aot_eager"``), and ``"plain"`` everywhere.
-The layer attribute ``use_fused = False`` forces ``"plain"`` for one layer, and the
-environment variable ``SEPBN_PATH`` sets the process-wide default (e.g. ``SEPBN_PATH=plain``
-to avoid the compilation at the first CUDA steps, about 10-30 s per SepBN shape).
+:func:`sepbn_path` forces a path for the calls inside it: ``"native"`` where its CPU
+conditions hold (plain elsewhere), ``"fused"`` and ``"compiled"`` on any device and dtype
+where their other conditions hold (``"compiled"`` on CPU too, which is how CI tests it,
+with ``backend="aot_eager"``; both send eval calls to ``"plain"``), and ``"plain"``
+everywhere. The layer attribute ``use_fused = False`` forces ``"plain"`` for one layer,
+and the environment variable ``SEPBN_PATH`` sets the process-wide default (e.g.
+``SEPBN_PATH=plain`` to avoid the compilation at the first CUDA steps, about 10-30 s per
+SepBN shape). ``SEPBN_NATIVE=0`` keeps the C++ kernels from being built.
 """
 
 from __future__ import annotations
@@ -44,8 +57,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
-Path = Literal["auto", "plain", "fused", "compiled"]
-PATHS: tuple[str, ...] = ("auto", "plain", "fused", "compiled")
+Path = Literal["auto", "plain", "native", "fused", "compiled"]
+PATHS: tuple[str, ...] = ("auto", "plain", "native", "fused", "compiled")
 
 # The torch.compile backend of the compiled path; SEPBN_COMPILE_BACKEND overrides it.
 DEFAULT_BACKEND = os.environ.get("SEPBN_COMPILE_BACKEND", "inductor")
@@ -73,7 +86,7 @@ def sepbn_path(path: Path, backend: str | None = None) -> Iterator[None]:
     """Force the implementation of every SepBN-type layer called inside the block.
 
     Args:
-        path: ``"auto"``, ``"plain"``, ``"fused"`` or ``"compiled"`` (see the module
+        path: ``"auto"``, ``"plain"``, ``"native"``, ``"fused"`` or ``"compiled"`` (see the module
             docstring for where each applies).
         backend: ``torch.compile`` backend for the compiled path inside the block (default:
             unchanged, ``"inductor"`` unless ``SEPBN_COMPILE_BACKEND`` says otherwise).

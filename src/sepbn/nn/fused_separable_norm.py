@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sepbn.nn import native, native_ops
 from sepbn.nn._folding import fold_batch_norm
 
 # Below this many pixels per map, ATen's batch-norm backward kernel spends more on each
@@ -62,12 +63,13 @@ def adaptive_max_pool2d(
     """``F.adaptive_max_pool2d``, computed by the fastest CPU route for the case.
 
     ATen's NCHW kernel is a scalar loop (a third of a batch-norm step at 64×64). Outside
-    autograd and without indices, a contiguous input of at least 131072 elements is
-    pooled band-wise instead (:func:`_band_max_pool2d`, the same maxima at about half the
-    cost). Otherwise ATen's kernel runs, in channels-last layout (vectorized over
-    channels) for maps of at most 256 pixels: same values, indices and gradient. When
-    ``x`` requires a gradient ATen's kernel always runs, so the plain path differentiates
-    exactly ``F.adaptive_max_pool2d``.
+    autograd and without indices, a contiguous CPU float32/float64 input is pooled by the
+    C++ kernel of :mod:`sepbn.nn.native` when it is built; otherwise (and while an exporter
+    traces) an input of at least 131072 elements is pooled band-wise
+    (:func:`_band_max_pool2d`, the same maxima at about half the cost). Otherwise ATen's
+    kernel runs, in channels-last layout (vectorized over channels) for maps of at most 256
+    pixels: same values, indices and gradient. When ``x`` requires a gradient ATen's kernel
+    always runs, so the plain path differentiates exactly ``F.adaptive_max_pool2d``.
 
     Shape:
         - x: (N, C, H, W)
@@ -77,14 +79,30 @@ def adaptive_max_pool2d(
         not return_indices
         and x.is_contiguous()
         and not (x.requires_grad and torch.is_grad_enabled())
-        and (x.numel() >= _BAND_POOL_MIN_NUMEL or _is_exporting())
     ):
-        return _band_max_pool2d(x, pool_size)
+        if _is_exporting():
+            return _band_max_pool2d(x, pool_size)
+        if _native_pool_applies(x):
+            return native_ops.adaptive_max_pool2d(x, pool_size)
+        if x.numel() >= _BAND_POOL_MIN_NUMEL:
+            return _band_max_pool2d(x, pool_size)
     if x.shape[-2] * x.shape[-1] <= _CHANNELS_LAST_POOL_MAX_PIXELS:
         x = x.contiguous(memory_format=torch.channels_last)
     if return_indices:
         return F.adaptive_max_pool2d(x, pool_size, return_indices=True)
     return F.adaptive_max_pool2d(x, pool_size)
+
+
+def _native_pool_applies(x: Tensor) -> bool:
+    """Whether the C++ pooling takes ``x`` (CPU float32/64, not traced, library built)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and x.dim() == 4
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and native.available()
+    )
 
 
 def _is_exporting() -> bool:

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sepbn.nn import compiled_separable_norm as compiled
-from sepbn.nn import dispatch
+from sepbn.nn import dispatch, native_ops
+from sepbn.nn._folding import running_stats
 from sepbn.nn.fused_separable_norm import adaptive_max_pool2d, sep_batch_norm_train
 from sepbn.nn.separable_norm_base import SeparableNormBase, _check_positive_int
 
@@ -181,6 +182,28 @@ class SepBatchNorm2d(SeparableNormBase):
             self.pool_size,
             self.aggregation == "hard",
         )
+
+    _supports_native_eval = True
+
+    def _forward_native(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The whole layer in one C++ op call per direction (:mod:`sepbn.nn.native`).
+
+        Train mode: batch statistics, running-statistics update, autograd. Eval mode (only
+        without a gradient): the running statistics folded into the mixed affine.
+        """
+        norm = self.norm
+        hard = self.aggregation == "hard"
+        if not norm.training:
+            mean, var = running_stats(norm)
+            return native_ops.sep_batch_norm_eval(
+                x, self.weight, self.bias, *self._attention_tensors(),
+                mean, var, norm.eps, self.pool_size, hard,
+            )  # fmt: skip
+        return native_ops.sep_batch_norm_train(
+            x, self.weight, self.bias, *self._attention_tensors(),
+            norm.running_mean, norm.running_var, self._count_batch(), norm.eps,
+            self.pool_size, hard,
+        )  # fmt: skip
 
     _supports_compiled = True
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sepbn.nn import dispatch
+from sepbn.nn import dispatch, native, native_ops
 from sepbn.nn._folding import copy_running_stats, fold_batch_norm, running_stats
 from sepbn.nn.fused_separable_norm import mix_sets, separable_norm_train
 
@@ -194,7 +194,9 @@ class SeparableNormBase(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         path = self._choose_path(x)
-        if path == "fused":
+        if path == "native":
+            y, pi = self._forward_native(x)
+        elif path == "fused":
             y, pi = self._forward_fused(x, self._count_batch())
         elif path == "compiled":
             y, pi = self._forward_compiled(x)
@@ -229,17 +231,38 @@ class SeparableNormBase(nn.Module):
         )
         return y, pi
 
+    def _forward_native(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Train mode through the C++ CPU kernels (:mod:`sepbn.nn.native`); returns ``(y, π)``."""
+        pi = self._set_weights(x)  # (N, G, K)
+        scale, shift = mix_sets(pi, self.weight, self.bias)  # Eq. 6
+        norm = self.norm
+        factor = self._count_batch()
+        y = native_ops.separable_norm_train(
+            x, scale, shift, norm.running_mean, norm.running_var, factor, norm.eps
+        )
+        return y, pi
+
+    # Whether :meth:`_forward_native` also implements eval mode (``SepBatchNorm2d``).
+    _supports_native_eval = False
+
     def _choose_path(self, x: Tensor) -> str:
-        """``"plain"``, ``"fused"`` or ``"compiled"`` for this call (table in :mod:`.dispatch`)."""
+        """``"plain"``, ``"native"``, ``"fused"`` or ``"compiled"`` (table in :mod:`.dispatch`)."""
         forced = dispatch.current_path()
-        if forced == "plain" or not self._can_take_fast_path(x):
+        if forced == "plain" or not self.use_fused:
             return "plain"
+        if not self.norm.training:
+            native_eval = forced in ("auto", "native") and self._can_run_native_eval(x)
+            return "native" if native_eval else "plain"
+        if not self._can_take_fast_path(x):
+            return "plain"
+        if forced == "native":  # where its conditions hold
+            return "native" if self._can_run_native(x) else "plain"
         if forced == "fused":  # on any device, where its dtype conditions hold
             return "fused" if self._can_fuse(x) else "plain"
         if forced == "compiled":  # on any device and float dtype
             return "compiled" if self._supports_compiled else "plain"
         if x.device.type == "cpu" and self._can_fuse(x):
-            return "fused"
+            return "native" if self._can_run_native(x) else "fused"
         if x.device.type == "cuda" and self._supports_compiled and self.norm.momentum is not None:
             return "compiled"
         return "plain"
@@ -252,8 +275,7 @@ class SeparableNormBase(nn.Module):
         per channel, for BatchNorm2d's error message.
         """
         return (
-            self.use_fused
-            and self.norm.training
+            self.norm.training
             and type(self.norm) is nn.BatchNorm2d
             and x.is_floating_point()
             and x.numel() > x.shape[1]
@@ -263,6 +285,33 @@ class SeparableNormBase(nn.Module):
             and not _is_functorch_tensor(x)
             and not _is_functorch_tensor(self.weight)
         )
+
+    def _can_run_native(self, x: Tensor) -> bool:
+        """Whether the C++ kernels take ``x``: CPU, NCHW-contiguous, fused dtypes, library built."""
+        return (
+            x.device.type == "cpu"
+            and x.is_contiguous()
+            and self._can_fuse(x)
+            and native.available()
+        )
+
+    def _can_run_native_eval(self, x: Tensor) -> bool:
+        """Eval with running statistics, no gradient wanted, not traced: the one-call C++ layer."""
+        return (
+            self._supports_native_eval
+            and self.norm.running_var is not None
+            and x.dim() == 4
+            and not (torch.is_grad_enabled() and self._wants_grad(x))
+            and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting()
+            and not torch.onnx.is_in_onnx_export()
+            and not _is_functorch_tensor(x)
+            and self._can_run_native(x)
+        )
+
+    def _wants_grad(self, x: Tensor) -> bool:
+        return x.requires_grad or any(p.requires_grad for p in self.parameters())
 
     def _can_fuse(self, x: Tensor) -> bool:
         """Whether the fused kernels' dtype conditions hold: float32/64, no autocast."""

@@ -1,0 +1,827 @@
+// C++ CPU kernels of SepBN, registered as torch ops in the namespace `sepbn_cpu`.
+//
+// Built once per machine by sepbn/nn/native.py with the system's C++ compiler; the Python
+// side adds the autograd formulas and the fake (shape) functions. Every op takes
+// NCHW-contiguous float32/float64 maps; the Python dispatcher checks that before calling.
+//
+// One pass over each (n, c) plane computes its mean and centred sum of squares (Chan's
+// combination then gives the batch statistics) and its T x T adaptive max pooling with
+// arg-max, which ATen computes in a second, scalar pass. The plane is read three times
+// while it sits in L1/L2 (sum, centred squares, pooling), from memory once.
+//
+// Arg-max ties are resolved as ATen's adaptive_max_pool2d resolves them (first
+// occurrence in row-major order within the window), so indices, and hence gradients,
+// are identical. A plane holding a NaN or an infinity takes ATen's own scan (a NaN wins).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace sepbn_cpu {
+namespace {
+
+using at::Tensor;
+
+constexpr int64_t kChunk = 2048;  // elements summed in scalar_t before the double total
+
+// Elements per parallel task. With OMP_WAIT_POLICY=PASSIVE (which sepbn sets on shared
+// machines) waking the second OpenMP thread costs tens of microseconds: worth it for a
+// training batch, not for the single pass of a batch-1 inference, which runs on one
+// thread up to 2^18 elements (a 64×64×64 map).
+constexpr int64_t kGrainElements = 1 << 16;
+constexpr int64_t kInferenceGrainElements = 1 << 18;
+
+inline int64_t band_start(int64_t i, int64_t size, int64_t t) { return (i * size) / t; }
+inline int64_t band_end(int64_t i, int64_t size, int64_t t) {
+  return ((i + 1) * size + t - 1) / t;
+}
+
+// Planes per task, so that a task touches at least `elements` elements.
+inline int64_t plane_grain(int64_t hw, int64_t elements = kGrainElements) {
+  return std::max<int64_t>(1, elements / std::max<int64_t>(hw, 1));
+}
+
+void check_map(const Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 4, name, " must be (N, C, H, W), got ", x.sizes());
+  TORCH_CHECK(x.is_contiguous(), name, " must be NCHW-contiguous");
+  TORCH_CHECK(x.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, name,
+              " must be float32 or float64, got ", x.scalar_type());
+}
+
+// Inner loops as restrict-qualified helpers, which the compiler vectorizes (it does not
+// when the same loops sit inside a lambda over tensors' data pointers).
+template <typename scalar_t>
+void column_max(const scalar_t* __restrict row, scalar_t* __restrict best, int64_t w) {
+  for (int64_t j = 0; j < w; ++j) {
+    const scalar_t v = row[j], m = best[j];
+    best[j] = v > m ? v : m;
+  }
+}
+
+template <typename scalar_t>
+void column_argmax(const scalar_t* __restrict row, scalar_t* __restrict best,
+                   int32_t* __restrict best_row, int64_t w, int32_t r) {
+  for (int64_t j = 0; j < w; ++j) {
+    const scalar_t v = row[j], m = best[j];
+    const bool take = v > m;
+    best[j] = take ? v : m;
+    best_row[j] = take ? r : best_row[j];
+  }
+}
+
+template <typename scalar_t>
+void multiply_add(const scalar_t* __restrict x, scalar_t* __restrict y, int64_t n, scalar_t a,
+                  scalar_t b) {
+  for (int64_t j = 0; j < n; ++j) y[j] = x[j] * a + b;
+}
+
+template <typename scalar_t>
+void grad_combine(const scalar_t* __restrict g, const scalar_t* __restrict x,
+                  scalar_t* __restrict out, int64_t n, scalar_t a, scalar_t q, scalar_t mu,
+                  scalar_t d) {
+  for (int64_t j = 0; j < n; ++j) out[j] = a * g[j] + q * (x[j] - mu) + d;
+}
+
+// Σ g and Σ g (x - μ) over n elements.
+template <typename scalar_t>
+void centred_dot(const scalar_t* __restrict g, const scalar_t* __restrict x, int64_t n,
+                 scalar_t mu, scalar_t* sum_g, scalar_t* sum_gx) {
+  scalar_t a1 = 0, a2 = 0;
+  _Pragma("omp simd reduction(+ : a1, a2)")
+  for (int64_t j = 0; j < n; ++j) {
+    a1 += g[j];
+    a2 += g[j] * (x[j] - mu);
+  }
+  *sum_g = a1;
+  *sum_gx = a2;
+}
+
+template <typename scalar_t>
+scalar_t dot(const scalar_t* __restrict a, const scalar_t* __restrict b, int64_t n) {
+  scalar_t acc = 0;
+  _Pragma("omp simd reduction(+ : acc)")
+  for (int64_t j = 0; j < n; ++j) acc += a[j] * b[j];
+  return acc;
+}
+
+// y += alpha x
+template <typename scalar_t>
+void axpy(const scalar_t* __restrict x, scalar_t* __restrict y, int64_t n, scalar_t alpha) {
+  for (int64_t j = 0; j < n; ++j) y[j] += alpha * x[j];
+}
+
+// Mean and centred sum of squares of one contiguous plane.
+template <typename scalar_t>
+void plane_moments(const scalar_t* p, int64_t hw, double* mean, double* m2) {
+  double total = 0.0;
+  for (int64_t b = 0; b < hw; b += kChunk) {
+    const int64_t e = std::min(hw, b + kChunk);
+    scalar_t acc = 0;
+_Pragma("omp simd reduction(+ : acc)")
+    for (int64_t j = b; j < e; ++j) acc += p[j];
+    total += acc;
+  }
+  const double mu = total / static_cast<double>(hw);
+  const scalar_t shift = static_cast<scalar_t>(mu);
+  double squares = 0.0, residual = 0.0;
+  for (int64_t b = 0; b < hw; b += kChunk) {
+    const int64_t e = std::min(hw, b + kChunk);
+    scalar_t acc = 0, acc_d = 0;
+_Pragma("omp simd reduction(+ : acc, acc_d)")
+    for (int64_t j = b; j < e; ++j) {
+      const scalar_t d = p[j] - shift;
+      acc += d * d;
+      acc_d += d;
+    }
+    squares += acc;
+    residual += acc_d;
+  }
+  // Σ(x - s)² - (Σ(x - s))² / n is Σ(x - μ)² for the rounded shift s.
+  *mean = mu;
+  *m2 = std::max(0.0, squares - residual * residual / static_cast<double>(hw));
+}
+
+// ATen's adaptive max pooling of one plane, exactly: a row-major scan of every window
+// that keeps the first maximum and lets a NaN win. Used for planes holding a NaN or an
+// infinity (rare; the fast scans below assume ordered values).
+template <typename scalar_t>
+void plane_pool_exact(const scalar_t* p, int64_t h, int64_t w, int64_t t, scalar_t* out,
+                      int64_t out_stride, int32_t* index) {
+  for (int64_t i = 0; i < t; ++i) {
+    for (int64_t jj = 0; jj < t; ++jj) {
+      int64_t best_at = band_start(i, h, t) * w + band_start(jj, w, t);
+      scalar_t best = p[best_at];
+      for (int64_t r = band_start(i, h, t); r < band_end(i, h, t); ++r) {
+        for (int64_t q = band_start(jj, w, t); q < band_end(jj, w, t); ++q) {
+          const scalar_t v = p[r * w + q];
+          if ((v > best) || std::isnan(v)) {
+            best = v;
+            best_at = r * w + q;
+          }
+        }
+      }
+      out[(i * t + jj) * out_stride] = best;
+      if (index != nullptr) index[i * t + jj] = static_cast<int32_t>(best_at);
+    }
+  }
+}
+
+// The same for a plane of finite values, vectorized along rows: per row band, the
+// column-wise maximum (and its first row) over the band's rows, then per column band
+// the maximum of those (the smallest flat position among equal maxima, as ATen's scan).
+// Comparisons are branch-free: on random data a branch mispredicts every other time.
+template <typename scalar_t>
+void plane_pool_rows(const scalar_t* p, int64_t h, int64_t w, int64_t t, scalar_t* row_max,
+                     int32_t* row_arg, scalar_t* out, int64_t out_stride, int32_t* index) {
+  for (int64_t i = 0; i < t; ++i) {
+    const int64_t h0 = band_start(i, h, t), h1 = band_end(i, h, t);
+    const scalar_t* first = p + h0 * w;
+    std::copy(first, first + w, row_max);
+    if (index != nullptr) {
+      std::fill(row_arg, row_arg + w, static_cast<int32_t>(h0));
+      for (int64_t r = h0 + 1; r < h1; ++r) {
+        column_argmax(p + r * w, row_max, row_arg, w, static_cast<int32_t>(r));
+      }
+    } else {
+      for (int64_t r = h0 + 1; r < h1; ++r) {
+        column_max(p + r * w, row_max, w);
+      }
+    }
+    for (int64_t jj = 0; jj < t; ++jj) {
+      const int64_t w0 = band_start(jj, w, t), w1 = band_end(jj, w, t);
+      scalar_t best = row_max[w0];
+      if (index != nullptr) {
+        int64_t best_at = static_cast<int64_t>(row_arg[w0]) * w + w0;
+        for (int64_t j = w0 + 1; j < w1; ++j) {
+          const scalar_t v = row_max[j];
+          const int64_t at = static_cast<int64_t>(row_arg[j]) * w + j;
+          const bool take = (v > best) | ((v == best) & (at < best_at));
+          best = take ? v : best;
+          best_at = take ? at : best_at;
+        }
+        index[i * t + jj] = static_cast<int32_t>(best_at);
+      } else {
+        for (int64_t j = w0 + 1; j < w1; ++j) best = row_max[j] > best ? row_max[j] : best;
+      }
+      out[(i * t + jj) * out_stride] = best;
+    }
+  }
+}
+
+// The T x T windows of a small plane as flat offsets, each window in row-major order
+// (so a strict comparison keeps ATen's first maximum): `start[t]..start[t + 1]`.
+struct WindowTable {
+  std::vector<int32_t> offset, start;
+  WindowTable(int64_t h, int64_t w, int64_t t) {
+    start.push_back(0);
+    for (int64_t i = 0; i < t; ++i) {
+      for (int64_t jj = 0; jj < t; ++jj) {
+        for (int64_t r = band_start(i, h, t); r < band_end(i, h, t); ++r)
+          for (int64_t q = band_start(jj, w, t); q < band_end(jj, w, t); ++q)
+            offset.push_back(static_cast<int32_t>(r * w + q));
+        start.push_back(static_cast<int32_t>(offset.size()));
+      }
+    }
+  }
+};
+
+// A plane of finite values too narrow for row vectors: a branch-free scan per window.
+template <typename scalar_t>
+void plane_pool_table(const scalar_t* p, const WindowTable& table, int64_t tt, scalar_t* out,
+                      int64_t out_stride, int32_t* index) {
+  const int32_t* off = table.offset.data();
+  const int32_t* start = table.start.data();
+  for (int64_t win = 0; win < tt; ++win) {
+    const int32_t b = start[win], e = start[win + 1];
+    int32_t best_at = off[b];
+    scalar_t best = p[best_at];
+    for (int32_t j = b + 1; j < e; ++j) {
+      const scalar_t v = p[off[j]];
+      const bool take = v > best;
+      best = take ? v : best;
+      best_at = take ? off[j] : best_at;
+    }
+    out[win * out_stride] = best;
+    if (index != nullptr) index[win] = best_at;
+  }
+}
+
+// Below this width a row does not fill a vector register; windows are scanned instead.
+constexpr int64_t kMinRowWidth = 8;
+
+template <typename scalar_t>
+scalar_t plane_sum(const scalar_t* p, int64_t hw) {
+  scalar_t acc = 0;
+  _Pragma("omp simd reduction(+ : acc)")
+  for (int64_t j = 0; j < hw; ++j) acc += p[j];
+  return acc;
+}
+
+// Pooling (into position-major (N·T·T, C) rows, the layout the 1x1 convolution reads) and,
+// optionally, arg-max indices (N, C, T·T) and per-plane moments (N, C) in float64. A plane
+// whose sum is not finite (it holds a NaN or an infinity) is pooled by the exact scan.
+void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* index,
+                      Tensor* plane_mean, Tensor* plane_m2) {
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), hw = h * w;
+  const int64_t tt = t * t;
+  positions = at::empty({n * tt, c}, x.options());
+  if (index != nullptr) *index = at::empty({n, c, tt}, x.options().dtype(at::kInt));
+  if (plane_mean != nullptr) {
+    *plane_mean = at::empty({n, c}, x.options().dtype(at::kDouble));
+    *plane_m2 = at::empty({n, c}, x.options().dtype(at::kDouble));
+  }
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_pool_and_moments", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* pos = positions.mutable_data_ptr<scalar_t>();
+    int32_t* idx = index != nullptr ? index->mutable_data_ptr<int32_t>() : nullptr;
+    double* pm = plane_mean != nullptr ? plane_mean->mutable_data_ptr<double>() : nullptr;
+    double* pq = plane_m2 != nullptr ? plane_m2->mutable_data_ptr<double>() : nullptr;
+    const bool narrow = w < kMinRowWidth;
+    const WindowTable table = narrow ? WindowTable(h, w, t) : WindowTable(0, 0, 0);
+    const int64_t grain = plane_grain(hw, pm != nullptr ? kGrainElements : kInferenceGrainElements);
+    at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> row_max(w);
+      std::vector<int32_t> row_arg(w);
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const int64_t s = plane / c, ch = plane % c;
+        const scalar_t* src = xp + plane * hw;
+        scalar_t* dst = pos + s * tt * c + ch;
+        int32_t* where = idx != nullptr ? idx + plane * tt : nullptr;
+        bool finite;
+        if (pm != nullptr) {
+          plane_moments(src, hw, pm + plane, pq + plane);
+          finite = std::isfinite(pm[plane]);
+        } else {
+          finite = std::isfinite(static_cast<double>(plane_sum(src, hw)));
+        }
+        if (!finite) {
+          plane_pool_exact(src, h, w, t, dst, c, where);
+        } else if (narrow) {
+          plane_pool_table(src, table, tt, dst, c, where);
+        } else {
+          plane_pool_rows(src, h, w, t, row_max.data(), row_arg.data(), dst, c, where);
+        }
+      }
+    });
+  });
+}
+
+// Only the moments (no pooling): the normalization of SimpleSepBatchNorm2d and friends.
+void moments_only(const Tensor& x, Tensor& plane_mean, Tensor& plane_m2) {
+  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  plane_mean = at::empty({n, c}, x.options().dtype(at::kDouble));
+  plane_m2 = at::empty({n, c}, x.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_moments", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    double* pm = plane_mean.mutable_data_ptr<double>();
+    double* pq = plane_m2.mutable_data_ptr<double>();
+    at::parallel_for(0, n * c, plane_grain(hw), [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane)
+        plane_moments(xp + plane * hw, hw, pm + plane, pq + plane);
+    });
+  });
+}
+
+// Batch mean and biased variance per channel from per-plane moments (Chan et al.), and
+// the unbiased variance for the running average. Returns (mean, var, var_unbiased).
+std::vector<Tensor> combine_moments(const Tensor& plane_mean, const Tensor& plane_m2,
+                                    int64_t hw, at::ScalarType dtype) {
+  const int64_t n = plane_mean.size(0), c = plane_mean.size(1);
+  const double count = static_cast<double>(n * hw);
+  auto opts = plane_mean.options().dtype(dtype);
+  Tensor mean = at::empty({c}, opts), var = at::empty({c}, opts), unbiased = at::empty({c}, opts);
+  const double* pm = plane_mean.const_data_ptr<double>();
+  const double* pq = plane_m2.const_data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(dtype, "sepbn_combine_moments", [&] {
+    scalar_t* mp = mean.mutable_data_ptr<scalar_t>();
+    scalar_t* vp = var.mutable_data_ptr<scalar_t>();
+    scalar_t* up = unbiased.mutable_data_ptr<scalar_t>();
+    for (int64_t ch = 0; ch < c; ++ch) {
+      double mu = 0.0;
+      for (int64_t s = 0; s < n; ++s) mu += pm[s * c + ch];
+      mu /= static_cast<double>(n);
+      double m2 = 0.0;
+      for (int64_t s = 0; s < n; ++s) {
+        const double d = pm[s * c + ch] - mu;
+        m2 += pq[s * c + ch] + static_cast<double>(hw) * d * d;
+      }
+      mp[ch] = static_cast<scalar_t>(mu);
+      vp[ch] = static_cast<scalar_t>(m2 / count);
+      up[ch] = static_cast<scalar_t>(count > 1.0 ? m2 / (count - 1.0) : NAN);
+    }
+  });
+  return {mean, var, unbiased};
+}
+
+// y[n, c] = x[n, c] * a[n, c] + b[n, c] over every plane.
+Tensor scale_shift(const Tensor& x, const Tensor& a, const Tensor& b,
+                   int64_t grain_elements = kGrainElements) {
+  const int64_t planes = x.size(0) * x.size(1), hw = x.size(2) * x.size(3);
+  Tensor y = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_scale_shift", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* ap = a.const_data_ptr<scalar_t>();
+    const scalar_t* bp = b.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, planes, plane_grain(hw, grain_elements), [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        multiply_add(xp + plane * hw, yp + plane * hw, hw, ap[plane], bp[plane]);
+      }
+    });
+  });
+  return y;
+}
+
+// The per-(n, c) multiply-add of y = scale (x - μ) r + shift: a = scale r, b = shift - μ a.
+std::vector<Tensor> fold(const Tensor& scale, const Tensor& shift, const Tensor& mean,
+                         const Tensor& rstd) {
+  Tensor a = at::mul(scale, rstd);
+  Tensor b = at::sub(shift, at::mul(a, mean));
+  return {a.contiguous(), b.contiguous()};
+}
+
+// γ̂ = Σ_k π_{n,g,k} γ_k and β̂ likewise (Eq. 6): two contiguous (N, C) tensors.
+std::vector<Tensor> mix_sets(const Tensor& pi, const Tensor& weight, const Tensor& bias) {
+  const int64_t n = pi.size(0), g = pi.size(1), k = pi.size(2), c = weight.size(1);
+  const int64_t m = c / g;
+  Tensor scale = at::empty({n, c}, weight.options()), shift = at::empty({n, c}, weight.options());
+  Tensor pic = pi.contiguous(), wc = weight.contiguous(), bc = bias.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "sepbn_mix_sets", [&] {
+    const scalar_t* pp = pic.const_data_ptr<scalar_t>();
+    const scalar_t* wp = wc.const_data_ptr<scalar_t>();
+    const scalar_t* bp = bc.const_data_ptr<scalar_t>();
+    scalar_t* sp = scale.mutable_data_ptr<scalar_t>();
+    scalar_t* hp = shift.mutable_data_ptr<scalar_t>();
+    for (int64_t s = 0; s < n; ++s) {
+      for (int64_t gi = 0; gi < g; ++gi) {
+        const scalar_t* weights = pp + (s * g + gi) * k;
+        for (int64_t mi = 0; mi < m; ++mi) {
+          const int64_t ch = gi * m + mi;
+          scalar_t sv = 0, hv = 0;
+          for (int64_t ki = 0; ki < k; ++ki) {
+            sv += weights[ki] * wp[ki * c + ch];
+            hv += weights[ki] * bp[ki * c + ch];
+          }
+          sp[s * c + ch] = sv;
+          hp[s * c + ch] = hv;
+        }
+      }
+    }
+  });
+  return {scale, shift};
+}
+
+// Small matrix products of the attention, as plain loops: ATen's GEMM costs tens of
+// microseconds per call at these sizes (a thread wake-up and packing), more than the
+// arithmetic. out = op(A) · B (+ bias per column), with op(A) = A or Aᵀ:
+// - `b_rows_are_columns` false: B is (k, n) row-major; i-k-j order, vectorized along n;
+// - true: B is given as (n, k) row-major (the product is A · Bᵀ); dot products along k.
+Tensor small_matmul(const Tensor& a_in, bool transpose_a, const Tensor& b_in,
+                    bool b_rows_are_columns, const Tensor& bias = Tensor()) {
+  Tensor a = a_in.contiguous(), b = b_in.contiguous();
+  const int64_t m = transpose_a ? a.size(1) : a.size(0);
+  const int64_t k = transpose_a ? a.size(0) : a.size(1);
+  const int64_t n = b_rows_are_columns ? b.size(0) : b.size(1);
+  TORCH_CHECK((b_rows_are_columns ? b.size(1) : b.size(0)) == k, "small_matmul: sizes differ");
+  Tensor out = at::empty({m, n}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "sepbn_small_matmul", [&] {
+    const scalar_t* ap = a.const_data_ptr<scalar_t>();
+    const scalar_t* bp = b.const_data_ptr<scalar_t>();
+    const scalar_t* cp = bias.defined() ? bias.contiguous().const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const int64_t a_row = transpose_a ? 1 : k, a_col = transpose_a ? m : 1;
+    for (int64_t i = 0; i < m; ++i) {
+      scalar_t* o = op + i * n;
+      if (b_rows_are_columns) {
+        for (int64_t j = 0; j < n; ++j) {
+          scalar_t acc = 0;
+          const scalar_t* bj = bp + j * k;
+          if (!transpose_a) {
+            acc = dot(ap + i * k, bj, k);
+          } else {
+            for (int64_t q = 0; q < k; ++q) acc += ap[i * a_row + q * a_col] * bj[q];
+          }
+          o[j] = acc + (cp != nullptr ? cp[j] : scalar_t(0));
+        }
+      } else {
+        for (int64_t j = 0; j < n; ++j) o[j] = cp != nullptr ? cp[j] : scalar_t(0);
+        for (int64_t q = 0; q < k; ++q) {
+          axpy(bp + q * n, o, n, ap[i * a_row + q * a_col]);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// Column sums of a (rows, n) matrix: the bias gradients.
+Tensor column_sums(const Tensor& a_in) {
+  Tensor a = a_in.contiguous();
+  const int64_t rows = a.size(0), n = a.size(1);
+  Tensor out = at::zeros({n}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "sepbn_column_sums", [&] {
+    const scalar_t* ap = a.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    for (int64_t r = 0; r < rows; ++r) axpy(ap + r * n, op, n, scalar_t(1));
+  });
+  return out;
+}
+
+// softmax(logits / τ) over the last dimension (K); a few dozen values, so a plain loop
+// costs less than an ATen call.
+Tensor softmax_with_temperature(const Tensor& logits, double tau) {
+  Tensor lc = logits.contiguous();
+  Tensor pi = at::empty_like(lc);
+  const int64_t k = lc.size(-1), rows = lc.numel() / k;
+  AT_DISPATCH_FLOATING_TYPES(lc.scalar_type(), "sepbn_softmax", [&] {
+    const scalar_t* lp = lc.const_data_ptr<scalar_t>();
+    scalar_t* pp = pi.mutable_data_ptr<scalar_t>();
+    const scalar_t inv = static_cast<scalar_t>(1.0 / tau);
+    for (int64_t r = 0; r < rows; ++r) {
+      const scalar_t* l = lp + r * k;
+      scalar_t* o = pp + r * k;
+      scalar_t top = l[0] * inv;
+      for (int64_t j = 1; j < k; ++j) top = std::max(top, l[j] * inv);
+      scalar_t total = 0;
+      for (int64_t j = 0; j < k; ++j) total += (o[j] = std::exp(l[j] * inv - top));
+      for (int64_t j = 0; j < k; ++j) o[j] /= total;
+    }
+  });
+  return pi;
+}
+
+// Backward of the mixing (Eq. 6) and of the temperature softmax (Eq. 5), from the
+// per-(n, c) gradients s2 = ∂L/∂γ̂ and s1 = ∂L/∂β̂. Returns (∂L/∂γ (K, C), ∂L/∂β (K, C))
+// and, when `logits_grad`, ∂L/∂logits (N, G·K) as a third tensor.
+std::vector<Tensor> mix_backward(const Tensor& s1, const Tensor& s2, const Tensor& pi,
+                                 const Tensor& weight, const Tensor& bias, double tau,
+                                 bool logits_grad) {
+  const int64_t n = pi.size(0), g = pi.size(1), k = pi.size(2), c = weight.size(1), m = c / g;
+  Tensor grad_w = at::zeros({k, c}, weight.options()), grad_b = at::zeros({k, c}, weight.options());
+  Tensor grad_logits = at::empty({n, g * k}, weight.options());
+  Tensor pic = pi.contiguous(), wc = weight.contiguous(), bc = bias.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "sepbn_mix_backward", [&] {
+    const scalar_t* s1p = s1.const_data_ptr<scalar_t>();
+    const scalar_t* s2p = s2.const_data_ptr<scalar_t>();
+    const scalar_t* pp = pic.const_data_ptr<scalar_t>();
+    const scalar_t* wp = wc.const_data_ptr<scalar_t>();
+    const scalar_t* bp = bc.const_data_ptr<scalar_t>();
+    scalar_t* gw = grad_w.mutable_data_ptr<scalar_t>();
+    scalar_t* gb = grad_b.mutable_data_ptr<scalar_t>();
+    scalar_t* gl = grad_logits.mutable_data_ptr<scalar_t>();
+    std::vector<scalar_t> grad_pi(k);
+    for (int64_t s = 0; s < n; ++s) {
+      for (int64_t gi = 0; gi < g; ++gi) {
+        const scalar_t* weights = pp + (s * g + gi) * k;
+        std::fill(grad_pi.begin(), grad_pi.end(), scalar_t(0));
+        for (int64_t ki = 0; ki < k; ++ki) {
+          const scalar_t pk = weights[ki];
+          scalar_t* gwk = gw + ki * c + gi * m;
+          scalar_t* gbk = gb + ki * c + gi * m;
+          const scalar_t* wk = wp + ki * c + gi * m;
+          const scalar_t* bk = bp + ki * c + gi * m;
+          const scalar_t* a2 = s2p + s * c + gi * m;
+          const scalar_t* a1 = s1p + s * c + gi * m;
+          scalar_t acc = 0;
+          for (int64_t mi = 0; mi < m; ++mi) {
+            gwk[mi] += pk * a2[mi];
+            gbk[mi] += pk * a1[mi];
+            acc += a2[mi] * wk[mi] + a1[mi] * bk[mi];
+          }
+          grad_pi[ki] = acc;
+        }
+        if (!logits_grad) continue;
+        scalar_t dot = 0;
+        for (int64_t ki = 0; ki < k; ++ki) dot += weights[ki] * grad_pi[ki];
+        scalar_t* out = gl + (s * g + gi) * k;
+        for (int64_t ki = 0; ki < k; ++ki)
+          out[ki] = weights[ki] * (grad_pi[ki] - dot) / static_cast<scalar_t>(tau);
+      }
+    }
+  });
+  if (!logits_grad) return {grad_w, grad_b};
+  return {grad_w, grad_b, grad_logits};
+}
+
+// grad *= (hidden > 0), the ReLU's backward, in place.
+void relu_backward_(Tensor& grad, const Tensor& hidden) {
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "sepbn_relu_backward", [&] {
+    scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
+    const scalar_t* hp = hidden.const_data_ptr<scalar_t>();
+    for (int64_t j = 0; j < grad.numel(); ++j) gp[j] = hp[j] > 0 ? gp[j] : scalar_t(0);
+  });
+}
+
+// The attention MLP from pooled rows: returns (flat, hidden, pi) with flat (N, T·T·G).
+std::vector<Tensor> attention(const Tensor& positions, int64_t n, const Tensor& reduce_w,
+                              const Tensor& reduce_b, const Tensor& hidden_w,
+                              const Tensor& hidden_b, const Tensor& out_w, const Tensor& out_b,
+                              const Tensor& tau, int64_t k, bool hard) {
+  const int64_t g = reduce_w.size(0);
+  Tensor flat = small_matmul(positions, false, reduce_w, true, reduce_b).view({n, -1});
+  Tensor hidden = small_matmul(flat, false, hidden_w, true, hidden_b).relu_();
+  Tensor logits = small_matmul(hidden, false, out_w, true, out_b).view({n, g, k});
+  Tensor pi;
+  if (hard) {
+    pi = at::zeros_like(logits).scatter_(-1, logits.argmax(-1, true), 1.0);
+  } else {
+    pi = softmax_with_temperature(logits, tau.item<double>());  // Eq. 5
+  }
+  return {flat, hidden, pi};
+}
+
+void update_running(const c10::optional<Tensor>& running_mean,
+                    const c10::optional<Tensor>& running_var, const Tensor& mean,
+                    const Tensor& unbiased, double factor) {
+  if (running_mean.has_value() && running_mean->defined()) {
+    running_mean->mul_(1.0 - factor).add_(mean.to(running_mean->scalar_type()), factor);
+  }
+  if (running_var.has_value() && running_var->defined()) {
+    running_var->mul_(1.0 - factor).add_(unbiased.to(running_var->scalar_type()), factor);
+  }
+}
+
+// The normalization's backward, one channel at a time so that the second pass over the
+// channel's N planes finds them in cache (as ATen's batch-norm backward does). With
+// g = ∂L/∂y: s1 = Σ_hw g = ∂L/∂β̂ and s2 = Σ_hw g x̂ = ∂L/∂γ̂ per (n, c), and, when
+// `need_input`, ∂L/∂x = r (γ̂ g - c1 - x̂ c2) with c1 = Σ_n γ̂ s1 / M, c2 = Σ_n γ̂ s2 / M
+// (the batch-norm backward applied to γ̂ g; derivation in fused_separable_norm).
+// Returns (s1, s2, ∂L/∂x or an empty tensor).
+std::vector<Tensor> norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& scale_in,
+                                  const Tensor& mean, const Tensor& rstd, bool need_input) {
+  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  const double count = static_cast<double>(n * hw);
+  Tensor scale = scale_in.contiguous();
+  Tensor s1 = at::empty({n, c}, x.options()), s2 = at::empty({n, c}, x.options());
+  Tensor gx = need_input ? at::empty_like(x) : at::empty({0}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_norm_backward", [&] {
+    const scalar_t* gp = grad_y.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* mp = mean.const_data_ptr<scalar_t>();
+    const scalar_t* rp = rstd.const_data_ptr<scalar_t>();
+    const scalar_t* sp = scale.const_data_ptr<scalar_t>();
+    scalar_t* s1p = s1.mutable_data_ptr<scalar_t>();
+    scalar_t* s2p = s2.mutable_data_ptr<scalar_t>();
+    scalar_t* op = need_input ? gx.mutable_data_ptr<scalar_t>() : nullptr;
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(n * hw, 1));
+    at::parallel_for(0, c, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t ch = begin; ch < end; ++ch) {
+        const scalar_t mu = mp[ch], r = rp[ch];
+        double sum1 = 0.0, sum2 = 0.0;  // Σ_n γ̂ s1, Σ_n γ̂ s2
+        for (int64_t s = 0; s < n; ++s) {
+          const int64_t plane = s * c + ch;
+          const scalar_t* g = gp + plane * hw;
+          const scalar_t* v = xp + plane * hw;
+          double t1 = 0.0, t2 = 0.0;
+          for (int64_t b = 0; b < hw; b += kChunk) {
+            scalar_t a1 = 0, a2 = 0;
+            centred_dot(g + b, v + b, std::min(hw, b + kChunk) - b, mu, &a1, &a2);
+            t1 += a1;
+            t2 += a2;
+          }
+          s1p[plane] = static_cast<scalar_t>(t1);
+          s2p[plane] = static_cast<scalar_t>(t2 * static_cast<double>(r));
+          sum1 += static_cast<double>(sp[plane]) * s1p[plane];
+          sum2 += static_cast<double>(sp[plane]) * s2p[plane];
+        }
+        if (op == nullptr) continue;
+        const double rd = static_cast<double>(r);
+        const scalar_t d = static_cast<scalar_t>(-rd * sum1 / count);       // -r c1
+        const scalar_t q = static_cast<scalar_t>(-rd * rd * sum2 / count);  // -r² c2
+        for (int64_t s = 0; s < n; ++s) {
+          const int64_t plane = s * c + ch;
+          grad_combine(gp + plane * hw, xp + plane * hw, op + plane * hw, hw, sp[plane] * r, q,
+                       mu, d);
+        }
+      }
+    });
+  });
+  return {s1, s2, gx};
+}
+
+// gx[n, c, index[n, c, t]] += grad_pooled[n·T·T + t, c]: the pooling's backward, at the
+// arg-max of every window (a window's maximum may repeat across overlapping windows).
+void scatter_pooled_(Tensor& gx, const Tensor& grad_pooled, const Tensor& index) {
+  const int64_t n = gx.size(0), c = gx.size(1), hw = gx.size(2) * gx.size(3);
+  const int64_t tt = index.size(2);
+  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "sepbn_scatter_pooled", [&] {
+    scalar_t* op = gx.mutable_data_ptr<scalar_t>();
+    const scalar_t* pp = grad_pooled.const_data_ptr<scalar_t>();
+    const int32_t* ip = index.const_data_ptr<int32_t>();
+    at::parallel_for(0, n * c, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const int64_t s = plane / c, ch = plane % c;
+        scalar_t* o = op + plane * hw;
+        const int32_t* where = ip + plane * tt;
+        for (int64_t t = 0; t < tt; ++t) o[where[t]] += pp[(s * tt + t) * c + ch];
+      }
+    });
+  });
+}
+
+// ---- ops -----------------------------------------------------------------------------
+
+// Train-mode SepBatchNorm2d forward (Eqs. 1, 5-7). Returns
+// (y, pi, index, positions, flat, hidden, scale, mean, rstd, var_unbiased).
+std::vector<Tensor> sepbn_train_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                        const Tensor& reduce_w, const Tensor& reduce_b,
+                                        const Tensor& hidden_w, const Tensor& hidden_b,
+                                        const Tensor& out_w, const Tensor& out_b,
+                                        const Tensor& tau, double eps, int64_t pool_size,
+                                        bool hard) {
+  check_map(x, "x");
+  const int64_t n = x.size(0), hw = x.size(2) * x.size(3);
+  Tensor positions, index, plane_mean, plane_m2;
+  pool_and_moments(x, pool_size, positions, &index, &plane_mean, &plane_m2);
+  auto att = attention(positions, n, reduce_w, reduce_b, hidden_w, hidden_b, out_w, out_b, tau,
+                       weight.size(0), hard);
+  auto mixed = mix_sets(att[2], weight, bias);
+  auto stats = combine_moments(plane_mean, plane_m2, hw, x.scalar_type());
+  Tensor rstd = at::rsqrt(stats[1] + eps);
+  auto ab = fold(mixed[0], mixed[1], stats[0], rstd);
+  Tensor y = scale_shift(x, ab[0], ab[1]);
+  return {y, att[2], index, positions, att[0], att[1], mixed[0], stats[0], rstd, stats[2]};
+}
+
+// Its backward. Returns (grad_x, grad_weight, grad_bias, grad_reduce_w, grad_reduce_b,
+// grad_hidden_w, grad_hidden_b, grad_out_w, grad_out_b); a gradient that was not asked
+// for is an empty tensor.
+std::vector<Tensor> sepbn_train_backward(
+    const Tensor& grad_y_in, const Tensor& x, const Tensor& weight, const Tensor& bias,
+    const Tensor& reduce_w, const Tensor& hidden_w, const Tensor& out_w, const Tensor& tau,
+    const Tensor& pi, const Tensor& positions, const Tensor& index, const Tensor& flat,
+    const Tensor& hidden, const Tensor& scale, const Tensor& mean, const Tensor& rstd,
+    bool need_input, bool need_attention) {
+  check_map(x, "x");
+  Tensor grad_y = grad_y_in.contiguous();
+  const int64_t n = x.size(0), c = x.size(1);
+  const int64_t k = weight.size(0), g = reduce_w.size(0), m = c / g;
+  auto sums = norm_backward(grad_y, x, scale, mean, rstd, need_input);  // ∂L/∂β̂, ∂L/∂γ̂, ∂L/∂x
+  const Tensor& s1 = sums[0];
+  const Tensor& s2 = sums[1];
+  // Eq. 6 backward to the sets (K, C) and, through π, Eq. 5 backward to the logits.
+  auto mixed = mix_backward(s1, s2, pi, weight, bias, tau.item<double>(), need_attention);
+  Tensor empty = at::empty({0}, x.options());
+  std::vector<Tensor> out{empty, mixed[0], mixed[1], empty, empty, empty, empty, empty, empty};
+  Tensor grad_pooled;
+  if (need_attention) {
+    const Tensor& grad_logits = mixed[2];
+    out[7] = small_matmul(grad_logits, true, hidden, false);
+    out[8] = column_sums(grad_logits);
+    Tensor grad_hidden = small_matmul(grad_logits, false, out_w, false);
+    relu_backward_(grad_hidden, hidden);
+    out[5] = small_matmul(grad_hidden, true, flat, false);
+    out[6] = column_sums(grad_hidden);
+    Tensor grad_reduced = small_matmul(grad_hidden, false, hidden_w, false).view({-1, g});  // (N·T·T, G)
+    out[3] = small_matmul(grad_reduced, true, positions, false);
+    out[4] = column_sums(grad_reduced);
+    if (need_input) grad_pooled = small_matmul(grad_reduced, false, reduce_w, false);  // (N·T·T, C)
+  }
+  if (need_input) {
+    out[0] = sums[2];
+    if (grad_pooled.defined()) scatter_pooled_(out[0], grad_pooled, index);
+  }
+  return out;
+}
+
+// Eval-mode SepBatchNorm2d with running statistics: the whole layer, returns (y, pi).
+std::vector<Tensor> sepbn_eval_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                       const Tensor& reduce_w, const Tensor& reduce_b,
+                                       const Tensor& hidden_w, const Tensor& hidden_b,
+                                       const Tensor& out_w, const Tensor& out_b,
+                                       const Tensor& tau, const Tensor& running_mean,
+                                       const Tensor& running_var, double eps, int64_t pool_size,
+                                       bool hard) {
+  check_map(x, "x");
+  Tensor positions;
+  pool_and_moments(x, pool_size, positions, nullptr, nullptr, nullptr);
+  auto att = attention(positions, x.size(0), reduce_w, reduce_b, hidden_w, hidden_b, out_w, out_b,
+                       tau, weight.size(0), hard);
+  auto mixed = mix_sets(att[2], weight, bias);
+  Tensor mean = running_mean.to(x.scalar_type());
+  Tensor rstd = at::rsqrt(running_var.to(x.scalar_type()) + eps);
+  auto ab = fold(mixed[0], mixed[1], mean, rstd);
+  return {scale_shift(x, ab[0], ab[1], kInferenceGrainElements), att[2]};
+}
+
+// Adaptive max pooling alone, without indices (the attention of eval and analysis).
+Tensor adaptive_max_pool(const Tensor& x, int64_t pool_size) {
+  check_map(x, "x");
+  Tensor positions;
+  pool_and_moments(x, pool_size, positions, nullptr, nullptr, nullptr);
+  return positions.view({x.size(0), pool_size, pool_size, x.size(1)}).permute({0, 3, 1, 2});
+}
+
+// Batch-statistics normalization with a per-(n, c) mapping: y = scale (x - μ) r + shift.
+// Returns (y, mean, rstd, var_unbiased).
+std::vector<Tensor> norm_train_forward(const Tensor& x, const Tensor& scale, const Tensor& shift,
+                                       double eps) {
+  check_map(x, "x");
+  Tensor plane_mean, plane_m2;
+  moments_only(x, plane_mean, plane_m2);
+  auto stats = combine_moments(plane_mean, plane_m2, x.size(2) * x.size(3), x.scalar_type());
+  Tensor rstd = at::rsqrt(stats[1] + eps);
+  auto ab = fold(scale, shift, stats[0], rstd);
+  return {scale_shift(x, ab[0], ab[1]), stats[0], rstd, stats[2]};
+}
+
+// Its backward: (grad_x or empty, grad_scale = s2, grad_shift = s1).
+std::vector<Tensor> norm_train_backward(const Tensor& grad_y_in, const Tensor& x,
+                                        const Tensor& scale, const Tensor& mean,
+                                        const Tensor& rstd, bool need_input) {
+  check_map(x, "x");
+  Tensor grad_y = grad_y_in.contiguous();
+  auto sums = norm_backward(grad_y, x, scale, mean, rstd, need_input);
+  return {sums[2], sums[1], sums[0]};
+}
+
+void running_update(const c10::optional<Tensor>& running_mean,
+                    const c10::optional<Tensor>& running_var, const Tensor& mean,
+                    const Tensor& var_unbiased, double factor) {
+  update_running(running_mean, running_var, mean, var_unbiased, factor);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(sepbn_cpu, m) {
+  m.def(
+      "sepbn_train_forward(Tensor x, Tensor weight, Tensor bias, Tensor reduce_w, "
+      "Tensor reduce_b, Tensor hidden_w, Tensor hidden_b, Tensor out_w, Tensor out_b, "
+      "Tensor tau, float eps, int pool_size, bool hard) -> Tensor[]");
+  m.def(
+      "sepbn_train_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor bias, "
+      "Tensor reduce_w, Tensor hidden_w, Tensor out_w, Tensor tau, Tensor pi, "
+      "Tensor positions, Tensor index, Tensor flat, Tensor hidden, Tensor scale, "
+      "Tensor mean, Tensor rstd, bool need_input, bool need_attention) -> Tensor[]");
+  m.def(
+      "sepbn_eval_forward(Tensor x, Tensor weight, Tensor bias, Tensor reduce_w, "
+      "Tensor reduce_b, Tensor hidden_w, Tensor hidden_b, Tensor out_w, Tensor out_b, "
+      "Tensor tau, Tensor running_mean, Tensor running_var, float eps, int pool_size, "
+      "bool hard) -> Tensor[]");
+  m.def("adaptive_max_pool(Tensor x, int pool_size) -> Tensor");
+  m.def("norm_train_forward(Tensor x, Tensor scale, Tensor shift, float eps) -> Tensor[]");
+  m.def(
+      "norm_train_backward(Tensor grad_y, Tensor x, Tensor scale, Tensor mean, Tensor rstd, "
+      "bool need_input) -> Tensor[]");
+  m.def(
+      "running_update(Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor mean, "
+      "Tensor var_unbiased, float factor) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(sepbn_cpu, CPU, m) {
+  m.impl("sepbn_train_forward", &sepbn_train_forward);
+  m.impl("sepbn_train_backward", &sepbn_train_backward);
+  m.impl("sepbn_eval_forward", &sepbn_eval_forward);
+  m.impl("adaptive_max_pool", &adaptive_max_pool);
+  m.impl("norm_train_forward", &norm_train_forward);
+  m.impl("norm_train_backward", &norm_train_backward);
+  m.impl("running_update", &running_update);
+}
+
+}  // namespace sepbn_cpu

@@ -1,0 +1,289 @@
+"""The C++ CPU kernels (``sepbn.nn.native``) against ATen and against the plain path.
+
+The plain path (``use_fused = False``: ``BatchNorm2d(x)`` then ``γ̂ x̂ + β̂`` from modules)
+is itself tested against a loop reference written from Eqs. 1, 5-7 in
+``test_separable_batch_norm.py``. Here every output the C++ path produces (values, every
+gradient, the running statistics, the pooling's arg-max) is compared with it, in float64
+tightly and in float32 within a few ulps, on every branch of the kernels: narrow planes
+(window table) and wide ones (row vectors), overlapping and empty-free bands, ties, NaN
+and infinite values, batch 1, hard aggregation, no input gradient, eval mode.
+
+The build itself is tested in subprocesses with their own cache folder: the first one
+compiles, the second loads the cached library, a missing compiler gives one warning and
+the fused path, ``SEPBN_NATIVE=1`` turns that into an error and ``SEPBN_NATIVE=0`` never
+compiles.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from helpers import assert_train_step_matches, randomize
+from sepbn.nn import SepBatchNorm2d, SimpleSepBatchNorm2d, native
+from sepbn.nn.dispatch import sepbn_path
+from sepbn.nn.fused_separable_norm import adaptive_max_pool2d
+
+DTYPE = torch.float64
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernels() -> None:
+    """The kernels must build on a machine with a C++ compiler (CI has one)."""
+    if not native.available():
+        pytest.fail(f"the C++ kernels did not build here: {native.failure()}")
+
+
+KINDS: dict[str, Callable[[int], nn.Module]] = {
+    "sep": lambda c: SepBatchNorm2d(c, num_sets=3, num_groups=2, hidden_features=5),
+    "sep-hard": lambda c: SepBatchNorm2d(c, aggregation="hard", hidden_features=5),
+    "sep-g3t2": lambda c: SepBatchNorm2d(c, num_sets=4, num_groups=3, pool_size=2),
+    "simple": lambda c: SimpleSepBatchNorm2d(c, num_sets=3, reduction=2),
+}
+
+# NCHW inputs: (N, H, W). Narrow (W < 8): the window table; wide: row vectors. 2×2 with
+# T = 3 has windows larger than a third of the map; 17×33 has overlapping bands.
+SHAPES = {
+    "narrow": (3, 4, 3),
+    "tiny": (4, 2, 2),
+    "square8": (2, 8, 8),
+    "wide": (2, 17, 33),
+    "batch1": (1, 16, 16),
+}
+
+
+def _pair(kind: str, channels: int, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
+    layer = randomize(KINDS[kind](channels)).to(dtype).train()
+    plain = copy.deepcopy(layer)
+    plain.use_fused = False
+    return layer, plain
+
+
+def _train_forward_op(x: Tensor, pool_size: int) -> list[Tensor]:
+    layer = randomize(SepBatchNorm2d(x.shape[1], num_groups=1, pool_size=pool_size))
+    layer = layer.to(x.dtype)
+    return torch.ops.sepbn_cpu.sepbn_train_forward(
+        x, layer.weight, layer.bias, *layer._attention_tensors(), 1e-5, pool_size, False
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("pool_size", [1, 2, 3, 5])
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 3, 5, 7), (1, 4, 2, 2), (3, 2, 17, 33), (2, 2, 40, 3), (2, 3, 64, 64), (2, 3, 8, 8)],
+)
+def test_pooling_and_argmax_equal_aten_with_ties(shape, pool_size: int, dtype) -> None:
+    """Values and arg-max indices, also with many ties (rounded values) in each window."""
+    x = torch.randn(shape, dtype=dtype)
+    for values in (x, x.round(), torch.zeros_like(x)):
+        expected, expected_index = F.adaptive_max_pool2d(values, pool_size, return_indices=True)
+        with torch.no_grad():
+            assert torch.equal(adaptive_max_pool2d(values, pool_size), expected)
+        out = _train_forward_op(values, pool_size)
+        positions, index = out[3], out[2]
+        n, c = values.shape[:2]
+        pooled = positions.view(n, pool_size, pool_size, c).permute(0, 3, 1, 2)
+        assert torch.equal(pooled, expected)
+        assert torch.equal(index.view(n, c, pool_size, pool_size).long(), expected_index)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (2, 3, 20, 20)])
+def test_nan_and_infinity_propagate_like_aten(shape) -> None:
+    x = torch.randn(shape)
+    x[0, 1, 1, 2] = float("nan")
+    x[1, 2, 0, 0] = float("inf")
+    x[1, 0, 3, 3] = float("-inf")
+    expected, expected_index = F.adaptive_max_pool2d(x, 3, return_indices=True)
+    with torch.no_grad():
+        pooled = adaptive_max_pool2d(x, 3)
+    torch.testing.assert_close(pooled, expected, equal_nan=True, rtol=0, atol=0)
+    out = _train_forward_op(x, 3)
+    index = out[2].view(*shape[:2], 3, 3).long()
+    assert torch.equal(index, expected_index)  # the exact scan runs for these planes
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("input_grad", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_native_train_equals_plain(kind: str, shape: str, input_grad: bool, dtype) -> None:
+    """Output, every gradient, running statistics and batch count, in training mode."""
+    # float32: the paths sum in different orders; the attention's gradients, sums over the
+    # map pushed through three matmuls, differ by up to ~3e-5 of their size.
+    tol = {"rtol": 1e-11, "atol": 1e-11} if dtype == DTYPE else {"rtol": 1e-4, "atol": 1e-4}
+    channels = 6
+    layer, plain = _pair(kind, channels, dtype)
+    x = torch.randn(SHAPES[shape][0], channels, *SHAPES[shape][1:], dtype=dtype) * 2 + 0.5
+    x.requires_grad_(input_grad)
+    assert layer._choose_path(x) == "native"
+    y, y_plain = layer(x), plain(x)
+    assert y.is_contiguous() and y.dtype == dtype
+    torch.testing.assert_close(y, y_plain, **tol)
+    assert_train_step_matches(layer, plain, x, y, y_plain, input_grad, **tol)
+
+
+def test_attention_frozen_still_sends_the_pooling_gradient_to_x() -> None:
+    """With the attention's parameters frozen, ∂L/∂x still includes the pooling path."""
+    layer, plain = _pair("sep", 6, DTYPE)
+    for module in (layer, plain):
+        for p in [*module.reduce.parameters(), *module.mlp.parameters()]:
+            p.requires_grad_(False)
+    x = torch.randn(3, 6, 7, 7, dtype=DTYPE, requires_grad=True)
+    (gx,) = torch.autograd.grad(layer(x).square().sum(), x)
+    (gx_plain,) = torch.autograd.grad(plain(x).square().sum(), x)
+    torch.testing.assert_close(gx, gx_plain, rtol=1e-11, atol=1e-11)
+
+
+def test_running_average_options() -> None:
+    """momentum None (cumulative average) and no running statistics at all."""
+    for kwargs in ({"momentum": None}, {"track_running_stats": False}):
+        layer = randomize(SepBatchNorm2d(6, **kwargs), stats=False).to(DTYPE)
+        plain = copy.deepcopy(layer)
+        plain.use_fused = False
+        for _ in range(3):
+            x = torch.randn(4, 6, 5, 5, dtype=DTYPE) * 3 + 1
+            torch.testing.assert_close(layer(x), plain(x), rtol=1e-12, atol=1e-12)
+        if layer.norm.track_running_stats:
+            torch.testing.assert_close(layer.norm.running_mean, plain.norm.running_mean)
+            torch.testing.assert_close(layer.norm.running_var, plain.norm.running_var)
+            assert int(layer.norm.num_batches_tracked) == 3
+
+
+def _functional(layer: nn.Module, names: list[str]) -> Callable[..., Tensor]:
+    def f(x: Tensor, *params: Tensor) -> Tensor:
+        with sepbn_path("native"):
+            return functional_call(layer, dict(zip(names, params)), (x,))
+
+    return f
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 4, 3), (2, 6, 9, 8), (1, 6, 5, 4)])
+@pytest.mark.parametrize("kind", ["sep", "sep-hard", "simple"])
+def test_gradcheck_float64(kind: str, shape) -> None:
+    """Numerical against analytical gradients of the C++ backward."""
+    layer = randomize(KINDS[kind](shape[1])).to(DTYPE).train()
+    trainable = dict(layer.named_parameters())
+    if kind == "sep-hard":  # no gradient crosses the arg-max; check the rest
+        trainable = {n: p for n, p in trainable.items() if n in ("weight", "bias")}
+    names = list(trainable)
+    params = [p.detach().clone().requires_grad_() for p in trainable.values()]
+    x = torch.randn(shape, dtype=DTYPE, requires_grad=True)
+    f = _functional(layer, names)
+    calls: list[str] = []
+    original = type(layer)._forward_native
+
+    def spy(self, inp):
+        calls.append("native")
+        return original(self, inp)
+
+    type(layer)._forward_native = spy  # type: ignore[method-assign]
+    try:
+        assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-6)
+    finally:
+        type(layer)._forward_native = original  # type: ignore[method-assign]
+    assert calls, "the C++ path did not run"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("aggregation", ["soft", "hard"])
+@pytest.mark.parametrize("shape", [(1, 8, 16, 16), (4, 8, 3, 5), (1, 8, 2, 2)])
+def test_native_eval_equals_plain(shape, aggregation: str, dtype) -> None:
+    """Eval with running statistics, without a gradient: one op call, same values and π."""
+    layer = randomize(SepBatchNorm2d(8, aggregation=aggregation)).to(dtype).eval()
+    layer.keep_attention = True
+    plain = copy.deepcopy(layer)
+    plain.use_fused = False
+    x = torch.randn(shape, dtype=dtype) * 2 + 0.5
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == DTYPE else {"rtol": 1e-5, "atol": 1e-5}
+    with torch.no_grad():
+        assert layer._choose_path(x) == "native"
+        torch.testing.assert_close(layer(x), plain(x), **tol)
+    torch.testing.assert_close(layer.last_attention, plain.last_attention, **tol)
+    # With a gradient wanted, eval runs the differentiable plain path.
+    assert layer._choose_path(x) == "plain"
+    y = layer(x.requires_grad_())
+    assert y.grad_fn is not None
+
+
+def test_dispatch_outside_the_native_conditions() -> None:
+    layer = randomize(SepBatchNorm2d(6))
+    x = torch.randn(2, 6, 8, 8)
+    assert layer._choose_path(x) == "native"
+    assert layer._choose_path(x.to(memory_format=torch.channels_last)) == "fused"
+    assert layer._choose_path(torch.randn(2, 6, 9, 8)[:, :, ::2]) == "fused"
+    with native.disabled():
+        assert layer._choose_path(x) == "fused"
+    with sepbn_path("native"):
+        assert layer._choose_path(x.to(memory_format=torch.channels_last)) == "plain"
+    with sepbn_path("fused"):
+        assert layer._choose_path(x) == "fused"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer._choose_path(x) == "plain"
+    simple = randomize(SimpleSepBatchNorm2d(6)).eval()
+    with torch.no_grad():
+        assert simple._choose_path(x) == "plain"  # no C++ eval form: folded plain path
+
+
+def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **env}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=600
+    )
+
+
+_PROBE = (
+    "import warnings, torch; from sepbn.nn import SepBatchNorm2d, native;"
+    "warnings.simplefilter('always');"
+    "layer = SepBatchNorm2d(4); x = torch.randn(2, 4, 6, 6);"
+    "print('path', layer._choose_path(x)); layer(x).sum().backward()"
+)
+
+
+def test_build_once_then_load_from_the_cache(tmp_path: Path) -> None:
+    env = {"SEPBN_EXTENSIONS_DIR": str(tmp_path)}
+    first = _python(_PROBE, env)
+    assert first.returncode == 0, first.stderr
+    assert "building the C++ CPU kernels" in first.stderr and "path native" in first.stdout
+    built = sorted(tmp_path.glob("sepbn_cpu-*.so"))
+    assert len(built) == 1 and built[0] == Path(
+        _python("from sepbn.nn import native; print(native.library_path())", env).stdout.strip()
+    )
+    second = _python(_PROBE, env)
+    assert second.returncode == 0, second.stderr
+    assert "building" not in second.stderr and "path native" in second.stdout
+
+
+def test_missing_compiler_falls_back_with_one_warning(tmp_path: Path) -> None:
+    env = {"SEPBN_EXTENSIONS_DIR": str(tmp_path), "CXX": "/no/such/g++"}
+    result = _python(_PROBE + "; layer(x)", env)
+    assert result.returncode == 0, result.stderr
+    assert "path fused" in result.stdout
+    assert result.stderr.count("C++ CPU kernels unavailable") == 1
+    assert "no C++ compiler '/no/such/g++'" in result.stderr
+    strict = _python(_PROBE, {**env, "SEPBN_NATIVE": "1"})
+    assert strict.returncode != 0 and "SEPBN_NATIVE=1 but the C++ kernels failed" in strict.stderr
+    never = _python(_PROBE, {"SEPBN_EXTENSIONS_DIR": str(tmp_path / "never"), "SEPBN_NATIVE": "0"})
+    assert never.returncode == 0 and "path fused" in never.stdout
+    assert not (tmp_path / "never").exists() and "unavailable" not in never.stderr
+
+
+def test_failing_compiler_reports_its_output(tmp_path: Path) -> None:
+    fake = tmp_path / "fake-g++"
+    fake.write_text("#!/bin/sh\necho 'fake.cpp:1: error: no such thing' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    result = _python(_PROBE, {"SEPBN_EXTENSIONS_DIR": str(tmp_path / "c"), "CXX": str(fake)})
+    assert result.returncode == 0 and "path fused" in result.stdout
+    assert "failed (exit 3)" in result.stderr and "no such thing" in result.stderr
+    assert not list((tmp_path / "c").glob("*.so"))  # nothing half-built under the final name
