@@ -205,9 +205,7 @@ class _NativeSeparableNormTrain(torch.autograd.Function):
         factor: float,
         eps: float,
     ) -> Tensor:
-        y, mean, rstd, unbiased = torch.ops.sepbn_cpu.norm_train_forward(
-            x, scale.contiguous(), shift.contiguous(), eps
-        )
+        y, mean, rstd, unbiased = torch.ops.sepbn_cpu.norm_train_forward(x, scale, shift, eps)
         if running_mean is not None or running_var is not None:
             torch.ops.sepbn_cpu.running_update(running_mean, running_var, mean, unbiased, factor)
         ctx.set_materialize_grads(False)
@@ -221,7 +219,7 @@ class _NativeSeparableNormTrain(torch.autograd.Function):
         x, scale, mean, rstd = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_x, grad_scale, grad_shift = torch.ops.sepbn_cpu.norm_train_backward(
-            grad_y, x, scale.contiguous(), mean, rstd, bool(needs[0])
+            grad_y, x, scale, mean, rstd, bool(needs[0])
         )
         return (
             _grad_or_none(grad_x, needs[0]),
@@ -231,20 +229,13 @@ class _NativeSeparableNormTrain(torch.autograd.Function):
         )  # fmt: skip
 
 
-def separable_norm_train(
-    x: Tensor,
-    scale: Tensor,
-    shift: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    factor: float,
-    eps: float,
-) -> Tensor:
+def separable_norm_train(*args: Any) -> Tensor:
     """:func:`sepbn.nn.fused_separable_norm.separable_norm_train` through the C++ kernels.
 
+    Same arguments (x, scale, shift, running mean and variance, factor, eps); ``x`` must be
+    NCHW-contiguous float32/float64 on the CPU, ``scale``/``shift`` (N, C) of its dtype.
+
     Shape:
-        - x: (N, C, H, W), NCHW-contiguous float32/float64 on the CPU
-        - scale, shift: (N, C), same dtype as x
         - Output: (N, C, H, W)
     """
-    return _NativeSeparableNormTrain.apply(x, scale, shift, running_mean, running_var, factor, eps)
+    return _NativeSeparableNormTrain.apply(*args)

@@ -10,7 +10,8 @@ The mapping is never applied K times: the weights first collapse the K sets into
 scale and one shift per (sample, channel) (Eq. 6), which then act in the same single
 pass over the feature map as the normalization: in eval mode the whole layer is one
 inference-mode batch norm over the (1, N·C, H, W) view, and eager train mode runs the
-fused kernels of :mod:`sepbn.nn.fused_separable_norm` on CPU or the compiled function of
+C++ kernels of :mod:`sepbn.nn.native` on CPU (or, without them, the fused ATen kernels of
+:mod:`sepbn.nn.fused_separable_norm`) or the compiled function of
 :mod:`sepbn.nn.compiled_separable_norm` on CUDA. Which path runs for which device, dtype,
 mode and compile state, and how to force one, is in :mod:`sepbn.nn.dispatch`
 (:meth:`SeparableNormBase._choose_path` implements it).
@@ -279,7 +280,13 @@ class SeparableNormBase(nn.Module):
             and type(self.norm) is nn.BatchNorm2d
             and x.is_floating_point()
             and x.numel() > x.shape[1]
-            and not torch.compiler.is_compiling()
+            and self._runs_eagerly(x)
+        )
+
+    def _runs_eagerly(self, x: Tensor) -> bool:
+        """No tracing compiler (dynamo, TorchScript) and no ``torch.func`` transform is at work."""
+        return (
+            not torch.compiler.is_compiling()
             and not torch.jit.is_tracing()
             and not torch.jit.is_scripting()
             and not _is_functorch_tensor(x)
@@ -300,13 +307,9 @@ class SeparableNormBase(nn.Module):
         return (
             self._supports_native_eval
             and self.norm.running_var is not None
-            and x.dim() == 4
             and not (torch.is_grad_enabled() and self._wants_grad(x))
-            and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting()
+            and self._runs_eagerly(x)
             and not torch.onnx.is_in_onnx_export()
-            and not _is_functorch_tensor(x)
             and self._can_run_native(x)
         )
 

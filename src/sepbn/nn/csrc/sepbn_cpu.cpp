@@ -576,7 +576,9 @@ std::vector<Tensor> attention(const Tensor& positions, int64_t n, const Tensor& 
   return {flat, hidden, pi};
 }
 
-void update_running(const c10::optional<Tensor>& running_mean,
+// running = (1 - factor) running + factor batch, as nn.BatchNorm2d updates them (the op
+// `running_update`; the variance's batch value is the unbiased one).
+void running_update(const c10::optional<Tensor>& running_mean,
                     const c10::optional<Tensor>& running_var, const Tensor& mean,
                     const Tensor& unbiased, double factor) {
   if (running_mean.has_value() && running_mean->defined()) {
@@ -609,8 +611,8 @@ std::vector<Tensor> norm_backward(const Tensor& grad_y, const Tensor& x, const T
     scalar_t* s1p = s1.mutable_data_ptr<scalar_t>();
     scalar_t* s2p = s2.mutable_data_ptr<scalar_t>();
     scalar_t* op = need_input ? gx.mutable_data_ptr<scalar_t>() : nullptr;
-    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(n * hw, 1));
-    at::parallel_for(0, c, grain, [&](int64_t begin, int64_t end) {
+    // Channels per task: each holds N planes.
+    at::parallel_for(0, c, plane_grain(n * hw), [&](int64_t begin, int64_t end) {
       for (int64_t ch = begin; ch < end; ++ch) {
         const scalar_t mu = mp[ch], r = rp[ch];
         double sum1 = 0.0, sum2 = 0.0;  // Σ_n γ̂ s1, Σ_n γ̂ s2
@@ -779,12 +781,6 @@ std::vector<Tensor> norm_train_backward(const Tensor& grad_y_in, const Tensor& x
   Tensor grad_y = grad_y_in.contiguous();
   auto sums = norm_backward(grad_y, x, scale, mean, rstd, need_input);
   return {sums[2], sums[1], sums[0]};
-}
-
-void running_update(const c10::optional<Tensor>& running_mean,
-                    const c10::optional<Tensor>& running_var, const Tensor& mean,
-                    const Tensor& var_unbiased, double factor) {
-  update_running(running_mean, running_var, mean, var_unbiased, factor);
 }
 
 }  // namespace
