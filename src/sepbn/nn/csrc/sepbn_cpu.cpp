@@ -65,17 +65,6 @@ void column_max(const scalar_t* __restrict row, scalar_t* __restrict best, int64
 }
 
 template <typename scalar_t>
-void column_argmax(const scalar_t* __restrict row, scalar_t* __restrict best,
-                   int32_t* __restrict best_row, int64_t w, int32_t r) {
-  for (int64_t j = 0; j < w; ++j) {
-    const scalar_t v = row[j], m = best[j];
-    const bool take = v > m;
-    best[j] = take ? v : m;
-    best_row[j] = take ? r : best_row[j];
-  }
-}
-
-template <typename scalar_t>
 void multiply_add(const scalar_t* __restrict x, scalar_t* __restrict y, int64_t n, scalar_t a,
                   scalar_t b) {
   for (int64_t j = 0; j < n; ++j) y[j] = x[j] * a + b;
@@ -172,64 +161,88 @@ void plane_pool_exact(const scalar_t* p, int64_t h, int64_t w, int64_t t, scalar
   }
 }
 
-// The same for a plane of finite values, vectorized along rows: per row band, the
-// column-wise maximum (and its first row) over the band's rows, then per column band
-// the maximum of those (the smallest flat position among equal maxima, as ATen's scan).
-// Comparisons are branch-free: on random data a branch mispredicts every other time.
-template <typename scalar_t>
-void plane_pool_rows(const scalar_t* p, int64_t h, int64_t w, int64_t t, scalar_t* row_max,
-                     int32_t* row_arg, scalar_t* out, int64_t out_stride, int32_t* index) {
-  for (int64_t i = 0; i < t; ++i) {
-    const int64_t h0 = band_start(i, h, t), h1 = band_end(i, h, t);
-    const scalar_t* first = p + h0 * w;
-    std::copy(first, first + w, row_max);
-    if (index != nullptr) {
-      std::fill(row_arg, row_arg + w, static_cast<int32_t>(h0));
-      for (int64_t r = h0 + 1; r < h1; ++r) {
-        column_argmax(p + r * w, row_max, row_arg, w, static_cast<int32_t>(r));
-      }
-    } else {
-      for (int64_t r = h0 + 1; r < h1; ++r) {
-        column_max(p + r * w, row_max, w);
-      }
-    }
-    for (int64_t jj = 0; jj < t; ++jj) {
-      const int64_t w0 = band_start(jj, w, t), w1 = band_end(jj, w, t);
-      scalar_t best = row_max[w0];
-      if (index != nullptr) {
-        int64_t best_at = static_cast<int64_t>(row_arg[w0]) * w + w0;
-        for (int64_t j = w0 + 1; j < w1; ++j) {
-          const scalar_t v = row_max[j];
-          const int64_t at = static_cast<int64_t>(row_arg[j]) * w + j;
-          const bool take = (v > best) | ((v == best) & (at < best_at));
-          best = take ? v : best;
-          best_at = take ? at : best_at;
-        }
-        index[i * t + jj] = static_cast<int32_t>(best_at);
-      } else {
-        for (int64_t j = w0 + 1; j < w1; ++j) best = row_max[j] > best ? row_max[j] : best;
-      }
-      out[(i * t + jj) * out_stride] = best;
-    }
-  }
-}
-
-// The T x T windows of a small plane as flat offsets, each window in row-major order
-// (so a strict comparison keeps ATen's first maximum): `start[t]..start[t + 1]`.
+// The adaptive pooling's bands (rows [row0[i], row1[i]), columns [col0[j], col1[j])),
+// computed once per call rather than per plane (each bound is an integer division), and,
+// when `with_offsets`, the T x T windows of a small plane as flat offsets, each window in
+// row-major order (so a strict comparison keeps ATen's first maximum):
+// `start[t]..start[t + 1]`.
 struct WindowTable {
+  std::vector<int64_t> row0, row1, col0, col1;
   std::vector<int32_t> offset, start;
-  WindowTable(int64_t h, int64_t w, int64_t t) {
+  WindowTable(int64_t h, int64_t w, int64_t t, bool with_offsets) {
+    for (int64_t i = 0; i < t; ++i) {
+      row0.push_back(band_start(i, h, t));
+      row1.push_back(band_end(i, h, t));
+      col0.push_back(band_start(i, w, t));
+      col1.push_back(band_end(i, w, t));
+    }
+    if (!with_offsets) return;
     start.push_back(0);
     for (int64_t i = 0; i < t; ++i) {
       for (int64_t jj = 0; jj < t; ++jj) {
-        for (int64_t r = band_start(i, h, t); r < band_end(i, h, t); ++r)
-          for (int64_t q = band_start(jj, w, t); q < band_end(jj, w, t); ++q)
+        for (int64_t r = row0[i]; r < row1[i]; ++r)
+          for (int64_t q = col0[jj]; q < col1[jj]; ++q)
             offset.push_back(static_cast<int32_t>(r * w + q));
         start.push_back(static_cast<int32_t>(offset.size()));
       }
     }
   }
 };
+
+// Column-wise maximum over rows [h0, h1) of a plane of width w, into best[0, w): blocks of
+// kLanes columns accumulate in registers while the rows stream past (one load per element).
+template <typename scalar_t>
+void band_column_max(const scalar_t* __restrict p, int64_t w, int64_t h0, int64_t h1,
+                     scalar_t* __restrict best) {
+  constexpr int64_t kLanes = 64 / sizeof(scalar_t);  // two AVX2 registers
+  int64_t j = 0;
+  for (; j + kLanes <= w; j += kLanes) {
+    scalar_t acc[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] = p[h0 * w + j + l];
+    for (int64_t r = h0 + 1; r < h1; ++r) {
+      const scalar_t* row = p + r * w + j;
+      for (int64_t l = 0; l < kLanes; ++l) acc[l] = row[l] > acc[l] ? row[l] : acc[l];
+    }
+    for (int64_t l = 0; l < kLanes; ++l) best[j + l] = acc[l];
+  }
+  if (j < w) {
+    std::copy(p + h0 * w + j, p + h0 * w + w, best + j);
+    for (int64_t r = h0 + 1; r < h1; ++r) column_max(p + r * w + j, best + j, w - j);
+  }
+}
+
+// The same for a plane of finite values, vectorized along rows: per row band, the
+// column-wise maximum over the band's rows, then per column band the maximum of those.
+// The arg-max is then looked up, not tracked: among the columns whose maximum equals the
+// window's, the first row holding it, and of those the smallest flat position (ATen's
+// row-major first maximum). The value written is the one at that position (so that the
+// sign of a zero maximum matches too). Comparisons are branch-free: on random data a
+// branch mispredicts every other time.
+template <typename scalar_t>
+void plane_pool_rows(const scalar_t* p, int64_t h, int64_t w, int64_t t, const WindowTable& bands,
+                     scalar_t* row_max, scalar_t* out, int64_t out_stride, int32_t* index) {
+  for (int64_t i = 0; i < t; ++i) {
+    const int64_t h0 = bands.row0[i], h1 = bands.row1[i];
+    band_column_max(p, w, h0, h1, row_max);
+    for (int64_t jj = 0; jj < t; ++jj) {
+      const int64_t w0 = bands.col0[jj], w1 = bands.col1[jj];
+      scalar_t best = row_max[w0];
+      for (int64_t j = w0 + 1; j < w1; ++j) best = row_max[j] > best ? row_max[j] : best;
+      if (index != nullptr) {
+        int64_t best_at = h * w;
+        for (int64_t j = w0; j < w1; ++j) {
+          if (row_max[j] != best) continue;
+          int64_t r = h0;
+          while (p[r * w + j] != best) ++r;  // stops: the column's maximum is in the band
+          best_at = std::min(best_at, r * w + j);
+        }
+        index[i * t + jj] = static_cast<int32_t>(best_at);
+        best = p[best_at];
+      }
+      out[(i * t + jj) * out_stride] = best;
+    }
+  }
+}
 
 // A plane of finite values too narrow for row vectors: a branch-free scan per window.
 template <typename scalar_t>
@@ -263,9 +276,111 @@ scalar_t plane_sum(const scalar_t* p, int64_t hw) {
   return acc;
 }
 
+// Planes of at most this many elements are pooled kLanes channels at a time (below).
+constexpr int64_t kMaxBlockedPlane = 16;
+
+// One plane's pooling, and optionally its moments, by the scans above. `dst` is the
+// plane's first pooled value in the position-major rows (stride c), `where` its T·T
+// arg-max slots or nullptr, `mean`/`m2` its moment slots or nullptr.
+template <typename scalar_t>
+void pool_plane(const scalar_t* src, int64_t h, int64_t w, int64_t t, const WindowTable& table,
+                scalar_t* row_max, scalar_t* dst, int64_t c, int32_t* where, double* mean,
+                double* m2) {
+  const int64_t hw = h * w;
+  bool finite;
+  if (mean != nullptr) {
+    plane_moments(src, hw, mean, m2);
+    finite = std::isfinite(*mean);
+  } else {
+    finite = std::isfinite(static_cast<double>(plane_sum(src, hw)));
+  }
+  if (!finite) {
+    plane_pool_exact(src, h, w, t, dst, c, where);
+  } else if (w < kMinRowWidth) {
+    plane_pool_table(src, table, t * t, dst, c, where);
+  } else {
+    plane_pool_rows(src, h, w, t, table, row_max, dst, c, where);
+  }
+}
+
+// kLanes consecutive channels of one sample whose planes are small (at most
+// kMaxBlockedPlane elements): transposed into `buf` (element-major, kLanes values per
+// element), then the sums, the centred squares and every window's maximum run across
+// the channels, one vector operation per element instead of a loop per plane. The
+// window scans are those of plane_pool_table (row-major order, strict comparison: ATen's
+// first maximum). Planes holding a NaN or an infinity fall back to pool_plane.
+template <typename scalar_t>
+void pool_channel_block(const scalar_t* src, int64_t h, int64_t w, int64_t t,
+                        const WindowTable& table, scalar_t* buf, scalar_t* row_max,
+                        scalar_t* dst, int64_t c, int32_t* where, double* mean, double* m2) {
+  constexpr int64_t kLanes = 32 / sizeof(scalar_t);  // one AVX2 register
+  const int64_t hw = h * w, tt = t * t;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    const scalar_t* plane = src + l * hw;
+    for (int64_t e = 0; e < hw; ++e) buf[e * kLanes + l] = plane[e];
+  }
+  scalar_t sum[kLanes] = {};
+  for (int64_t e = 0; e < hw; ++e) {
+    for (int64_t l = 0; l < kLanes; ++l) sum[l] += buf[e * kLanes + l];
+  }
+  bool finite = true;
+  for (int64_t l = 0; l < kLanes; ++l) finite &= std::isfinite(static_cast<double>(sum[l]));
+  if (!finite) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      pool_plane(src + l * hw, h, w, t, table, row_max, dst + l, c,
+                 where != nullptr ? where + l * tt : nullptr,
+                 mean != nullptr ? mean + l : nullptr, m2 != nullptr ? m2 + l : nullptr);
+    }
+    return;
+  }
+  if (mean != nullptr) {  // as plane_moments: squares about the rounded mean, corrected
+    scalar_t shift[kLanes], squares[kLanes] = {}, residual[kLanes] = {};
+    for (int64_t l = 0; l < kLanes; ++l) {
+      mean[l] = static_cast<double>(sum[l]) / static_cast<double>(hw);
+      shift[l] = static_cast<scalar_t>(mean[l]);
+    }
+    for (int64_t e = 0; e < hw; ++e) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const scalar_t d = buf[e * kLanes + l] - shift[l];
+        squares[l] += d * d;
+        residual[l] += d;
+      }
+    }
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const double r = static_cast<double>(residual[l]);
+      m2[l] = std::max(0.0, static_cast<double>(squares[l]) - r * r / static_cast<double>(hw));
+    }
+  }
+  const int32_t* off = table.offset.data();
+  const int32_t* start = table.start.data();
+  for (int64_t win = 0; win < tt; ++win) {
+    const int32_t b = start[win], e = start[win + 1];
+    scalar_t best[kLanes];
+    int32_t at[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) {
+      best[l] = buf[off[b] * kLanes + l];
+      at[l] = off[b];
+    }
+    for (int32_t j = b + 1; j < e; ++j) {
+      const scalar_t* v = buf + off[j] * kLanes;
+      const int32_t o = off[j];
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const bool take = v[l] > best[l];
+        best[l] = take ? v[l] : best[l];
+        at[l] = take ? o : at[l];
+      }
+    }
+    for (int64_t l = 0; l < kLanes; ++l) dst[win * c + l] = best[l];
+    if (where != nullptr) {
+      for (int64_t l = 0; l < kLanes; ++l) where[l * tt + win] = at[l];
+    }
+  }
+}
+
 // Pooling (into position-major (N·T·T, C) rows, the layout the 1x1 convolution reads) and,
 // optionally, arg-max indices (N, C, T·T) and per-plane moments (N, C) in float64. A plane
 // whose sum is not finite (it holds a NaN or an infinity) is pooled by the exact scan.
+// Small planes go kLanes channels at a time (pool_channel_block), larger ones one by one.
 void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* index,
                       Tensor* plane_mean, Tensor* plane_m2) {
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), hw = h * w;
@@ -277,35 +392,38 @@ void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* ind
     *plane_m2 = at::empty({n, c}, x.options().dtype(at::kDouble));
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_pool_and_moments", [&] {
+    constexpr int64_t kLanes = 32 / sizeof(scalar_t);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* pos = positions.mutable_data_ptr<scalar_t>();
     int32_t* idx = index != nullptr ? index->mutable_data_ptr<int32_t>() : nullptr;
     double* pm = plane_mean != nullptr ? plane_mean->mutable_data_ptr<double>() : nullptr;
     double* pq = plane_m2 != nullptr ? plane_m2->mutable_data_ptr<double>() : nullptr;
-    const bool narrow = w < kMinRowWidth;
-    const WindowTable table = narrow ? WindowTable(h, w, t) : WindowTable(0, 0, 0);
-    const int64_t grain = plane_grain(hw, pm != nullptr ? kGrainElements : kInferenceGrainElements);
-    at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> row_max(w);
-      std::vector<int32_t> row_arg(w);
-      for (int64_t plane = begin; plane < end; ++plane) {
-        const int64_t s = plane / c, ch = plane % c;
-        const scalar_t* src = xp + plane * hw;
-        scalar_t* dst = pos + s * tt * c + ch;
+    const bool blocked = hw <= kMaxBlockedPlane;
+    const WindowTable table(h, w, t, blocked || w < kMinRowWidth);
+    // Work units: blocks of kLanes channels of one sample (the last block of a sample may
+    // be shorter and goes plane by plane), or single planes.
+    const int64_t lanes = blocked ? kLanes : 1;
+    const int64_t blocks = (c + lanes - 1) / lanes;
+    const int64_t grain =
+        plane_grain(hw * lanes, pm != nullptr ? kGrainElements : kInferenceGrainElements);
+    at::parallel_for(0, n * blocks, grain, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> row_max(w), buf(blocked ? hw * kLanes : 0);
+      for (int64_t unit = begin; unit < end; ++unit) {
+        const int64_t s = unit / blocks, c0 = (unit % blocks) * lanes;
+        const int64_t count = std::min(lanes, c - c0), plane = s * c + c0;
+        scalar_t* dst = pos + s * tt * c + c0;
         int32_t* where = idx != nullptr ? idx + plane * tt : nullptr;
-        bool finite;
-        if (pm != nullptr) {
-          plane_moments(src, hw, pm + plane, pq + plane);
-          finite = std::isfinite(pm[plane]);
-        } else {
-          finite = std::isfinite(static_cast<double>(plane_sum(src, hw)));
+        double* mean = pm != nullptr ? pm + plane : nullptr;
+        double* m2 = pq != nullptr ? pq + plane : nullptr;
+        if (count == kLanes && blocked) {
+          pool_channel_block(xp + plane * hw, h, w, t, table, buf.data(), row_max.data(), dst, c,
+                             where, mean, m2);
+          continue;
         }
-        if (!finite) {
-          plane_pool_exact(src, h, w, t, dst, c, where);
-        } else if (narrow) {
-          plane_pool_table(src, table, tt, dst, c, where);
-        } else {
-          plane_pool_rows(src, h, w, t, row_max.data(), row_arg.data(), dst, c, where);
+        for (int64_t l = 0; l < count; ++l) {
+          pool_plane(xp + (plane + l) * hw, h, w, t, table, row_max.data(), dst + l, c,
+                     where != nullptr ? where + l * tt : nullptr,
+                     mean != nullptr ? mean + l : nullptr, m2 != nullptr ? m2 + l : nullptr);
         }
       }
     });
