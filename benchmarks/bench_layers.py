@@ -10,9 +10,10 @@ otherwise every iteration may page-fault its 8 MB feature maps in again, at rand
 for one layer or the other, which swamps the ratio (``--keep-malloc`` to measure as is).
 
 ``--compiled`` adds ``torch.compile`` (inductor, ``dynamic=False``) of both layers, train
-fwd+bwd, at the three largest maps (the compiled layer then runs its plain path, traced
-and fused by inductor). ``--device cuda`` and ``--dtype bfloat16`` (autocast, float32
-parameters) time the same on a GPU; :func:`layer_ratios` is what
+fwd+bwd, at the three largest maps (on CPU the compiled SepBN graph holds the C++ ops of
+``sepbn.nn.native`` as opaque calls; inductor fuses the compiled BN itself).
+``--device cuda`` and ``--dtype bfloat16`` (autocast, float32 parameters) time the same on
+a GPU; :func:`layer_ratios` is what
 ``benchmarks/device_check.py`` calls.
 
 Usage:

@@ -287,3 +287,100 @@ def test_failing_compiler_reports_its_output(tmp_path: Path) -> None:
     assert result.returncode == 0 and "path fused" in result.stdout
     assert "failed (exit 3)" in result.stderr and "no such thing" in result.stderr
     assert not list((tmp_path / "c").glob("*.so"))  # nothing half-built under the final name
+
+
+def _recording_backend(codes: list[str]):
+    """A ``torch.compile`` backend that keeps the code of every graph (and its subgraphs)."""
+    from torch._dynamo.backends.common import aot_autograd  # noqa: F401 (registers aot_eager)
+    from torch._dynamo.backends.registry import lookup_backend
+
+    aot_eager = lookup_backend("aot_eager")
+
+    def backend(gm: torch.fx.GraphModule, example_inputs):
+        codes.extend(m.code for m in gm.modules() if isinstance(m, torch.fx.GraphModule))
+        return aot_eager(gm, example_inputs)
+
+    return backend
+
+
+@pytest.mark.parametrize("kind", ["sep", "sep-hard", "simple"])
+def test_compiled_layer_puts_the_native_ops_in_the_graph(kind: str) -> None:
+    """Under ``torch.compile(fullgraph=True)`` the train step is the C++ op call, and equals eager.
+
+    The same arithmetic runs in both, so values, gradients and running statistics agree to
+    float64 rounding; the graph holds the autograd Function and the running update op.
+    """
+    torch._dynamo.reset()
+    layer, plain = _pair(kind, 6, DTYPE)
+    codes: list[str] = []
+    compiled = torch.compile(layer, backend=_recording_backend(codes), fullgraph=True)
+    x = torch.randn(3, 6, 9, 7, dtype=DTYPE, requires_grad=True)
+    y, y_plain = compiled(x), plain(x)
+    graph = "\n".join(codes)
+    assert "running_update" in graph and "sepbn_cpu" in graph, graph
+    torch.testing.assert_close(y, y_plain, rtol=1e-12, atol=1e-12)
+    assert_train_step_matches(layer, plain, x, y, y_plain, True, rtol=1e-10, atol=1e-10)
+
+
+def test_compiled_eval_without_gradient_is_one_native_call() -> None:
+    torch._dynamo.reset()
+    layer = randomize(SepBatchNorm2d(8, num_groups=2)).eval()
+    plain = copy.deepcopy(layer)
+    plain.use_fused = False
+    codes: list[str] = []
+    compiled = torch.compile(layer, backend=_recording_backend(codes), fullgraph=True)
+    x = torch.randn(1, 8, 12, 12)
+    with torch.no_grad():
+        y = compiled(x)
+        torch.testing.assert_close(y, plain(x), rtol=1e-5, atol=1e-5)
+    assert "sepbn_cpu" in "\n".join(codes)
+    # With a gradient wanted the compiled eval layer traces the differentiable plain path.
+    codes.clear()
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend=_recording_backend(codes), fullgraph=True)
+    y = compiled(x.requires_grad_())
+    assert y.grad_fn is not None and "sepbn_cpu" not in "\n".join(codes)
+
+
+def test_compiled_outside_the_native_conditions_traces_plain() -> None:
+    """momentum=None (cumulative average) and channels-last inputs compile the plain path.
+
+    ``nn.BatchNorm2d(momentum=None)`` itself breaks the graph (its factor is
+    ``1 / num_batches_tracked``, read as a Python float), so that case is not fullgraph.
+    """
+    for make, x, fullgraph in [
+        (lambda: SepBatchNorm2d(6, momentum=None), torch.randn(2, 6, 8, 8), False),
+        (
+            lambda: SepBatchNorm2d(6),
+            torch.randn(2, 6, 8, 8).to(memory_format=torch.channels_last),
+            True,
+        ),
+    ]:
+        torch._dynamo.reset()
+        layer = randomize(make())
+        plain = copy.deepcopy(layer)
+        plain.use_fused = False
+        codes: list[str] = []
+        backend = _recording_backend(codes)
+        y = torch.compile(layer, backend=backend, fullgraph=fullgraph)(x)
+        assert "sepbn_cpu" not in "\n".join(codes)
+        torch.testing.assert_close(y, plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_export_traces_the_plain_path() -> None:
+    """``torch.export`` (ONNX, AOT) gets standard ATen ops, never the machine-local C++ ops."""
+    layer = randomize(SepBatchNorm2d(6)).eval()
+    program = torch.export.export(layer, (torch.randn(1, 6, 8, 8),))
+    assert "sepbn_cpu" not in str(program.graph)
+
+
+def test_inductor_compiled_train_step_equals_eager() -> None:
+    """With inductor (the default backend) the compiled step equals eager in float32."""
+    torch._dynamo.reset()
+    layer, plain = _pair("sep", 8, torch.float32)
+    compiled = torch.compile(layer, fullgraph=True)
+    x = torch.randn(4, 8, 10, 10, requires_grad=True)
+    y, y_plain = compiled(x), plain(x)
+    # float32 in both; the C++ and ATen reductions sum in different orders.
+    torch.testing.assert_close(y, y_plain, rtol=1e-5, atol=1e-5)
+    assert_train_step_matches(layer, plain, x, y, y_plain, True, rtol=1e-4, atol=1e-4)

@@ -14,7 +14,7 @@ Four paths compute the same layer (tests compare them):
   (:mod:`sepbn.nn.compiled_separable_norm`), ``SepBatchNorm2d`` only.
 
 With the default ``"auto"``, a **train-mode** call with a plain inner ``nn.BatchNorm2d``,
-outside ``torch.compile``/``torch.jit``/``torch.func`` and with a batch of more than one
+outside ``torch.compile``/``torch.jit``/``torch.func`` (compile: below) and with more than one
 value per channel, runs:
 
 ========  ===================================  ==========================================
@@ -35,10 +35,19 @@ other     any                                  plain
 An **eval-mode** ``SepBatchNorm2d`` call with running statistics runs ``"native"`` when
 no gradient is wanted (``torch.no_grad()``/``inference_mode()``, or nothing requires a
 gradient), on the CPU conditions above, outside tracing, compiling and ONNX export;
-otherwise it runs ``"plain"``. Everything else (``SyncBatchNorm`` inner norm in training,
-inside a user's ``torch.compile``, which then traces and fuses the plain path itself) runs
-``"plain"``. A compiled shape class that fails to compile falls back to ``"plain"`` with
-one warning.
+otherwise it runs ``"plain"``. Everything else (``SyncBatchNorm`` inner norm in training)
+runs ``"plain"``. A compiled shape class that fails to compile falls back to ``"plain"``
+with one warning.
+
+**Inside a user's** ``torch.compile`` (a model compiled as a whole, any backend), the C++
+ops go into the graph as opaque calls with shape functions, ``fullgraph=True`` included,
+wherever the eager call would run ``"native"`` (CPU, float32/float64, NCHW-contiguous, a
+plain inner ``nn.BatchNorm2d``) and ``momentum`` is not None: the train step is one
+autograd Function plus one running-statistics update op, an eval ``SepBatchNorm2d`` call
+without gradient is one op. Otherwise the compiler traces ``"plain"`` and fuses it
+itself (CUDA, channels-last, autocast, the cumulative average). ``torch.export`` (and the
+ONNX exporter built on it) always traces ``"plain"``, so an exported program holds only
+standard ATen ops.
 
 :func:`sepbn_path` forces a path for the calls inside it: ``"native"`` where its CPU
 conditions hold (plain elsewhere), ``"fused"`` and ``"compiled"`` on any device and dtype

@@ -101,7 +101,12 @@ def _grad_or_none(grad: Tensor, needed: bool) -> Tensor | None:
 
 
 class _NativeSepBatchNormTrain(torch.autograd.Function):
-    """Train-mode ``SepBatchNorm2d`` (Eqs. 1, 5-7) as two C++ op calls, forward and backward."""
+    """Train-mode ``SepBatchNorm2d`` (Eqs. 1, 5-7) as two C++ op calls, forward and backward.
+
+    Returns ``(y, π, batch mean, unbiased batch variance)``; the last three carry no
+    gradient. The running statistics are updated outside the node, so that ``torch.compile``
+    can trace it (a node's forward must not mutate module buffers).
+    """
 
     @staticmethod
     def forward(
@@ -116,34 +121,31 @@ class _NativeSepBatchNormTrain(torch.autograd.Function):
         out_weight: Tensor,
         out_bias: Tensor,
         tau: Tensor,
-        running_mean: Tensor | None,
-        running_var: Tensor | None,
-        factor: float,
         eps: float,
         pool_size: int,
         hard: bool,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         y, pi, index, positions, flat, hidden, scale, mean, rstd, unbiased = (
             torch.ops.sepbn_cpu.sepbn_train_forward(
                 x, weight, bias, reduce_weight, reduce_bias, hidden_weight, hidden_bias,
                 out_weight, out_bias, tau, eps, pool_size, hard,
             )
         )  # fmt: skip
-        if running_mean is not None or running_var is not None:
-            torch.ops.sepbn_cpu.running_update(running_mean, running_var, mean, unbiased, factor)
-        ctx.mark_non_differentiable(pi)
+        ctx.mark_non_differentiable(pi, mean, unbiased)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(
             x, weight, bias, reduce_weight, hidden_weight, out_weight, tau,
             pi, positions, index, flat, hidden, scale, mean, rstd,
         )  # fmt: skip
         ctx.hard = hard
-        return y, pi
+        return y, pi, mean, unbiased
 
     @staticmethod
-    def backward(ctx: Any, grad_y: Tensor | None, _grad_pi: None) -> tuple[Tensor | None, ...]:
-        if grad_y is None:
-            return (None,) * 16
+    def backward(
+        ctx: Any, grad_y: Tensor | None, *_unused: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        if grad_y is None:  # y did not reach the loss
+            return (None,) * 13
         saved = ctx.saved_tensors
         needs = ctx.needs_input_grad
         # No gradient crosses a hard arg-max; otherwise the attention's backward runs when
@@ -153,19 +155,36 @@ class _NativeSepBatchNormTrain(torch.autograd.Function):
         out: list[Tensor | None] = [_grad_or_none(grads[0], needs[0])]
         out += [_grad_or_none(grads[i], needs[i]) for i in (1, 2)]
         out += [_grad_or_none(grads[i], attention and needs[i]) for i in range(3, 9)]
-        return (*out, *([None] * 7))
+        return (*out, None, None, None, None)
+
+
+def _update_running(
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    mean: Tensor,
+    unbiased: Tensor,
+    factor: float,
+) -> None:
+    """``running = (1 - factor) running + factor batch``, as ``nn.BatchNorm2d`` updates them."""
+    if running_mean is not None or running_var is not None:
+        torch.ops.sepbn_cpu.running_update(running_mean, running_var, mean, unbiased, factor)
 
 
 def sep_batch_norm_train(*args: Any) -> tuple[Tensor, Tensor]:
     """:func:`sepbn.nn.fused_separable_norm.sep_batch_norm_train` through the C++ kernels.
 
-    Same arguments (x, the sets, the attention's tensors and τ, the running statistics,
-    factor, eps, pool size, hard); ``x`` must be NCHW-contiguous float32/float64 on the CPU.
+    Same 16 arguments: x, the sets, the attention's tensors and τ (10 tensors), running
+    mean and variance, factor, then eps, pool size, hard; ``x`` must be NCHW-contiguous
+    float32/float64 on the CPU. Works eagerly and under ``torch.compile`` (the ops are
+    opaque calls in the graph).
 
     Shape:
         - Output: (N, C, H, W) and π (N, G, K)
     """
-    return _NativeSepBatchNormTrain.apply(*args)
+    tensors, (running_mean, running_var, factor), options = args[:10], args[10:13], args[13:]
+    y, pi, mean, unbiased = _NativeSepBatchNormTrain.apply(*tensors, *options)
+    _update_running(running_mean, running_var, mean, unbiased, factor)
+    return y, pi
 
 
 def sep_batch_norm_eval(*args: Any) -> tuple[Tensor, Tensor]:
@@ -192,30 +211,28 @@ def adaptive_max_pool2d(x: Tensor, pool_size: int) -> Tensor:
 
 
 class _NativeSeparableNormTrain(torch.autograd.Function):
-    """``y = scale_nc (x - μ) r + shift_nc`` with batch statistics, in C++ (Eqs. 1, 7)."""
+    """``y = scale_nc (x - μ) r + shift_nc`` with batch statistics, in C++ (Eqs. 1, 7).
+
+    Returns ``(y, batch mean, unbiased batch variance)``; the running statistics are
+    updated outside the node (see :class:`_NativeSepBatchNormTrain`).
+    """
 
     @staticmethod
     def forward(
-        ctx: Any,
-        x: Tensor,
-        scale: Tensor,
-        shift: Tensor,
-        running_mean: Tensor | None,
-        running_var: Tensor | None,
-        factor: float,
-        eps: float,
-    ) -> Tensor:
+        ctx: Any, x: Tensor, scale: Tensor, shift: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
         y, mean, rstd, unbiased = torch.ops.sepbn_cpu.norm_train_forward(x, scale, shift, eps)
-        if running_mean is not None or running_var is not None:
-            torch.ops.sepbn_cpu.running_update(running_mean, running_var, mean, unbiased, factor)
+        ctx.mark_non_differentiable(mean, unbiased)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, scale, mean, rstd)
-        return y
+        return y, mean, unbiased
 
     @staticmethod
-    def backward(ctx: Any, grad_y: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(
+        ctx: Any, grad_y: Tensor | None, *_unused: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
         if grad_y is None:
-            return (None,) * 7
+            return (None,) * 4
         x, scale, mean, rstd = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_x, grad_scale, grad_shift = torch.ops.sepbn_cpu.norm_train_backward(
@@ -225,17 +242,20 @@ class _NativeSeparableNormTrain(torch.autograd.Function):
             _grad_or_none(grad_x, needs[0]),
             _grad_or_none(grad_scale, needs[1]),
             _grad_or_none(grad_shift, needs[2]),
-            None, None, None, None,
-        )  # fmt: skip
+            None,
+        )
 
 
 def separable_norm_train(*args: Any) -> Tensor:
     """:func:`sepbn.nn.fused_separable_norm.separable_norm_train` through the C++ kernels.
 
-    Same arguments (x, scale, shift, running mean and variance, factor, eps); ``x`` must be
+    Same arguments: x, scale, shift, running mean and variance, factor, eps; ``x`` must be
     NCHW-contiguous float32/float64 on the CPU, ``scale``/``shift`` (N, C) of its dtype.
 
     Shape:
         - Output: (N, C, H, W)
     """
-    return _NativeSeparableNormTrain.apply(*args)
+    x, scale, shift, running_mean, running_var, factor, eps = args
+    y, mean, unbiased = _NativeSeparableNormTrain.apply(x, scale, shift, eps)
+    _update_running(running_mean, running_var, mean, unbiased, factor)
+    return y

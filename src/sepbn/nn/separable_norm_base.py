@@ -12,7 +12,8 @@ pass over the feature map as the normalization: in eval mode the whole layer is 
 inference-mode batch norm over the (1, N·C, H, W) view, and eager train mode runs the
 C++ kernels of :mod:`sepbn.nn.native` on CPU (or, without them, the fused ATen kernels of
 :mod:`sepbn.nn.fused_separable_norm`) or the compiled function of
-:mod:`sepbn.nn.compiled_separable_norm` on CUDA. Which path runs for which device, dtype,
+:mod:`sepbn.nn.compiled_separable_norm` on CUDA; inside a user's ``torch.compile`` on CPU
+the C++ ops go into the graph as opaque calls. Which path runs for which device, dtype,
 mode and compile state, and how to force one, is in :mod:`sepbn.nn.dispatch`
 (:meth:`SeparableNormBase._choose_path` implements it).
 """
@@ -251,6 +252,9 @@ class SeparableNormBase(nn.Module):
         forced = dispatch.current_path()
         if forced == "plain" or not self.use_fused:
             return "plain"
+        if torch.compiler.is_compiling():
+            native_ok = forced in ("auto", "native") and self._can_compile_native(x)
+            return "native" if native_ok else "plain"
         if not self.norm.training:
             native_eval = forced in ("auto", "native") and self._can_run_native_eval(x)
             return "native" if native_eval else "plain"
@@ -271,8 +275,9 @@ class SeparableNormBase(nn.Module):
     def _can_take_fast_path(self, x: Tensor) -> bool:
         """Whether any path other than the plain one applies (eager, train, plain inner BN).
 
-        Tracing compilers, ``torch.func`` transforms and ``SyncBatchNorm`` (whose
-        statistics are all-reduced) take the plain path; so does a batch with one value
+        Tracing compilers (``torch.compile`` is decided by :meth:`_can_compile_native`
+        before this), ``torch.func`` transforms and ``SyncBatchNorm`` (whose statistics
+        are all-reduced) take the plain path; so does a batch with one value
         per channel, for BatchNorm2d's error message.
         """
         return (
@@ -292,6 +297,31 @@ class SeparableNormBase(nn.Module):
             and not _is_functorch_tensor(x)
             and not _is_functorch_tensor(self.weight)
         )
+
+    def _can_compile_native(self, x: Tensor) -> bool:
+        """Inside ``torch.compile`` (not ``torch.export``): whether the C++ ops go in the graph.
+
+        They do, as opaque calls with shape functions, for a train-mode call with a plain
+        inner ``nn.BatchNorm2d`` and a constant momentum, and for an eval-mode
+        ``SepBatchNorm2d`` call that wants no gradient, on the CPU conditions of
+        :meth:`_can_run_native`. Everything else is traced through the plain path.
+        """
+        if torch.compiler.is_exporting() or not _native_loaded():
+            return False
+        norm = self.norm
+        if norm.training:
+            mode_ok = (
+                type(norm) is nn.BatchNorm2d
+                and norm.momentum is not None
+                and x.numel() > x.shape[1]
+            )
+        else:
+            mode_ok = (
+                self._supports_native_eval
+                and norm.running_var is not None
+                and not (torch.is_grad_enabled() and self._wants_grad(x))
+            )
+        return mode_ok and x.device.type == "cpu" and x.is_contiguous() and self._can_fuse(x)
 
     def _can_run_native(self, x: Tensor) -> bool:
         """Whether the C++ kernels take ``x``: CPU, NCHW-contiguous, fused dtypes, library built."""
@@ -357,6 +387,12 @@ def _check_positive_int(name: str, value: int) -> None:
 def _check_temperature(value: float) -> None:
     if not value > 0:
         raise ValueError(f"temperature must be > 0, got {value!r}")
+
+
+@torch.compiler.assume_constant_result
+def _native_loaded() -> bool:
+    """:func:`sepbn.nn.native.available`, run once at trace time under ``torch.compile``."""
+    return native.available()
 
 
 def _is_functorch_tensor(x: Tensor) -> bool:
