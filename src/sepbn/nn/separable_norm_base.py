@@ -20,6 +20,8 @@ mode and compile state, and how to force one, is in :mod:`sepbn.nn.dispatch`
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -255,7 +257,7 @@ class SeparableNormBase(nn.Module):
         if torch.compiler.is_compiling():
             native_ok = forced in ("auto", "native") and self._can_compile_native(x)
             return "native" if native_ok else "plain"
-        if not self.norm.training:
+        if not self._modules["norm"].training:  # type: ignore[union-attr]
             native_eval = forced in ("auto", "native") and self._can_run_native_eval(x)
             return "native" if native_eval else "plain"
         if not self._can_take_fast_path(x):
@@ -280,9 +282,11 @@ class SeparableNormBase(nn.Module):
         are all-reduced) take the plain path; so does a batch with one value
         per channel, for BatchNorm2d's error message.
         """
+        norm = self._modules["norm"]
         return (
-            self.norm.training
-            and type(self.norm) is nn.BatchNorm2d
+            norm is not None
+            and norm.training
+            and type(norm) is nn.BatchNorm2d
             and x.is_floating_point()
             and x.numel() > x.shape[1]
             and self._runs_eagerly(x)
@@ -333,14 +337,25 @@ class SeparableNormBase(nn.Module):
         )
 
     def _can_run_native_eval(self, x: Tensor) -> bool:
-        """Eval with running statistics, no gradient wanted, not traced: the one-call C++ layer."""
+        """Eval with running statistics, no gradient wanted, not traced: the one-call C++ layer.
+
+        Checked at every inference call, cheapest tests first, reading the module
+        dictionaries directly (an ``nn.Module`` attribute lookup costs about a microsecond).
+        """
+        norm = self._modules["norm"]
+        assert norm is not None  # built in __init__
         return (
             self._supports_native_eval
-            and self.norm.running_var is not None
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and x.dtype == self._parameters["weight"].dtype  # type: ignore[union-attr]
+            and norm._buffers.get("running_var") is not None
             and not (torch.is_grad_enabled() and self._wants_grad(x))
+            and not torch.is_autocast_enabled("cpu")
+            and x.is_contiguous()
             and self._runs_eagerly(x)
             and not torch.onnx.is_in_onnx_export()
-            and self._can_run_native(x)
+            and native.available()
         )
 
     def _wants_grad(self, x: Tensor) -> bool:
@@ -363,7 +378,7 @@ class SeparableNormBase(nn.Module):
 
     def _count_batch(self) -> float:
         """Count the batch and return the running-average factor, as ``nn.BatchNorm2d`` does."""
-        norm = self.norm
+        norm = cast(nn.BatchNorm2d, self._modules["norm"])  # direct: runs at every call
         factor = 0.0 if norm.momentum is None else norm.momentum
         if norm.track_running_stats and norm.num_batches_tracked is not None:
             norm.num_batches_tracked.add_(1)

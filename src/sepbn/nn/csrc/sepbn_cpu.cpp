@@ -20,6 +20,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
+#include <utility>
 #include <vector>
 
 namespace sepbn_cpu {
@@ -77,18 +79,52 @@ void grad_combine(const scalar_t* __restrict g, const scalar_t* __restrict x,
   for (int64_t j = 0; j < n; ++j) out[j] = a * g[j] + q * (x[j] - mu) + d;
 }
 
+// Reductions keep kSumLanes partial sums (four AVX2 registers): with one vector
+// accumulator, each addition waits for the previous one (4 cycles), so a plane in L1 is
+// summed at a quarter of the speed the loads allow.
+template <typename scalar_t>
+constexpr int64_t kSumLanes = 128 / sizeof(scalar_t);
+
+// Σ of the kSumLanes partial sums, pairwise (log2 steps of vector additions).
+template <typename scalar_t>
+scalar_t lanes_total(scalar_t* lanes) {
+  for (int64_t half = kSumLanes<scalar_t> / 2; half > 0; half /= 2) {
+    for (int64_t l = 0; l < half; ++l) lanes[l] += lanes[l + half];
+  }
+  return lanes[0];
+}
+
 // Σ g and Σ g (x - μ) over n elements.
 template <typename scalar_t>
 void centred_dot(const scalar_t* __restrict g, const scalar_t* __restrict x, int64_t n,
                  scalar_t mu, scalar_t* sum_g, scalar_t* sum_gx) {
-  scalar_t a1 = 0, a2 = 0;
-  _Pragma("omp simd reduction(+ : a1, a2)")
-  for (int64_t j = 0; j < n; ++j) {
-    a1 += g[j];
-    a2 += g[j] * (x[j] - mu);
+  constexpr int64_t kL = kSumLanes<scalar_t>;
+  if (n < 4 * kL) {  // short: one vector accumulator, no partial sums to combine
+    scalar_t t1 = 0, t2 = 0;
+    _Pragma("omp simd reduction(+ : t1, t2)")
+    for (int64_t j = 0; j < n; ++j) {
+      t1 += g[j];
+      t2 += g[j] * (x[j] - mu);
+    }
+    *sum_g = t1;
+    *sum_gx = t2;
+    return;
   }
-  *sum_g = a1;
-  *sum_gx = a2;
+  scalar_t a1[kL] = {}, a2[kL] = {};
+  int64_t j = 0;
+  for (; j + kL <= n; j += kL) {
+    for (int64_t l = 0; l < kL; ++l) {
+      a1[l] += g[j + l];
+      a2[l] += g[j + l] * (x[j + l] - mu);
+    }
+  }
+  scalar_t t1 = 0, t2 = 0;
+  for (; j < n; ++j) {
+    t1 += g[j];
+    t2 += g[j] * (x[j] - mu);
+  }
+  *sum_g = lanes_total(a1) + t1;
+  *sum_gx = lanes_total(a2) + t2;
 }
 
 template <typename scalar_t>
@@ -105,31 +141,75 @@ void axpy(const scalar_t* __restrict x, scalar_t* __restrict y, int64_t n, scala
   for (int64_t j = 0; j < n; ++j) y[j] += alpha * x[j];
 }
 
+// Σ p over n elements.
+template <typename scalar_t>
+scalar_t plane_sum(const scalar_t* __restrict p, int64_t n) {
+  constexpr int64_t kL = kSumLanes<scalar_t>;
+  if (n < 4 * kL) {
+    scalar_t total = 0;
+    _Pragma("omp simd reduction(+ : total)")
+    for (int64_t j = 0; j < n; ++j) total += p[j];
+    return total;
+  }
+  scalar_t acc[kL] = {};
+  int64_t j = 0;
+  for (; j + kL <= n; j += kL) {
+    for (int64_t l = 0; l < kL; ++l) acc[l] += p[j + l];
+  }
+  scalar_t tail = 0;
+  for (; j < n; ++j) tail += p[j];
+  return lanes_total(acc) + tail;
+}
+
+// Σ (p - s)² and Σ (p - s) over n elements.
+template <typename scalar_t>
+void shifted_squares(const scalar_t* __restrict p, int64_t n, scalar_t shift, scalar_t* squares,
+                     scalar_t* residual) {
+  constexpr int64_t kL = kSumLanes<scalar_t>;
+  if (n < 4 * kL) {
+    scalar_t total_sq = 0, total_rs = 0;
+    _Pragma("omp simd reduction(+ : total_sq, total_rs)")
+    for (int64_t j = 0; j < n; ++j) {
+      const scalar_t d = p[j] - shift;
+      total_sq += d * d;
+      total_rs += d;
+    }
+    *squares = total_sq;
+    *residual = total_rs;
+    return;
+  }
+  scalar_t sq[kL] = {}, rs[kL] = {};
+  int64_t j = 0;
+  for (; j + kL <= n; j += kL) {
+    for (int64_t l = 0; l < kL; ++l) {
+      const scalar_t d = p[j + l] - shift;
+      sq[l] += d * d;
+      rs[l] += d;
+    }
+  }
+  scalar_t tail_sq = 0, tail_rs = 0;
+  for (; j < n; ++j) {
+    const scalar_t d = p[j] - shift;
+    tail_sq += d * d;
+    tail_rs += d;
+  }
+  *squares = lanes_total(sq) + tail_sq;
+  *residual = lanes_total(rs) + tail_rs;
+}
+
 // Mean and centred sum of squares of one contiguous plane.
 template <typename scalar_t>
 void plane_moments(const scalar_t* p, int64_t hw, double* mean, double* m2) {
   double total = 0.0;
-  for (int64_t b = 0; b < hw; b += kChunk) {
-    const int64_t e = std::min(hw, b + kChunk);
-    scalar_t acc = 0;
-_Pragma("omp simd reduction(+ : acc)")
-    for (int64_t j = b; j < e; ++j) acc += p[j];
-    total += acc;
-  }
+  for (int64_t b = 0; b < hw; b += kChunk) total += plane_sum(p + b, std::min(hw, b + kChunk) - b);
   const double mu = total / static_cast<double>(hw);
   const scalar_t shift = static_cast<scalar_t>(mu);
   double squares = 0.0, residual = 0.0;
   for (int64_t b = 0; b < hw; b += kChunk) {
-    const int64_t e = std::min(hw, b + kChunk);
-    scalar_t acc = 0, acc_d = 0;
-_Pragma("omp simd reduction(+ : acc, acc_d)")
-    for (int64_t j = b; j < e; ++j) {
-      const scalar_t d = p[j] - shift;
-      acc += d * d;
-      acc_d += d;
-    }
-    squares += acc;
-    residual += acc_d;
+    scalar_t sq = 0, rs = 0;
+    shifted_squares(p + b, std::min(hw, b + kChunk) - b, shift, &sq, &rs);
+    squares += sq;
+    residual += rs;
   }
   // Σ(x - s)² - (Σ(x - s))² / n is Σ(x - μ)² for the rounded shift s.
   *mean = mu;
@@ -267,14 +347,6 @@ void plane_pool_table(const scalar_t* p, const WindowTable& table, int64_t tt, s
 
 // Below this width a row does not fill a vector register; windows are scanned instead.
 constexpr int64_t kMinRowWidth = 8;
-
-template <typename scalar_t>
-scalar_t plane_sum(const scalar_t* p, int64_t hw) {
-  scalar_t acc = 0;
-  _Pragma("omp simd reduction(+ : acc)")
-  for (int64_t j = 0; j < hw; ++j) acc += p[j];
-  return acc;
-}
 
 // Planes of at most this many elements are pooled kLanes channels at a time (below).
 constexpr int64_t kMaxBlockedPlane = 16;
@@ -496,12 +568,44 @@ Tensor scale_shift(const Tensor& x, const Tensor& a, const Tensor& b,
   return y;
 }
 
+// 1 / sqrt(var + eps) per channel, in the statistics' dtype (as at::rsqrt(var + eps)).
+Tensor inverse_std(const Tensor& var_in, double eps, at::ScalarType dtype) {
+  Tensor var = var_in.to(dtype).contiguous();
+  Tensor rstd = at::empty_like(var);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "sepbn_inverse_std", [&] {
+    const scalar_t* vp = var.const_data_ptr<scalar_t>();
+    scalar_t* rp = rstd.mutable_data_ptr<scalar_t>();
+    const scalar_t e = static_cast<scalar_t>(eps);
+    for (int64_t ch = 0; ch < var.numel(); ++ch) rp[ch] = scalar_t(1) / std::sqrt(vp[ch] + e);
+  });
+  return rstd;
+}
+
 // The per-(n, c) multiply-add of y = scale (x - μ) r + shift: a = scale r, b = shift - μ a.
-std::vector<Tensor> fold(const Tensor& scale, const Tensor& shift, const Tensor& mean,
-                         const Tensor& rstd) {
-  Tensor a = at::mul(scale, rstd);
-  Tensor b = at::sub(shift, at::mul(a, mean));
-  return {a.contiguous(), b.contiguous()};
+// A plain loop over N·C values: the five ATen calls it replaces cost more than the work.
+std::vector<Tensor> fold(const Tensor& scale_in, const Tensor& shift_in, const Tensor& mean_in,
+                         const Tensor& rstd_in) {
+  Tensor scale = scale_in.contiguous(), shift = shift_in.contiguous();
+  Tensor mean = mean_in.to(scale.scalar_type()).contiguous();
+  Tensor rstd = rstd_in.to(scale.scalar_type()).contiguous();
+  Tensor a = at::empty_like(scale), b = at::empty_like(scale);
+  const int64_t n = scale.size(0), c = scale.size(1);
+  AT_DISPATCH_FLOATING_TYPES(scale.scalar_type(), "sepbn_fold", [&] {
+    const scalar_t* sp = scale.const_data_ptr<scalar_t>();
+    const scalar_t* hp = shift.const_data_ptr<scalar_t>();
+    const scalar_t* mp = mean.const_data_ptr<scalar_t>();
+    const scalar_t* rp = rstd.const_data_ptr<scalar_t>();
+    scalar_t* ap = a.mutable_data_ptr<scalar_t>();
+    scalar_t* bp = b.mutable_data_ptr<scalar_t>();
+    for (int64_t s = 0; s < n; ++s) {
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const scalar_t v = sp[s * c + ch] * rp[ch];
+        ap[s * c + ch] = v;
+        bp[s * c + ch] = hp[s * c + ch] - v * mp[ch];
+      }
+    }
+  });
+  return {a, b};
 }
 
 // γ̂ = Σ_k π_{n,g,k} γ_k and β̂ likewise (Eq. 6): two contiguous (N, C) tensors.
@@ -699,22 +803,45 @@ std::vector<Tensor> attention(const Tensor& positions, int64_t n, const Tensor& 
 void running_update(const c10::optional<Tensor>& running_mean,
                     const c10::optional<Tensor>& running_var, const Tensor& mean,
                     const Tensor& unbiased, double factor) {
-  if (running_mean.has_value() && running_mean->defined()) {
-    running_mean->mul_(1.0 - factor).add_(mean.to(running_mean->scalar_type()), factor);
-  }
-  if (running_var.has_value() && running_var->defined()) {
-    running_var->mul_(1.0 - factor).add_(unbiased.to(running_var->scalar_type()), factor);
+  for (const auto& [running, batch] :
+       {std::pair{running_mean, mean}, std::pair{running_var, unbiased}}) {
+    if (!running.has_value() || !running->defined()) continue;
+    Tensor r = *running;
+    if (r.scalar_type() != batch.scalar_type() || !r.is_contiguous()) {
+      r.mul_(1.0 - factor).add_(batch.to(r.scalar_type()), factor);
+      continue;
+    }
+    // A loop over C values costs less than two ATen calls.
+    AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "sepbn_running_update", [&] {
+      scalar_t* rp = r.mutable_data_ptr<scalar_t>();
+      const Tensor bc = batch.contiguous();
+      const scalar_t* bp = bc.const_data_ptr<scalar_t>();
+      const scalar_t keep = static_cast<scalar_t>(1.0 - factor), take = static_cast<scalar_t>(factor);
+      for (int64_t ch = 0; ch < r.numel(); ++ch) rp[ch] = rp[ch] * keep + take * bp[ch];
+    });
   }
 }
 
-// The normalization's backward, one channel at a time so that the second pass over the
-// channel's N planes finds them in cache (as ATen's batch-norm backward does). With
-// g = ∂L/∂y: s1 = Σ_hw g = ∂L/∂β̂ and s2 = Σ_hw g x̂ = ∂L/∂γ̂ per (n, c), and, when
-// `need_input`, ∂L/∂x = r (γ̂ g - c1 - x̂ c2) with c1 = Σ_n γ̂ s1 / M, c2 = Σ_n γ̂ s2 / M
-// (the batch-norm backward applied to γ̂ g; derivation in fused_separable_norm).
+// The normalization's backward. With g = ∂L/∂y: s1 = Σ_hw g = ∂L/∂β̂ and
+// s2 = Σ_hw g x̂ = ∂L/∂γ̂ per (n, c), and, when `need_input`, ∂L/∂x = r (γ̂ g - c1 - x̂ c2)
+// with c1 = Σ_n γ̂ s1 / M, c2 = Σ_n γ̂ s2 / M (the batch-norm backward applied to γ̂ g;
+// derivation in fused_separable_norm).
+//
+// One pass per channel computes its sums and, right after, its input gradient, so that
+// the second read of the channel's N planes finds them in cache (as ATen's batch-norm
+// backward does). Then `between`, when given (the attention's backward: it needs s1 and
+// s2 of every channel and returns the pooled maps' gradient, (N·T·T, C), or an undefined
+// tensor), and the pooling's gradient added at each plane's arg-max (`index`,
+// (N, C, T·T)), by the thread that wrote the plane. (Deferring the input gradient until
+// after `between`, to add the pooled gradient while the plane is in cache, measured
+// slower: the second pass then reads g and x back from L3.)
 // Returns (s1, s2, ∂L/∂x or an empty tensor).
+using Between = std::function<Tensor(const Tensor& s1, const Tensor& s2)>;
+
 std::vector<Tensor> norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& scale_in,
-                                  const Tensor& mean, const Tensor& rstd, bool need_input) {
+                                  const Tensor& mean, const Tensor& rstd, bool need_input,
+                                  const Between& between = nullptr,
+                                  const Tensor& index = Tensor()) {
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
   const double count = static_cast<double>(n * hw);
   Tensor scale = scale_in.contiguous();
@@ -729,60 +856,67 @@ std::vector<Tensor> norm_backward(const Tensor& grad_y, const Tensor& x, const T
     scalar_t* s1p = s1.mutable_data_ptr<scalar_t>();
     scalar_t* s2p = s2.mutable_data_ptr<scalar_t>();
     scalar_t* op = need_input ? gx.mutable_data_ptr<scalar_t>() : nullptr;
-    // Channels per task: each holds N planes.
-    at::parallel_for(0, c, plane_grain(n * hw), [&](int64_t begin, int64_t end) {
-      for (int64_t ch = begin; ch < end; ++ch) {
-        const scalar_t mu = mp[ch], r = rp[ch];
-        double sum1 = 0.0, sum2 = 0.0;  // Σ_n γ̂ s1, Σ_n γ̂ s2
-        for (int64_t s = 0; s < n; ++s) {
-          const int64_t plane = s * c + ch;
-          const scalar_t* g = gp + plane * hw;
-          const scalar_t* v = xp + plane * hw;
-          double t1 = 0.0, t2 = 0.0;
-          for (int64_t b = 0; b < hw; b += kChunk) {
-            scalar_t a1 = 0, a2 = 0;
-            centred_dot(g + b, v + b, std::min(hw, b + kChunk) - b, mu, &a1, &a2);
-            t1 += a1;
-            t2 += a2;
-          }
-          s1p[plane] = static_cast<scalar_t>(t1);
-          s2p[plane] = static_cast<scalar_t>(t2 * static_cast<double>(r));
-          sum1 += static_cast<double>(sp[plane]) * s1p[plane];
-          sum2 += static_cast<double>(sp[plane]) * s2p[plane];
+    // Per channel: -r c1 and -r² c2, the coefficients of the input gradient.
+    std::vector<scalar_t> coef_d(c), coef_q(c);
+    auto channel_sums = [&](int64_t ch) {
+      const scalar_t mu = mp[ch], r = rp[ch];
+      double sum1 = 0.0, sum2 = 0.0;  // Σ_n γ̂ s1, Σ_n γ̂ s2
+      for (int64_t s = 0; s < n; ++s) {
+        const int64_t plane = s * c + ch;
+        const scalar_t* g = gp + plane * hw;
+        const scalar_t* v = xp + plane * hw;
+        double t1 = 0.0, t2 = 0.0;
+        for (int64_t b = 0; b < hw; b += kChunk) {
+          scalar_t a1 = 0, a2 = 0;
+          centred_dot(g + b, v + b, std::min(hw, b + kChunk) - b, mu, &a1, &a2);
+          t1 += a1;
+          t2 += a2;
         }
-        if (op == nullptr) continue;
-        const double rd = static_cast<double>(r);
-        const scalar_t d = static_cast<scalar_t>(-rd * sum1 / count);       // -r c1
-        const scalar_t q = static_cast<scalar_t>(-rd * rd * sum2 / count);  // -r² c2
-        for (int64_t s = 0; s < n; ++s) {
-          const int64_t plane = s * c + ch;
-          grad_combine(gp + plane * hw, xp + plane * hw, op + plane * hw, hw, sp[plane] * r, q,
-                       mu, d);
+        s1p[plane] = static_cast<scalar_t>(t1);
+        s2p[plane] = static_cast<scalar_t>(t2 * static_cast<double>(r));
+        sum1 += static_cast<double>(sp[plane]) * s1p[plane];
+        sum2 += static_cast<double>(sp[plane]) * s2p[plane];
+      }
+      const double rd = static_cast<double>(r);
+      coef_d[ch] = static_cast<scalar_t>(-rd * sum1 / count);
+      coef_q[ch] = static_cast<scalar_t>(-rd * rd * sum2 / count);
+    };
+    auto channel_input = [&](int64_t ch) {
+      const scalar_t mu = mp[ch], r = rp[ch];
+      for (int64_t s = 0; s < n; ++s) {
+        const int64_t plane = s * c + ch;
+        grad_combine(gp + plane * hw, xp + plane * hw, op + plane * hw, hw, sp[plane] * r,
+                     coef_q[ch], mu, coef_d[ch]);
+      }
+    };
+    const int64_t grain = plane_grain(n * hw);  // channels per task: each holds N planes
+    at::parallel_for(0, c, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t ch = begin; ch < end; ++ch) {
+        channel_sums(ch);
+        if (op != nullptr) channel_input(ch);
+      }
+    });
+    if (!between) return;
+    Tensor grad_pooled = between(s1, s2);
+    if (op == nullptr || !grad_pooled.defined()) return;
+    const scalar_t* pooled = grad_pooled.const_data_ptr<scalar_t>();
+    const int32_t* where = index.const_data_ptr<int32_t>();
+    const int64_t tt = index.size(2);
+    // The same split of the channels, so that each thread updates the planes it wrote;
+    // the channel loop innermost reads the pooled gradient's rows contiguously.
+    at::parallel_for(0, c, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t s = 0; s < n; ++s) {
+        for (int64_t t = 0; t < tt; ++t) {
+          const scalar_t* row = pooled + (s * tt + t) * c;
+          for (int64_t ch = begin; ch < end; ++ch) {
+            const int64_t plane = s * c + ch;
+            op[plane * hw + where[plane * tt + t]] += row[ch];
+          }
         }
       }
     });
   });
   return {s1, s2, gx};
-}
-
-// gx[n, c, index[n, c, t]] += grad_pooled[n·T·T + t, c]: the pooling's backward, at the
-// arg-max of every window (a window's maximum may repeat across overlapping windows).
-void scatter_pooled_(Tensor& gx, const Tensor& grad_pooled, const Tensor& index) {
-  const int64_t n = gx.size(0), c = gx.size(1), hw = gx.size(2) * gx.size(3);
-  const int64_t tt = index.size(2);
-  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "sepbn_scatter_pooled", [&] {
-    scalar_t* op = gx.mutable_data_ptr<scalar_t>();
-    const scalar_t* pp = grad_pooled.const_data_ptr<scalar_t>();
-    const int32_t* ip = index.const_data_ptr<int32_t>();
-    at::parallel_for(0, n * c, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane) {
-        const int64_t s = plane / c, ch = plane % c;
-        scalar_t* o = op + plane * hw;
-        const int32_t* where = ip + plane * tt;
-        for (int64_t t = 0; t < tt; ++t) o[where[t]] += pp[(s * tt + t) * c + ch];
-      }
-    });
-  });
 }
 
 // ---- ops -----------------------------------------------------------------------------
@@ -803,7 +937,7 @@ std::vector<Tensor> sepbn_train_forward(const Tensor& x, const Tensor& weight, c
                        weight.size(0), hard);
   auto mixed = mix_sets(att[2], weight, bias);
   auto stats = combine_moments(plane_mean, plane_m2, hw, x.scalar_type());
-  Tensor rstd = at::rsqrt(stats[1] + eps);
+  Tensor rstd = inverse_std(stats[1], eps, x.scalar_type());
   auto ab = fold(mixed[0], mixed[1], stats[0], rstd);
   Tensor y = scale_shift(x, ab[0], ab[1]);
   return {y, att[2], index, positions, att[0], att[1], mixed[0], stats[0], rstd, stats[2]};
@@ -820,17 +954,16 @@ std::vector<Tensor> sepbn_train_backward(
     bool need_input, bool need_attention) {
   check_map(x, "x");
   Tensor grad_y = grad_y_in.contiguous();
-  const int64_t n = x.size(0), c = x.size(1);
-  const int64_t k = weight.size(0), g = reduce_w.size(0), m = c / g;
-  auto sums = norm_backward(grad_y, x, scale, mean, rstd, need_input);  // ∂L/∂β̂, ∂L/∂γ̂, ∂L/∂x
-  const Tensor& s1 = sums[0];
-  const Tensor& s2 = sums[1];
-  // Eq. 6 backward to the sets (K, C) and, through π, Eq. 5 backward to the logits.
-  auto mixed = mix_backward(s1, s2, pi, weight, bias, tau.item<double>(), need_attention);
+  const int64_t g = reduce_w.size(0);
   Tensor empty = at::empty({0}, x.options());
-  std::vector<Tensor> out{empty, mixed[0], mixed[1], empty, empty, empty, empty, empty, empty};
-  Tensor grad_pooled;
-  if (need_attention) {
+  std::vector<Tensor> out{empty, empty, empty, empty, empty, empty, empty, empty, empty};
+  // From s1 = ∂L/∂β̂ and s2 = ∂L/∂γ̂: Eq. 6 backward to the sets (K, C) and, through π,
+  // Eq. 5 backward to the logits, the MLP, the 1×1 reduction and the pooled maps.
+  auto attention_backward = [&](const Tensor& s1, const Tensor& s2) -> Tensor {
+    auto mixed = mix_backward(s1, s2, pi, weight, bias, tau.item<double>(), need_attention);
+    out[1] = mixed[0];
+    out[2] = mixed[1];
+    if (!need_attention) return Tensor();
     const Tensor& grad_logits = mixed[2];
     out[7] = small_matmul(grad_logits, true, hidden, false);
     out[8] = column_sums(grad_logits);
@@ -841,12 +974,11 @@ std::vector<Tensor> sepbn_train_backward(
     Tensor grad_reduced = small_matmul(grad_hidden, false, hidden_w, false).view({-1, g});  // (N·T·T, G)
     out[3] = small_matmul(grad_reduced, true, positions, false);
     out[4] = column_sums(grad_reduced);
-    if (need_input) grad_pooled = small_matmul(grad_reduced, false, reduce_w, false);  // (N·T·T, C)
-  }
-  if (need_input) {
-    out[0] = sums[2];
-    if (grad_pooled.defined()) scatter_pooled_(out[0], grad_pooled, index);
-  }
+    if (!need_input) return Tensor();
+    return small_matmul(grad_reduced, false, reduce_w, false);  // (N·T·T, C)
+  };
+  auto sums = norm_backward(grad_y, x, scale, mean, rstd, need_input, attention_backward, index);
+  if (need_input) out[0] = sums[2];
   return out;
 }
 
@@ -864,9 +996,8 @@ std::vector<Tensor> sepbn_eval_forward(const Tensor& x, const Tensor& weight, co
   auto att = attention(positions, x.size(0), reduce_w, reduce_b, hidden_w, hidden_b, out_w, out_b,
                        tau, weight.size(0), hard);
   auto mixed = mix_sets(att[2], weight, bias);
-  Tensor mean = running_mean.to(x.scalar_type());
-  Tensor rstd = at::rsqrt(running_var.to(x.scalar_type()) + eps);
-  auto ab = fold(mixed[0], mixed[1], mean, rstd);
+  Tensor rstd = inverse_std(running_var, eps, x.scalar_type());
+  auto ab = fold(mixed[0], mixed[1], running_mean, rstd);
   return {scale_shift(x, ab[0], ab[1], kInferenceGrainElements), att[2]};
 }
 
@@ -886,7 +1017,7 @@ std::vector<Tensor> norm_train_forward(const Tensor& x, const Tensor& scale, con
   Tensor plane_mean, plane_m2;
   moments_only(x, plane_mean, plane_m2);
   auto stats = combine_moments(plane_mean, plane_m2, x.size(2) * x.size(3), x.scalar_type());
-  Tensor rstd = at::rsqrt(stats[1] + eps);
+  Tensor rstd = inverse_std(stats[1], eps, x.scalar_type());
   auto ab = fold(scale, shift, stats[0], rstd);
   return {scale_shift(x, ab[0], ab[1]), stats[0], rstd, stats[2]};
 }
