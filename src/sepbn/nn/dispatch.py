@@ -47,7 +47,10 @@ autograd Function plus one running-statistics update op, an eval ``SepBatchNorm2
 without gradient is one op. Otherwise the compiler traces ``"plain"`` and fuses it
 itself (CUDA, channels-last, autocast, the cumulative average). ``torch.export`` (and the
 ONNX exporter built on it) always traces ``"plain"``, so an exported program holds only
-standard ATen ops.
+standard ATen ops. Inductor's CPU layout optimization makes convolution outputs
+channels-last inside the graph, and then copies each map to NCHW and back around the C++
+ops; ``torch._inductor.config.layout_optimization = False`` avoids the copies
+(docs/benchmarks.md §3 measures both).
 
 :func:`sepbn_path` forces a path for the calls inside it: ``"native"`` where its CPU
 conditions hold (plain elsewhere), ``"fused"`` and ``"compiled"`` on any device and dtype
