@@ -52,17 +52,19 @@ def make_models(arch: str) -> dict[str, nn.Module]:
     }
 
 
-def train_step_fn(model: nn.Module, batch: int, compiled: bool = False) -> Callable[[], None]:
+def train_step_fn(
+    model: nn.Module, batch: int, compiled: bool = False, backend: str = "inductor"
+) -> Callable[[], None]:
     """One SGD step on a fixed random batch (L1 loss, as in the paper).
 
-    ``compiled``: the forward runs ``torch.compile(model)`` (inductor, static shapes); the
-    first call of the step compiles it (the warm-up).
+    ``compiled``: the forward runs ``torch.compile(model, backend=backend)`` (static
+    shapes); the first call of the step compiles it (the warm-up).
     """
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     x = torch.rand(batch, 3, INPUT_SIZE, INPUT_SIZE)
     target = torch.rand(batch, NUM_POINTS, 2)
-    forward = torch.compile(model, dynamic=False) if compiled else model
+    forward = torch.compile(model, backend=backend, dynamic=False) if compiled else model
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -121,6 +123,7 @@ def main() -> None:
         action="store_true",
         help="also time the train step of torch.compile (inductor) of both models",
     )
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend of --compiled")
     parser.add_argument(
         "--nchw",
         action="store_true",
@@ -149,7 +152,9 @@ def main() -> None:
             print(f"  {arch} train batch {batch}: done", flush=True)
             if args.compiled:
                 torch._dynamo.reset()
-                steps = {norm: train_step_fn(m, batch, True) for norm, m in models.items()}
+                steps = {
+                    norm: train_step_fn(m, batch, True, args.backend) for norm, m in models.items()
+                }
                 t = interleaved(steps, max(args.warmup, 2), iters)
                 rows.append((arch, f"compiled train b{batch}", t, batch, TRAIN_TARGETS[arch]))
                 print(f"  {arch} compiled train batch {batch}: done", flush=True)
