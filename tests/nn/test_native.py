@@ -291,7 +291,6 @@ def test_failing_compiler_reports_its_output(tmp_path: Path) -> None:
 
 def _recording_backend(codes: list[str]):
     """A ``torch.compile`` backend that keeps the code of every graph (and its subgraphs)."""
-    from torch._dynamo.backends.common import aot_autograd  # noqa: F401 (registers aot_eager)
     from torch._dynamo.backends.registry import lookup_backend
 
     aot_eager = lookup_backend("aot_eager")

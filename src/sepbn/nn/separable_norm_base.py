@@ -282,14 +282,17 @@ class SeparableNormBase(nn.Module):
         are all-reduced) take the plain path; so does a batch with one value
         per channel, for BatchNorm2d's error message.
         """
-        norm = self._modules["norm"]
+        return self._trains_plain_batch_norm(x) and self._runs_eagerly(x)
+
+    def _trains_plain_batch_norm(self, x: Tensor) -> bool:
+        """Train mode, a plain inner ``nn.BatchNorm2d``, float input, > 1 value per channel."""
+        norm = self._modules["norm"]  # direct: runs at every call
         return (
             norm is not None
             and norm.training
             and type(norm) is nn.BatchNorm2d
             and x.is_floating_point()
             and x.numel() > x.shape[1]
-            and self._runs_eagerly(x)
         )
 
     def _runs_eagerly(self, x: Tensor) -> bool:
@@ -310,52 +313,38 @@ class SeparableNormBase(nn.Module):
         ``SepBatchNorm2d`` call that wants no gradient, on the CPU conditions of
         :meth:`_can_run_native`. Everything else is traced through the plain path.
         """
-        if torch.compiler.is_exporting() or not _native_loaded():
+        if torch.compiler.is_exporting():
             return False
         norm = self.norm
         if norm.training:
-            mode_ok = (
-                type(norm) is nn.BatchNorm2d
-                and norm.momentum is not None
-                and x.numel() > x.shape[1]
-            )
+            mode_ok = self._trains_plain_batch_norm(x) and norm.momentum is not None
         else:
-            mode_ok = (
-                self._supports_native_eval
-                and norm.running_var is not None
-                and not (torch.is_grad_enabled() and self._wants_grad(x))
-            )
-        return mode_ok and x.device.type == "cpu" and x.is_contiguous() and self._can_fuse(x)
+            mode_ok = self._native_eval_applies(x)
+        return mode_ok and self._can_run_native(x)
 
     def _can_run_native(self, x: Tensor) -> bool:
         """Whether the C++ kernels take ``x``: CPU, NCHW-contiguous, fused dtypes, library built."""
         return (
-            x.device.type == "cpu"
-            and x.is_contiguous()
-            and self._can_fuse(x)
-            and native.available()
+            x.device.type == "cpu" and x.is_contiguous() and self._can_fuse(x) and _native_loaded()
         )
 
-    def _can_run_native_eval(self, x: Tensor) -> bool:
-        """Eval with running statistics, no gradient wanted, not traced: the one-call C++ layer.
-
-        Checked at every inference call, cheapest tests first, reading the module
-        dictionaries directly (an ``nn.Module`` attribute lookup costs about a microsecond).
-        """
-        norm = self._modules["norm"]
+    def _native_eval_applies(self, x: Tensor) -> bool:
+        """Eval with running statistics and no gradient wanted: the one-call C++ layer's case."""
+        norm = self._modules["norm"]  # direct: runs at every inference call
         assert norm is not None  # built in __init__
         return (
             self._supports_native_eval
-            and x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64)
-            and x.dtype == self._parameters["weight"].dtype  # type: ignore[union-attr]
             and norm._buffers.get("running_var") is not None
             and not (torch.is_grad_enabled() and self._wants_grad(x))
-            and not torch.is_autocast_enabled("cpu")
-            and x.is_contiguous()
+        )
+
+    def _can_run_native_eval(self, x: Tensor) -> bool:
+        """:meth:`_native_eval_applies`, not traced or exported, on the C++ kernels' inputs."""
+        return (
+            self._native_eval_applies(x)
             and self._runs_eagerly(x)
             and not torch.onnx.is_in_onnx_export()
-            and native.available()
+            and self._can_run_native(x)
         )
 
     def _wants_grad(self, x: Tensor) -> bool:
@@ -365,7 +354,7 @@ class SeparableNormBase(nn.Module):
         """Whether the fused kernels' dtype conditions hold: float32/64, no autocast."""
         return (
             x.dtype in (torch.float32, torch.float64)
-            and x.dtype == self.weight.dtype
+            and x.dtype == self._parameters["weight"].dtype  # type: ignore[union-attr]
             and not torch.is_autocast_enabled(x.device.type)
         )
 
@@ -406,7 +395,7 @@ def _check_temperature(value: float) -> None:
 
 @torch.compiler.assume_constant_result
 def _native_loaded() -> bool:
-    """:func:`sepbn.nn.native.available`, run once at trace time under ``torch.compile``."""
+    """:func:`sepbn.nn.native.available`; under ``torch.compile`` read once at trace time."""
     return native.available()
 
 

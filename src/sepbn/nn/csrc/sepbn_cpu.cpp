@@ -20,7 +20,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <functional>
 #include <utility>
 #include <vector>
 
@@ -47,6 +46,9 @@ inline int64_t band_end(int64_t i, int64_t size, int64_t t) {
 inline int64_t plane_grain(int64_t hw, int64_t elements = kGrainElements) {
   return std::max<int64_t>(1, elements / std::max<int64_t>(hw, 1));
 }
+
+// Channels per task for loops over channels, each channel holding n planes of hw values.
+inline int64_t channel_grain(int64_t n, int64_t hw) { return plane_grain(n * hw); }
 
 void check_map(const Tensor& x, const char* name) {
   TORCH_CHECK(x.dim() == 4, name, " must be (N, C, H, W), got ", x.sizes());
@@ -822,26 +824,14 @@ void running_update(const c10::optional<Tensor>& running_mean,
   }
 }
 
-// The normalization's backward. With g = ∂L/∂y: s1 = Σ_hw g = ∂L/∂β̂ and
-// s2 = Σ_hw g x̂ = ∂L/∂γ̂ per (n, c), and, when `need_input`, ∂L/∂x = r (γ̂ g - c1 - x̂ c2)
-// with c1 = Σ_n γ̂ s1 / M, c2 = Σ_n γ̂ s2 / M (the batch-norm backward applied to γ̂ g;
-// derivation in fused_separable_norm).
-//
-// One pass per channel computes its sums and, right after, its input gradient, so that
-// the second read of the channel's N planes finds them in cache (as ATen's batch-norm
-// backward does). Then `between`, when given (the attention's backward: it needs s1 and
-// s2 of every channel and returns the pooled maps' gradient, (N·T·T, C), or an undefined
-// tensor), and the pooling's gradient added at each plane's arg-max (`index`,
-// (N, C, T·T)), by the thread that wrote the plane. (Deferring the input gradient until
-// after `between`, to add the pooled gradient while the plane is in cache, measured
-// slower: the second pass then reads g and x back from L3.)
+// The normalization's backward, one channel at a time so that the second pass over the
+// channel's N planes finds them in cache (as ATen's batch-norm backward does). With
+// g = ∂L/∂y: s1 = Σ_hw g = ∂L/∂β̂ and s2 = Σ_hw g x̂ = ∂L/∂γ̂ per (n, c), and, when
+// `need_input`, ∂L/∂x = r (γ̂ g - c1 - x̂ c2) with c1 = Σ_n γ̂ s1 / M, c2 = Σ_n γ̂ s2 / M
+// (the batch-norm backward applied to γ̂ g; derivation in fused_separable_norm).
 // Returns (s1, s2, ∂L/∂x or an empty tensor).
-using Between = std::function<Tensor(const Tensor& s1, const Tensor& s2)>;
-
 std::vector<Tensor> norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& scale_in,
-                                  const Tensor& mean, const Tensor& rstd, bool need_input,
-                                  const Between& between = nullptr,
-                                  const Tensor& index = Tensor()) {
+                                  const Tensor& mean, const Tensor& rstd, bool need_input) {
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
   const double count = static_cast<double>(n * hw);
   Tensor scale = scale_in.contiguous();
@@ -856,55 +846,57 @@ std::vector<Tensor> norm_backward(const Tensor& grad_y, const Tensor& x, const T
     scalar_t* s1p = s1.mutable_data_ptr<scalar_t>();
     scalar_t* s2p = s2.mutable_data_ptr<scalar_t>();
     scalar_t* op = need_input ? gx.mutable_data_ptr<scalar_t>() : nullptr;
-    // Per channel: -r c1 and -r² c2, the coefficients of the input gradient.
-    std::vector<scalar_t> coef_d(c), coef_q(c);
-    auto channel_sums = [&](int64_t ch) {
-      const scalar_t mu = mp[ch], r = rp[ch];
-      double sum1 = 0.0, sum2 = 0.0;  // Σ_n γ̂ s1, Σ_n γ̂ s2
-      for (int64_t s = 0; s < n; ++s) {
-        const int64_t plane = s * c + ch;
-        const scalar_t* g = gp + plane * hw;
-        const scalar_t* v = xp + plane * hw;
-        double t1 = 0.0, t2 = 0.0;
-        for (int64_t b = 0; b < hw; b += kChunk) {
-          scalar_t a1 = 0, a2 = 0;
-          centred_dot(g + b, v + b, std::min(hw, b + kChunk) - b, mu, &a1, &a2);
-          t1 += a1;
-          t2 += a2;
-        }
-        s1p[plane] = static_cast<scalar_t>(t1);
-        s2p[plane] = static_cast<scalar_t>(t2 * static_cast<double>(r));
-        sum1 += static_cast<double>(sp[plane]) * s1p[plane];
-        sum2 += static_cast<double>(sp[plane]) * s2p[plane];
-      }
-      const double rd = static_cast<double>(r);
-      coef_d[ch] = static_cast<scalar_t>(-rd * sum1 / count);
-      coef_q[ch] = static_cast<scalar_t>(-rd * rd * sum2 / count);
-    };
-    auto channel_input = [&](int64_t ch) {
-      const scalar_t mu = mp[ch], r = rp[ch];
-      for (int64_t s = 0; s < n; ++s) {
-        const int64_t plane = s * c + ch;
-        grad_combine(gp + plane * hw, xp + plane * hw, op + plane * hw, hw, sp[plane] * r,
-                     coef_q[ch], mu, coef_d[ch]);
-      }
-    };
-    const int64_t grain = plane_grain(n * hw);  // channels per task: each holds N planes
-    at::parallel_for(0, c, grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, c, channel_grain(n, hw), [&](int64_t begin, int64_t end) {
       for (int64_t ch = begin; ch < end; ++ch) {
-        channel_sums(ch);
-        if (op != nullptr) channel_input(ch);
+        const scalar_t mu = mp[ch], r = rp[ch];
+        double sum1 = 0.0, sum2 = 0.0;  // Σ_n γ̂ s1, Σ_n γ̂ s2
+        for (int64_t s = 0; s < n; ++s) {
+          const int64_t plane = s * c + ch;
+          const scalar_t* g = gp + plane * hw;
+          const scalar_t* v = xp + plane * hw;
+          double t1 = 0.0, t2 = 0.0;
+          for (int64_t b = 0; b < hw; b += kChunk) {
+            scalar_t a1 = 0, a2 = 0;
+            centred_dot(g + b, v + b, std::min(hw, b + kChunk) - b, mu, &a1, &a2);
+            t1 += a1;
+            t2 += a2;
+          }
+          s1p[plane] = static_cast<scalar_t>(t1);
+          s2p[plane] = static_cast<scalar_t>(t2 * static_cast<double>(r));
+          sum1 += static_cast<double>(sp[plane]) * s1p[plane];
+          sum2 += static_cast<double>(sp[plane]) * s2p[plane];
+        }
+        if (op == nullptr) continue;
+        const double rd = static_cast<double>(r);
+        const scalar_t d = static_cast<scalar_t>(-rd * sum1 / count);       // -r c1
+        const scalar_t q = static_cast<scalar_t>(-rd * rd * sum2 / count);  // -r² c2
+        for (int64_t s = 0; s < n; ++s) {
+          const int64_t plane = s * c + ch;
+          grad_combine(gp + plane * hw, xp + plane * hw, op + plane * hw, hw, sp[plane] * r, q,
+                       mu, d);
+        }
       }
     });
-    if (!between) return;
-    Tensor grad_pooled = between(s1, s2);
-    if (op == nullptr || !grad_pooled.defined()) return;
+  });
+  return {s1, s2, gx};
+}
+
+// gx[n, c, index[n, c, t]] += grad_pooled[n·T·T + t, c]: the pooling's backward, at the
+// arg-max of every window (a window's maximum may repeat across overlapping windows).
+// The channels are split as norm_backward splits them (channel_grain), so each thread
+// updates the planes it has just written, still in its own core's cache (a scatter over
+// planes by one thread fetched half its lines from the other core); the channel loop
+// innermost reads the pooled gradient's rows contiguously. (Deferring norm_backward's
+// input pass until the pooled gradient is known, to add it while each plane is in L1,
+// measured slower: that pass then reads g and x back from L3.)
+void scatter_pooled_(Tensor& gx, const Tensor& grad_pooled, const Tensor& index) {
+  const int64_t n = gx.size(0), c = gx.size(1), hw = gx.size(2) * gx.size(3);
+  const int64_t tt = index.size(2);
+  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "sepbn_scatter_pooled", [&] {
+    scalar_t* op = gx.mutable_data_ptr<scalar_t>();
     const scalar_t* pooled = grad_pooled.const_data_ptr<scalar_t>();
     const int32_t* where = index.const_data_ptr<int32_t>();
-    const int64_t tt = index.size(2);
-    // The same split of the channels, so that each thread updates the planes it wrote;
-    // the channel loop innermost reads the pooled gradient's rows contiguously.
-    at::parallel_for(0, c, grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, c, channel_grain(n, hw), [&](int64_t begin, int64_t end) {
       for (int64_t s = 0; s < n; ++s) {
         for (int64_t t = 0; t < tt; ++t) {
           const scalar_t* row = pooled + (s * tt + t) * c;
@@ -916,7 +908,6 @@ std::vector<Tensor> norm_backward(const Tensor& grad_y, const Tensor& x, const T
       }
     });
   });
-  return {s1, s2, gx};
 }
 
 // ---- ops -----------------------------------------------------------------------------
@@ -955,15 +946,15 @@ std::vector<Tensor> sepbn_train_backward(
   check_map(x, "x");
   Tensor grad_y = grad_y_in.contiguous();
   const int64_t g = reduce_w.size(0);
+  auto sums = norm_backward(grad_y, x, scale, mean, rstd, need_input);  // ∂L/∂β̂, ∂L/∂γ̂, ∂L/∂x
+  const Tensor& s1 = sums[0];
+  const Tensor& s2 = sums[1];
+  // Eq. 6 backward to the sets (K, C) and, through π, Eq. 5 backward to the logits.
+  auto mixed = mix_backward(s1, s2, pi, weight, bias, tau.item<double>(), need_attention);
   Tensor empty = at::empty({0}, x.options());
-  std::vector<Tensor> out{empty, empty, empty, empty, empty, empty, empty, empty, empty};
-  // From s1 = ∂L/∂β̂ and s2 = ∂L/∂γ̂: Eq. 6 backward to the sets (K, C) and, through π,
-  // Eq. 5 backward to the logits, the MLP, the 1×1 reduction and the pooled maps.
-  auto attention_backward = [&](const Tensor& s1, const Tensor& s2) -> Tensor {
-    auto mixed = mix_backward(s1, s2, pi, weight, bias, tau.item<double>(), need_attention);
-    out[1] = mixed[0];
-    out[2] = mixed[1];
-    if (!need_attention) return Tensor();
+  std::vector<Tensor> out{empty, mixed[0], mixed[1], empty, empty, empty, empty, empty, empty};
+  Tensor grad_pooled;
+  if (need_attention) {
     const Tensor& grad_logits = mixed[2];
     out[7] = small_matmul(grad_logits, true, hidden, false);
     out[8] = column_sums(grad_logits);
@@ -974,11 +965,12 @@ std::vector<Tensor> sepbn_train_backward(
     Tensor grad_reduced = small_matmul(grad_hidden, false, hidden_w, false).view({-1, g});  // (N·T·T, G)
     out[3] = small_matmul(grad_reduced, true, positions, false);
     out[4] = column_sums(grad_reduced);
-    if (!need_input) return Tensor();
-    return small_matmul(grad_reduced, false, reduce_w, false);  // (N·T·T, C)
-  };
-  auto sums = norm_backward(grad_y, x, scale, mean, rstd, need_input, attention_backward, index);
-  if (need_input) out[0] = sums[2];
+    if (need_input) grad_pooled = small_matmul(grad_reduced, false, reduce_w, false);  // (N·T·T, C)
+  }
+  if (need_input) {
+    out[0] = sums[2];
+    if (grad_pooled.defined()) scatter_pooled_(out[0], grad_pooled, index);
+  }
   return out;
 }
 
