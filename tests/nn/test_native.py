@@ -82,12 +82,16 @@ def _train_forward_op(x: Tensor, pool_size: int) -> list[Tensor]:
 @pytest.mark.parametrize("pool_size", [1, 2, 3, 5])
 @pytest.mark.parametrize(
     "shape",
-    [(2, 3, 5, 7), (1, 4, 2, 2), (3, 2, 17, 33), (2, 2, 40, 3), (2, 3, 64, 64), (2, 3, 8, 8)],
-)
+    [
+        (2, 3, 5, 7), (1, 4, 2, 2), (3, 2, 17, 33), (2, 2, 40, 3), (2, 3, 64, 64), (2, 3, 8, 8),
+        (2, 3, 11, 29),  # row blocks of two registers, of one, then a scalar tail
+    ],
+)  # fmt: skip
 def test_pooling_and_argmax_equal_aten_with_ties(shape, pool_size: int, dtype) -> None:
-    """Values and arg-max indices, also with many ties (rounded values) in each window."""
+    """Values and arg-max indices, also with many ties (rounded values, zeros of both signs)."""
     x = torch.randn(shape, dtype=dtype)
-    for values in (x, x.round(), torch.zeros_like(x)):
+    signed_zeros = torch.where(x > 0, 0.0, -0.0).to(dtype)
+    for values in (x, x.round(), torch.zeros_like(x), signed_zeros):
         expected, expected_index = F.adaptive_max_pool2d(values, pool_size, return_indices=True)
         with torch.no_grad():
             assert torch.equal(adaptive_max_pool2d(values, pool_size), expected)
@@ -96,6 +100,7 @@ def test_pooling_and_argmax_equal_aten_with_ties(shape, pool_size: int, dtype) -
         n, c = values.shape[:2]
         pooled = positions.view(n, pool_size, pool_size, c).permute(0, 3, 1, 2)
         assert torch.equal(pooled, expected)
+        assert torch.equal(pooled.signbit(), expected.signbit())  # ATen's first zero wins
         assert torch.equal(index.view(n, c, pool_size, pool_size).long(), expected_index)
 
 

@@ -20,6 +20,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -293,35 +296,120 @@ void band_column_max(const scalar_t* __restrict p, int64_t w, int64_t h0, int64_
   }
 }
 
+// 32-byte GCC vector types (one AVX2 register; SSE pairs without AVX2) of values and of
+// same-width integers, the type of a comparison's mask.
+template <typename scalar_t>
+struct Vec;
+template <>
+struct Vec<float> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef int32_t I __attribute__((vector_size(32)));
+  static constexpr int64_t kLanes = 8;
+};
+template <>
+struct Vec<double> {
+  typedef double V __attribute__((vector_size(32)));
+  typedef int64_t I __attribute__((vector_size(32)));
+  static constexpr int64_t kLanes = 4;
+};
+
+// band_column_max that also keeps, per column, the band's first row holding the maximum
+// (a strict comparison, so a later equal value does not move it): row_at[0, w). Written
+// with vector types: GCC does not vectorize the value-and-index select as a plain loop.
+template <typename scalar_t>
+void band_column_argmax(const scalar_t* __restrict p, int64_t w, int64_t h0, int64_t h1,
+                        scalar_t* __restrict best, int32_t* __restrict row_at) {
+  using V = typename Vec<scalar_t>::V;
+  using I = typename Vec<scalar_t>::I;
+  using index_t = std::remove_reference_t<decltype(std::declval<I>()[0])>;
+  constexpr int64_t kL = Vec<scalar_t>::kLanes;
+  auto load = [](const scalar_t* at) {
+    V v;
+    std::memcpy(&v, at, sizeof(V));
+    return v;
+  };
+  auto store = [&](int64_t j, V acc, I at) {
+    std::memcpy(best + j, &acc, sizeof(V));
+    for (int64_t l = 0; l < kL; ++l) row_at[j + l] = static_cast<int32_t>(at[l]);
+  };
+  int64_t j = 0;
+  for (; j + 2 * kL <= w; j += 2 * kL) {  // two registers: two independent chains
+    V acc0 = load(p + h0 * w + j), acc1 = load(p + h0 * w + j + kL);
+    I at0 = I{} + static_cast<index_t>(h0), at1 = at0;
+    for (int64_t r = h0 + 1; r < h1; ++r) {
+      const V v0 = load(p + r * w + j), v1 = load(p + r * w + j + kL);
+      const I row = I{} + static_cast<index_t>(r);
+      const I take0 = v0 > acc0, take1 = v1 > acc1;
+      acc0 = take0 ? v0 : acc0;
+      acc1 = take1 ? v1 : acc1;
+      at0 = take0 ? row : at0;
+      at1 = take1 ? row : at1;
+    }
+    store(j, acc0, at0);
+    store(j + kL, acc1, at1);
+  }
+  for (; j + kL <= w; j += kL) {
+    V acc = load(p + h0 * w + j);
+    I at = I{} + static_cast<index_t>(h0);
+    for (int64_t r = h0 + 1; r < h1; ++r) {
+      const V v = load(p + r * w + j);
+      const I take = v > acc;
+      acc = take ? v : acc;
+      at = take ? I{} + static_cast<index_t>(r) : at;
+    }
+    store(j, acc, at);
+  }
+  for (; j < w; ++j) {
+    scalar_t acc = p[h0 * w + j];
+    int32_t at = static_cast<int32_t>(h0);
+    for (int64_t r = h0 + 1; r < h1; ++r) {
+      const scalar_t v = p[r * w + j];
+      const bool take = v > acc;
+      acc = take ? v : acc;
+      at = take ? static_cast<int32_t>(r) : at;
+    }
+    best[j] = acc;
+    row_at[j] = at;
+  }
+}
+
 // The same for a plane of finite values, vectorized along rows: per row band, the
-// column-wise maximum over the band's rows, then per column band the maximum of those.
-// The arg-max is then looked up, not tracked: among the columns whose maximum equals the
-// window's, the first row holding it, and of those the smallest flat position (ATen's
-// row-major first maximum). The value written is the one at that position (so that the
-// sign of a zero maximum matches too). Comparisons are branch-free: on random data a
-// branch mispredicts every other time.
+// column-wise maximum over the band's rows (and, for the arg-max, the first row holding
+// it), then per column band the maximum of those. The arg-max is the smallest flat
+// position among the columns holding the window's maximum, which is ATen's row-major
+// first maximum. The value written is the one at that position (so that the sign of a
+// zero maximum matches too). Comparisons are branch-free: on random data a branch
+// mispredicts every other time.
 template <typename scalar_t>
 void plane_pool_rows(const scalar_t* p, int64_t h, int64_t w, int64_t t, const WindowTable& bands,
-                     scalar_t* row_max, scalar_t* out, int64_t out_stride, int32_t* index) {
+                     scalar_t* row_max, int32_t* row_at, scalar_t* out, int64_t out_stride,
+                     int32_t* index) {
+  const int32_t w32 = static_cast<int32_t>(w);
   for (int64_t i = 0; i < t; ++i) {
     const int64_t h0 = bands.row0[i], h1 = bands.row1[i];
-    band_column_max(p, w, h0, h1, row_max);
+    if (index == nullptr) {
+      band_column_max(p, w, h0, h1, row_max);
+    } else {
+      band_column_argmax(p, w, h0, h1, row_max, row_at);
+    }
     for (int64_t jj = 0; jj < t; ++jj) {
       const int64_t w0 = bands.col0[jj], w1 = bands.col1[jj];
       scalar_t best = row_max[w0];
-      for (int64_t j = w0 + 1; j < w1; ++j) best = row_max[j] > best ? row_max[j] : best;
-      if (index != nullptr) {
-        int64_t best_at = h * w;
-        for (int64_t j = w0; j < w1; ++j) {
-          if (row_max[j] != best) continue;
-          int64_t r = h0;
-          while (p[r * w + j] != best) ++r;  // stops: the column's maximum is in the band
-          best_at = std::min(best_at, r * w + j);
-        }
-        index[i * t + jj] = static_cast<int32_t>(best_at);
-        best = p[best_at];
+      if (index == nullptr) {
+        for (int64_t j = w0 + 1; j < w1; ++j) best = row_max[j] > best ? row_max[j] : best;
+        out[(i * t + jj) * out_stride] = best;
+        continue;
       }
-      out[(i * t + jj) * out_stride] = best;
+      // Two branch-free chains (a maximum, then a minimum), shorter than one compare-and-
+      // select on the pair.
+      for (int64_t j = w0 + 1; j < w1; ++j) best = row_max[j] > best ? row_max[j] : best;
+      int32_t best_at = std::numeric_limits<int32_t>::max();
+      for (int64_t j = w0; j < w1; ++j) {
+        const int32_t at = row_at[j] * w32 + static_cast<int32_t>(j);
+        best_at = row_max[j] == best && at < best_at ? at : best_at;
+      }
+      index[i * t + jj] = best_at;
+      out[(i * t + jj) * out_stride] = p[best_at];
     }
   }
 }
@@ -358,7 +446,8 @@ constexpr int64_t kMaxBlockedPlane = 16;
 // arg-max slots or nullptr, `mean`/`m2` its moment slots or nullptr.
 template <typename scalar_t>
 void pool_plane(const scalar_t* src, int64_t h, int64_t w, int64_t t, const WindowTable& table,
-                scalar_t* row_max, scalar_t* dst, int64_t c, int32_t* where, double* mean,
+                scalar_t* row_max, int32_t* row_at, scalar_t* dst, int64_t c, int32_t* where,
+                double* mean,
                 double* m2) {
   const int64_t hw = h * w;
   bool finite;
@@ -373,7 +462,7 @@ void pool_plane(const scalar_t* src, int64_t h, int64_t w, int64_t t, const Wind
   } else if (w < kMinRowWidth) {
     plane_pool_table(src, table, t * t, dst, c, where);
   } else {
-    plane_pool_rows(src, h, w, t, table, row_max, dst, c, where);
+    plane_pool_rows(src, h, w, t, table, row_max, row_at, dst, c, where);
   }
 }
 
@@ -386,7 +475,8 @@ void pool_plane(const scalar_t* src, int64_t h, int64_t w, int64_t t, const Wind
 template <typename scalar_t>
 void pool_channel_block(const scalar_t* src, int64_t h, int64_t w, int64_t t,
                         const WindowTable& table, scalar_t* buf, scalar_t* row_max,
-                        scalar_t* dst, int64_t c, int32_t* where, double* mean, double* m2) {
+                        int32_t* row_at, scalar_t* dst, int64_t c, int32_t* where, double* mean,
+                        double* m2) {
   constexpr int64_t kLanes = 32 / sizeof(scalar_t);  // one AVX2 register
   const int64_t hw = h * w, tt = t * t;
   for (int64_t l = 0; l < kLanes; ++l) {
@@ -401,7 +491,7 @@ void pool_channel_block(const scalar_t* src, int64_t h, int64_t w, int64_t t,
   for (int64_t l = 0; l < kLanes; ++l) finite &= std::isfinite(static_cast<double>(sum[l]));
   if (!finite) {
     for (int64_t l = 0; l < kLanes; ++l) {
-      pool_plane(src + l * hw, h, w, t, table, row_max, dst + l, c,
+      pool_plane(src + l * hw, h, w, t, table, row_max, row_at, dst + l, c,
                  where != nullptr ? where + l * tt : nullptr,
                  mean != nullptr ? mean + l : nullptr, m2 != nullptr ? m2 + l : nullptr);
     }
@@ -482,6 +572,7 @@ void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* ind
         plane_grain(hw * lanes, pm != nullptr ? kGrainElements : kInferenceGrainElements);
     at::parallel_for(0, n * blocks, grain, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> row_max(w), buf(blocked ? hw * kLanes : 0);
+      std::vector<int32_t> row_at(w);
       for (int64_t unit = begin; unit < end; ++unit) {
         const int64_t s = unit / blocks, c0 = (unit % blocks) * lanes;
         const int64_t count = std::min(lanes, c - c0), plane = s * c + c0;
@@ -490,12 +581,14 @@ void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* ind
         double* mean = pm != nullptr ? pm + plane : nullptr;
         double* m2 = pq != nullptr ? pq + plane : nullptr;
         if (count == kLanes && blocked) {
-          pool_channel_block(xp + plane * hw, h, w, t, table, buf.data(), row_max.data(), dst, c,
+          pool_channel_block(xp + plane * hw, h, w, t, table, buf.data(), row_max.data(),
+                             row_at.data(), dst, c,
                              where, mean, m2);
           continue;
         }
         for (int64_t l = 0; l < count; ++l) {
-          pool_plane(xp + (plane + l) * hw, h, w, t, table, row_max.data(), dst + l, c,
+          pool_plane(xp + (plane + l) * hw, h, w, t, table, row_max.data(), row_at.data(),
+                     dst + l, c,
                      where != nullptr ? where + l * tt : nullptr,
                      mean != nullptr ? mean + l : nullptr, m2 != nullptr ? m2 + l : nullptr);
         }
