@@ -17,7 +17,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <mutex>
+#include <thread>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -52,6 +58,117 @@ inline int64_t plane_grain(int64_t hw, int64_t elements = kGrainElements) {
 
 // Channels per task for loops over channels, each channel holding n planes of hw values.
 inline int64_t channel_grain(int64_t n, int64_t hw) { return plane_grain(n * hw); }
+
+// ---- one parallel region per op -----------------------------------------------------
+//
+// Under OMP_WAIT_POLICY=PASSIVE a thread sleeps as soon as a parallel region ends, and
+// waking it for the next one costs 50-80 µs on this project's 2-core machines: a train
+// step that opened four regions (pooling, mapping; backward, scatter) paid more for the
+// wake-ups than for the scatter's work. An op therefore runs its passes in one region
+// (run_phased): each thread takes its share of the first pass, one thread then runs the
+// serial middle (the attention) while the others spin at a barrier for those few
+// microseconds, and each thread takes its share of the last pass. The shares split a
+// range as at::parallel_for splits it, so a thread revisits the planes it last touched.
+
+// This thread's place in a phased region; `team` is 0 outside one.
+struct Share {
+  int64_t tid = 0, team = 0;
+};
+
+// f(begin, end) over [0, range): its own region (at::parallel_for) outside a phased region,
+// inside one this thread's contiguous share (ATen's split: chunks of ceil(range / team)).
+template <typename F>
+void for_share(const Share* share, int64_t range, int64_t grain, const F& f) {
+  if (share == nullptr || share->team == 0) {
+    at::parallel_for(0, range, grain, f);
+    return;
+  }
+  const int64_t chunk = (range + share->team - 1) / share->team;
+  const int64_t begin = share->tid * chunk;
+  if (begin < range) f(begin, std::min(range, begin + chunk));
+}
+
+// Threads for a range split with `grain` items per task, as at::parallel_for counts them.
+inline int64_t team_size(int64_t range, int64_t grain) {
+  if (at::in_parallel_region() || range <= grain) return 1;
+  const int64_t tasks = (range + grain - 1) / grain;
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks));
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// A sense-reversing barrier that spins (then yields: the serial middle of a large batch
+// may take longer than a spin is worth) instead of sleeping in the kernel.
+class SpinBarrier {
+ public:
+  void set_parties(int64_t parties) { parties_.store(parties, std::memory_order_relaxed); }
+  void wait() {
+    const int64_t generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) ==
+        parties_.load(std::memory_order_relaxed) - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    constexpr int kSpins = 1 << 14;  // pause is ~40-140 cycles: well under a millisecond
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      if (spins < kSpins) {
+        cpu_relax();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  std::atomic<int64_t> parties_{1}, arrived_{0}, generation_{0};
+};
+
+// first(share), then middle() on one thread, then last(share), all in one parallel region
+// of up to `threads` threads (none below two). An exception in any phase is rethrown after
+// the region (a thread that failed still meets the barriers, and the phases after a
+// failure are skipped).
+template <typename First, typename Middle, typename Last>
+void run_phased(int64_t threads, const First& first, const Middle& middle, const Last& last) {
+  if (threads <= 1) {
+    const Share alone;
+    first(&alone);
+    middle();
+    last(&alone);
+    return;
+  }
+  SpinBarrier barrier;
+  std::exception_ptr error;
+  std::mutex error_lock;
+  std::atomic<bool> failed{false};
+  auto guarded = [&](const auto& phase) {
+    if (failed.load(std::memory_order_acquire)) return;
+    try {
+      phase();
+    } catch (...) {
+      const std::lock_guard<std::mutex> hold(error_lock);
+      if (!error) error = std::current_exception();
+      failed.store(true, std::memory_order_release);
+    }
+  };
+#pragma omp parallel num_threads(static_cast<int>(threads))
+  {
+    const Share share{omp_get_thread_num(), omp_get_num_threads()};
+    barrier.set_parties(share.team);  // every thread stores the same value before waiting
+    guarded([&] { first(&share); });
+    barrier.wait();
+    if (share.tid == 0) guarded(middle);
+    barrier.wait();
+    guarded([&] { last(&share); });
+  }
+  if (error) std::rethrow_exception(error);
+}
 
 void check_map(const Tensor& x, const char* name) {
   TORCH_CHECK(x.dim() == 4, name, " must be (N, C, H, W), got ", x.sizes());
@@ -545,16 +662,32 @@ void pool_channel_block(const scalar_t* src, int64_t h, int64_t w, int64_t t,
 // optionally, arg-max indices (N, C, T·T) and per-plane moments (N, C) in float64. A plane
 // whose sum is not finite (it holds a NaN or an infinity) is pooled by the exact scan.
 // Small planes go kLanes channels at a time (pool_channel_block), larger ones one by one.
-void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* index,
+// The outputs are allocated by allocate_pooling; `share` as in for_share.
+void allocate_pooling(const Tensor& x, int64_t t, Tensor& positions, Tensor* index,
                       Tensor* plane_mean, Tensor* plane_m2) {
-  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), hw = h * w;
-  const int64_t tt = t * t;
+  const int64_t n = x.size(0), c = x.size(1), tt = t * t;
   positions = at::empty({n * tt, c}, x.options());
   if (index != nullptr) *index = at::empty({n, c, tt}, x.options().dtype(at::kInt));
   if (plane_mean != nullptr) {
     *plane_mean = at::empty({n, c}, x.options().dtype(at::kDouble));
     *plane_m2 = at::empty({n, c}, x.options().dtype(at::kDouble));
   }
+}
+
+// Work units of the pooling (blocks of channels of small planes, or single planes), and
+// units per task.
+std::pair<int64_t, int64_t> pooling_units(const Tensor& x, bool training) {
+  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  const int64_t lanes = hw <= kMaxBlockedPlane ? 32 / static_cast<int64_t>(x.element_size()) : 1;
+  const int64_t grain =
+      plane_grain(hw * lanes, training ? kGrainElements : kInferenceGrainElements);
+  return {n * ((c + lanes - 1) / lanes), grain};
+}
+
+void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* index,
+                      Tensor* plane_mean, Tensor* plane_m2, const Share* share = nullptr) {
+  const int64_t c = x.size(1), h = x.size(2), w = x.size(3), hw = h * w;
+  const int64_t tt = t * t;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_pool_and_moments", [&] {
     constexpr int64_t kLanes = 32 / sizeof(scalar_t);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -568,9 +701,8 @@ void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* ind
     // be shorter and goes plane by plane), or single planes.
     const int64_t lanes = blocked ? kLanes : 1;
     const int64_t blocks = (c + lanes - 1) / lanes;
-    const int64_t grain =
-        plane_grain(hw * lanes, pm != nullptr ? kGrainElements : kInferenceGrainElements);
-    at::parallel_for(0, n * blocks, grain, [&](int64_t begin, int64_t end) {
+    const auto [units, grain] = pooling_units(x, pm != nullptr);
+    for_share(share, units, grain, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> row_max(w), buf(blocked ? hw * kLanes : 0);
       std::vector<int32_t> row_at(w);
       for (int64_t unit = begin; unit < end; ++unit) {
@@ -598,15 +730,15 @@ void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* ind
 }
 
 // Only the moments (no pooling): the normalization of SimpleSepBatchNorm2d and friends.
-void moments_only(const Tensor& x, Tensor& plane_mean, Tensor& plane_m2) {
+// Into preallocated (N, C) float64 moments.
+void moments_only(const Tensor& x, Tensor& plane_mean, Tensor& plane_m2,
+                  const Share* share = nullptr) {
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
-  plane_mean = at::empty({n, c}, x.options().dtype(at::kDouble));
-  plane_m2 = at::empty({n, c}, x.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_moments", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     double* pm = plane_mean.mutable_data_ptr<double>();
     double* pq = plane_m2.mutable_data_ptr<double>();
-    at::parallel_for(0, n * c, plane_grain(hw), [&](int64_t begin, int64_t end) {
+    for_share(share, n * c, plane_grain(hw), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane)
         plane_moments(xp + plane * hw, hw, pm + plane, pq + plane);
     });
@@ -644,24 +776,23 @@ std::vector<Tensor> combine_moments(const Tensor& plane_mean, const Tensor& plan
   return {mean, var, unbiased};
 }
 
-// y[n, c] = x[n, c] * a[n, c] + b[n, c] over every plane.
-Tensor scale_shift(const Tensor& x, const Tensor& a, const Tensor& b,
-                   int64_t grain_elements = kGrainElements) {
+// y[n, c] = x[n, c] * a[n, c] + b[n, c] over every plane, into a preallocated y.
+void scale_shift_into(const Tensor& x, const Tensor& a, const Tensor& b, Tensor& y,
+                      int64_t grain_elements = kGrainElements, const Share* share = nullptr) {
   const int64_t planes = x.size(0) * x.size(1), hw = x.size(2) * x.size(3);
-  Tensor y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_scale_shift", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* ap = a.const_data_ptr<scalar_t>();
     const scalar_t* bp = b.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, planes, plane_grain(hw, grain_elements), [&](int64_t begin, int64_t end) {
+    for_share(share, planes, plane_grain(hw, grain_elements), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         multiply_add(xp + plane * hw, yp + plane * hw, hw, ap[plane], bp[plane]);
       }
     });
   });
-  return y;
 }
+
 
 // 1 / sqrt(var + eps) per channel, in the statistics' dtype (as at::rsqrt(var + eps)).
 Tensor inverse_std(const Tensor& var_in, double eps, at::ScalarType dtype) {
@@ -923,13 +1054,13 @@ void running_update(const c10::optional<Tensor>& running_mean,
 // `need_input`, ∂L/∂x = r (γ̂ g - c1 - x̂ c2) with c1 = Σ_n γ̂ s1 / M, c2 = Σ_n γ̂ s2 / M
 // (the batch-norm backward applied to γ̂ g; derivation in fused_separable_norm).
 // Returns (s1, s2, ∂L/∂x or an empty tensor).
-std::vector<Tensor> norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& scale_in,
-                                  const Tensor& mean, const Tensor& rstd, bool need_input) {
+// `scale` must be contiguous; `sums` holds the preallocated (s1, s2, ∂L/∂x or empty).
+void norm_backward_into(const Tensor& grad_y, const Tensor& x, const Tensor& scale,
+                        const Tensor& mean, const Tensor& rstd, bool need_input,
+                        std::vector<Tensor>& sums, const Share* share = nullptr) {
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
   const double count = static_cast<double>(n * hw);
-  Tensor scale = scale_in.contiguous();
-  Tensor s1 = at::empty({n, c}, x.options()), s2 = at::empty({n, c}, x.options());
-  Tensor gx = need_input ? at::empty_like(x) : at::empty({0}, x.options());
+  Tensor &s1 = sums[0], &s2 = sums[1], &gx = sums[2];
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_norm_backward", [&] {
     const scalar_t* gp = grad_y.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -939,7 +1070,7 @@ std::vector<Tensor> norm_backward(const Tensor& grad_y, const Tensor& x, const T
     scalar_t* s1p = s1.mutable_data_ptr<scalar_t>();
     scalar_t* s2p = s2.mutable_data_ptr<scalar_t>();
     scalar_t* op = need_input ? gx.mutable_data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, c, channel_grain(n, hw), [&](int64_t begin, int64_t end) {
+    for_share(share, c, channel_grain(n, hw), [&](int64_t begin, int64_t end) {
       for (int64_t ch = begin; ch < end; ++ch) {
         const scalar_t mu = mp[ch], r = rp[ch];
         double sum1 = 0.0, sum2 = 0.0;  // Σ_n γ̂ s1, Σ_n γ̂ s2
@@ -971,7 +1102,19 @@ std::vector<Tensor> norm_backward(const Tensor& grad_y, const Tensor& x, const T
       }
     });
   });
-  return {s1, s2, gx};
+}
+
+std::vector<Tensor> allocate_norm_backward(const Tensor& x, bool need_input) {
+  const int64_t n = x.size(0), c = x.size(1);
+  return {at::empty({n, c}, x.options()), at::empty({n, c}, x.options()),
+          need_input ? at::empty_like(x) : at::empty({0}, x.options())};
+}
+
+std::vector<Tensor> norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& scale,
+                                  const Tensor& mean, const Tensor& rstd, bool need_input) {
+  auto sums = allocate_norm_backward(x, need_input);
+  norm_backward_into(grad_y, x, scale.contiguous(), mean, rstd, need_input, sums);
+  return sums;
 }
 
 // gx[n, c, index[n, c, t]] += grad_pooled[n·T·T + t, c]: the pooling's backward, at the
@@ -982,14 +1125,15 @@ std::vector<Tensor> norm_backward(const Tensor& grad_y, const Tensor& x, const T
 // innermost reads the pooled gradient's rows contiguously. (Deferring norm_backward's
 // input pass until the pooled gradient is known, to add it while each plane is in L1,
 // measured slower: that pass then reads g and x back from L3.)
-void scatter_pooled_(Tensor& gx, const Tensor& grad_pooled, const Tensor& index) {
+void scatter_pooled_(Tensor& gx, const Tensor& grad_pooled, const Tensor& index,
+                     const Share* share = nullptr) {
   const int64_t n = gx.size(0), c = gx.size(1), hw = gx.size(2) * gx.size(3);
   const int64_t tt = index.size(2);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "sepbn_scatter_pooled", [&] {
     scalar_t* op = gx.mutable_data_ptr<scalar_t>();
     const scalar_t* pooled = grad_pooled.const_data_ptr<scalar_t>();
     const int32_t* where = index.const_data_ptr<int32_t>();
-    at::parallel_for(0, c, channel_grain(n, hw), [&](int64_t begin, int64_t end) {
+    for_share(share, c, channel_grain(n, hw), [&](int64_t begin, int64_t end) {
       for (int64_t s = 0; s < n; ++s) {
         for (int64_t t = 0; t < tt; ++t) {
           const scalar_t* row = pooled + (s * tt + t) * c;
@@ -1015,15 +1159,24 @@ std::vector<Tensor> sepbn_train_forward(const Tensor& x, const Tensor& weight, c
                                         bool hard) {
   check_map(x, "x");
   const int64_t n = x.size(0), hw = x.size(2) * x.size(3);
-  Tensor positions, index, plane_mean, plane_m2;
-  pool_and_moments(x, pool_size, positions, &index, &plane_mean, &plane_m2);
-  auto att = attention(positions, n, reduce_w, reduce_b, hidden_w, hidden_b, out_w, out_b, tau,
-                       weight.size(0), hard);
-  auto mixed = mix_sets(att[2], weight, bias);
-  auto stats = combine_moments(plane_mean, plane_m2, hw, x.scalar_type());
-  Tensor rstd = inverse_std(stats[1], eps, x.scalar_type());
-  auto ab = fold(mixed[0], mixed[1], stats[0], rstd);
-  Tensor y = scale_shift(x, ab[0], ab[1]);
+  Tensor positions, index, plane_mean, plane_m2, rstd, y = at::empty_like(x);
+  allocate_pooling(x, pool_size, positions, &index, &plane_mean, &plane_m2);
+  std::vector<Tensor> att, mixed, stats, ab;
+  const auto [units, grain] = pooling_units(x, true);
+  run_phased(
+      team_size(units, grain),
+      [&](const Share* share) {
+        pool_and_moments(x, pool_size, positions, &index, &plane_mean, &plane_m2, share);
+      },
+      [&] {
+        att = attention(positions, n, reduce_w, reduce_b, hidden_w, hidden_b, out_w, out_b, tau,
+                        weight.size(0), hard);
+        mixed = mix_sets(att[2], weight, bias);
+        stats = combine_moments(plane_mean, plane_m2, hw, x.scalar_type());
+        rstd = inverse_std(stats[1], eps, x.scalar_type());
+        ab = fold(mixed[0], mixed[1], stats[0], rstd);
+      },
+      [&](const Share* share) { scale_shift_into(x, ab[0], ab[1], y, kGrainElements, share); });
   return {y, att[2], index, positions, att[0], att[1], mixed[0], stats[0], rstd, stats[2]};
 }
 
@@ -1037,17 +1190,20 @@ std::vector<Tensor> sepbn_train_backward(
     const Tensor& hidden, const Tensor& scale, const Tensor& mean, const Tensor& rstd,
     bool need_input, bool need_attention) {
   check_map(x, "x");
-  Tensor grad_y = grad_y_in.contiguous();
+  Tensor grad_y = grad_y_in.contiguous(), scale_c = scale.contiguous();
   const int64_t g = reduce_w.size(0);
-  auto sums = norm_backward(grad_y, x, scale, mean, rstd, need_input);  // ∂L/∂β̂, ∂L/∂γ̂, ∂L/∂x
-  const Tensor& s1 = sums[0];
-  const Tensor& s2 = sums[1];
-  // Eq. 6 backward to the sets (K, C) and, through π, Eq. 5 backward to the logits.
-  auto mixed = mix_backward(s1, s2, pi, weight, bias, tau.item<double>(), need_attention);
+  const double temperature = tau.item<double>();
+  auto sums = allocate_norm_backward(x, need_input);  // ∂L/∂β̂, ∂L/∂γ̂, ∂L/∂x
   Tensor empty = at::empty({0}, x.options());
-  std::vector<Tensor> out{empty, mixed[0], mixed[1], empty, empty, empty, empty, empty, empty};
+  std::vector<Tensor> out{empty, empty, empty, empty, empty, empty, empty, empty, empty};
   Tensor grad_pooled;
-  if (need_attention) {
+  // The attention's backward, between the normalization's pass and the pooling's scatter.
+  auto middle = [&] {
+    // Eq. 6 backward to the sets (K, C) and, through π, Eq. 5 backward to the logits.
+    auto mixed = mix_backward(sums[0], sums[1], pi, weight, bias, temperature, need_attention);
+    out[1] = mixed[0];
+    out[2] = mixed[1];
+    if (!need_attention) return;
     const Tensor& grad_logits = mixed[2];
     out[7] = small_matmul(grad_logits, true, hidden, false);
     out[8] = column_sums(grad_logits);
@@ -1059,11 +1215,18 @@ std::vector<Tensor> sepbn_train_backward(
     out[3] = small_matmul(grad_reduced, true, positions, false);
     out[4] = column_sums(grad_reduced);
     if (need_input) grad_pooled = small_matmul(grad_reduced, false, reduce_w, false);  // (N·T·T, C)
-  }
-  if (need_input) {
-    out[0] = sums[2];
-    if (grad_pooled.defined()) scatter_pooled_(out[0], grad_pooled, index);
-  }
+  };
+  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  run_phased(
+      team_size(c, channel_grain(n, hw)),
+      [&](const Share* share) {
+        norm_backward_into(grad_y, x, scale_c, mean, rstd, need_input, sums, share);
+      },
+      middle,
+      [&](const Share* share) {
+        if (grad_pooled.defined()) scatter_pooled_(sums[2], grad_pooled, index, share);
+      });
+  if (need_input) out[0] = sums[2];
   return out;
 }
 
@@ -1076,20 +1239,33 @@ std::vector<Tensor> sepbn_eval_forward(const Tensor& x, const Tensor& weight, co
                                        const Tensor& running_var, double eps, int64_t pool_size,
                                        bool hard) {
   check_map(x, "x");
-  Tensor positions;
-  pool_and_moments(x, pool_size, positions, nullptr, nullptr, nullptr);
-  auto att = attention(positions, x.size(0), reduce_w, reduce_b, hidden_w, hidden_b, out_w, out_b,
-                       tau, weight.size(0), hard);
-  auto mixed = mix_sets(att[2], weight, bias);
-  Tensor rstd = inverse_std(running_var, eps, x.scalar_type());
-  auto ab = fold(mixed[0], mixed[1], running_mean, rstd);
-  return {scale_shift(x, ab[0], ab[1], kInferenceGrainElements), att[2]};
+  Tensor positions, y = at::empty_like(x);
+  allocate_pooling(x, pool_size, positions, nullptr, nullptr, nullptr);
+  std::vector<Tensor> att, ab;
+  const auto [units, grain] = pooling_units(x, false);
+  run_phased(
+      team_size(units, grain),
+      [&](const Share* share) {
+        pool_and_moments(x, pool_size, positions, nullptr, nullptr, nullptr, share);
+      },
+      [&] {
+        att = attention(positions, x.size(0), reduce_w, reduce_b, hidden_w, hidden_b, out_w,
+                        out_b, tau, weight.size(0), hard);
+        auto mixed = mix_sets(att[2], weight, bias);
+        Tensor rstd = inverse_std(running_var, eps, x.scalar_type());
+        ab = fold(mixed[0], mixed[1], running_mean, rstd);
+      },
+      [&](const Share* share) {
+        scale_shift_into(x, ab[0], ab[1], y, kInferenceGrainElements, share);
+      });
+  return {y, att[2]};
 }
 
 // Adaptive max pooling alone, without indices (the attention of eval and analysis).
 Tensor adaptive_max_pool(const Tensor& x, int64_t pool_size) {
   check_map(x, "x");
   Tensor positions;
+  allocate_pooling(x, pool_size, positions, nullptr, nullptr, nullptr);
   pool_and_moments(x, pool_size, positions, nullptr, nullptr, nullptr);
   return positions.view({x.size(0), pool_size, pool_size, x.size(1)}).permute({0, 3, 1, 2});
 }
@@ -1099,12 +1275,21 @@ Tensor adaptive_max_pool(const Tensor& x, int64_t pool_size) {
 std::vector<Tensor> norm_train_forward(const Tensor& x, const Tensor& scale, const Tensor& shift,
                                        double eps) {
   check_map(x, "x");
-  Tensor plane_mean, plane_m2;
-  moments_only(x, plane_mean, plane_m2);
-  auto stats = combine_moments(plane_mean, plane_m2, x.size(2) * x.size(3), x.scalar_type());
-  Tensor rstd = inverse_std(stats[1], eps, x.scalar_type());
-  auto ab = fold(scale, shift, stats[0], rstd);
-  return {scale_shift(x, ab[0], ab[1]), stats[0], rstd, stats[2]};
+  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  Tensor plane_mean = at::empty({n, c}, x.options().dtype(at::kDouble));
+  Tensor plane_m2 = at::empty({n, c}, x.options().dtype(at::kDouble));
+  Tensor rstd, y = at::empty_like(x);
+  std::vector<Tensor> stats, ab;
+  run_phased(
+      team_size(n * c, plane_grain(hw)),
+      [&](const Share* share) { moments_only(x, plane_mean, plane_m2, share); },
+      [&] {
+        stats = combine_moments(plane_mean, plane_m2, hw, x.scalar_type());
+        rstd = inverse_std(stats[1], eps, x.scalar_type());
+        ab = fold(scale, shift, stats[0], rstd);
+      },
+      [&](const Share* share) { scale_shift_into(x, ab[0], ab[1], y, kGrainElements, share); });
+  return {y, stats[0], rstd, stats[2]};
 }
 
 // Its backward: (grad_x or empty, grad_scale = s2, grad_shift = s1).
