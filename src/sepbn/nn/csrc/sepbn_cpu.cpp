@@ -23,9 +23,12 @@
 #include <atomic>
 #include <exception>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <cmath>
+#include <cctype>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -40,11 +43,27 @@ using at::Tensor;
 constexpr int64_t kChunk = 2048;  // elements summed in scalar_t before the double total
 
 // Elements per parallel task. With OMP_WAIT_POLICY=PASSIVE (which sepbn sets on shared
-// machines) waking the second OpenMP thread costs tens of microseconds: worth it for a
-// training batch, not for the single pass of a batch-1 inference, which runs on one
-// thread up to 2^18 elements (a 64×64×64 map).
+// machines) waking the second OpenMP thread costs 50-80 µs: worth it for a training
+// batch, not for a small batch-1 inference, which runs on one thread up to 2^17 elements
+// (a 128×32×32 map; the op's single region then wakes one thread for a 64×64×64 map).
+// Under any other policy (libgomp's default spins a while before sleeping) the threads
+// are awake and inference splits as training does.
 constexpr int64_t kGrainElements = 1 << 16;
-constexpr int64_t kInferenceGrainElements = 1 << 18;
+
+bool passive_wait_policy() {
+  static const bool passive = [] {
+    const char* policy = std::getenv("OMP_WAIT_POLICY");
+    if (policy == nullptr) return false;
+    std::string value(policy);
+    for (char& ch : value) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    return value == "PASSIVE";
+  }();
+  return passive;
+}
+
+inline int64_t inference_grain_elements() {
+  return passive_wait_policy() ? int64_t{1} << 17 : kGrainElements;
+}
 
 inline int64_t band_start(int64_t i, int64_t size, int64_t t) { return (i * size) / t; }
 inline int64_t band_end(int64_t i, int64_t size, int64_t t) {
@@ -680,7 +699,7 @@ std::pair<int64_t, int64_t> pooling_units(const Tensor& x, bool training) {
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
   const int64_t lanes = hw <= kMaxBlockedPlane ? 32 / static_cast<int64_t>(x.element_size()) : 1;
   const int64_t grain =
-      plane_grain(hw * lanes, training ? kGrainElements : kInferenceGrainElements);
+      plane_grain(hw * lanes, training ? kGrainElements : inference_grain_elements());
   return {n * ((c + lanes - 1) / lanes), grain};
 }
 
@@ -1256,7 +1275,7 @@ std::vector<Tensor> sepbn_eval_forward(const Tensor& x, const Tensor& weight, co
         ab = fold(mixed[0], mixed[1], running_mean, rstd);
       },
       [&](const Share* share) {
-        scale_shift_into(x, ab[0], ab[1], y, kInferenceGrainElements, share);
+        scale_shift_into(x, ab[0], ab[1], y, inference_grain_elements(), share);
       });
   return {y, att[2]};
 }
