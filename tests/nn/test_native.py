@@ -222,6 +222,46 @@ def test_native_eval_equals_plain(shape, aggregation: str, dtype) -> None:
     assert y.grad_fn is not None
 
 
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads, so that maps above the grain split across an op's one region."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", ["sep", "simple"])
+def test_maps_above_the_grain_split_across_threads_equal_plain(kind: str, two_threads) -> None:
+    """Train step and eval on maps large enough for a two-thread region (first pass, the
+    attention on one thread, last pass): same values, gradients and running statistics."""
+    layer, plain = _pair(kind, 32, DTYPE)
+    x = (torch.randn(4, 32, 32, 32, dtype=DTYPE) * 2 + 0.5).requires_grad_()  # 2^17 values
+    assert layer._choose_path(x) == "native"
+    y, y_plain = layer(x), plain(x)
+    torch.testing.assert_close(y, y_plain, rtol=1e-11, atol=1e-11)
+    assert_train_step_matches(layer, plain, x, y, y_plain, True, rtol=1e-11, atol=1e-11)
+    if kind == "sep":
+        layer.eval()
+        plain.eval()
+        image = torch.randn(1, 32, 96, 96, dtype=DTYPE)  # above the inference grain too
+        with torch.no_grad():
+            torch.testing.assert_close(layer(image), plain(image), rtol=1e-12, atol=1e-12)
+
+
+def test_an_error_in_the_serial_middle_of_a_threaded_op_is_raised(two_threads) -> None:
+    """The attention runs inside the op's parallel region: its failure must surface as an
+    ordinary error after the region (not terminate the process or hang the other thread)."""
+    layer = randomize(SepBatchNorm2d(32, num_groups=1)).to(DTYPE)
+    x = torch.randn(4, 32, 32, 32, dtype=DTYPE)
+    tensors = list(layer._attention_tensors())
+    tensors[2] = tensors[2][:, :-1]  # hidden weight one input short of the pooled features
+    with pytest.raises(RuntimeError, match="small_matmul: sizes differ"):
+        torch.ops.sepbn_cpu.sepbn_train_forward(
+            x, layer.weight, layer.bias, *tensors, 1e-5, layer.pool_size, False
+        )
+
+
 def test_dispatch_outside_the_native_conditions() -> None:
     layer = randomize(SepBatchNorm2d(6))
     x = torch.randn(2, 6, 8, 8)
