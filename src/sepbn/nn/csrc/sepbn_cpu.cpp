@@ -517,7 +517,7 @@ void band_column_argmax(const scalar_t* __restrict p, int64_t w, int64_t h0, int
 // zero maximum matches too). Comparisons are branch-free: on random data a branch
 // mispredicts every other time.
 template <typename scalar_t>
-void plane_pool_rows(const scalar_t* p, int64_t h, int64_t w, int64_t t, const WindowTable& bands,
+void plane_pool_rows(const scalar_t* p, int64_t w, int64_t t, const WindowTable& bands,
                      scalar_t* row_max, int32_t* row_at, scalar_t* out, int64_t out_stride,
                      int32_t* index) {
   const int32_t w32 = static_cast<int32_t>(w);
@@ -598,7 +598,7 @@ void pool_plane(const scalar_t* src, int64_t h, int64_t w, int64_t t, const Wind
   } else if (w < kMinRowWidth) {
     plane_pool_table(src, table, t * t, dst, c, where);
   } else {
-    plane_pool_rows(src, h, w, t, table, row_max, row_at, dst, c, where);
+    plane_pool_rows(src, w, t, table, row_max, row_at, dst, c, where);
   }
 }
 
