@@ -85,6 +85,7 @@ def _train_forward_op(x: Tensor, pool_size: int) -> list[Tensor]:
     [
         (2, 3, 5, 7), (1, 4, 2, 2), (3, 2, 17, 33), (2, 2, 40, 3), (2, 3, 64, 64), (2, 3, 8, 8),
         (2, 3, 11, 29),  # row blocks of two registers, of one, then a scalar tail
+        (2, 19, 8, 8), (2, 19, 3, 4),  # channel blocks (8 float32, 4 float64) and a remainder
     ],
 )  # fmt: skip
 def test_pooling_and_argmax_equal_aten_with_ties(shape, pool_size: int, dtype) -> None:
@@ -102,6 +103,11 @@ def test_pooling_and_argmax_equal_aten_with_ties(shape, pool_size: int, dtype) -
         assert torch.equal(pooled, expected)
         assert torch.equal(pooled.signbit(), expected.signbit())  # ATen's first zero wins
         assert torch.equal(index.view(n, c, pool_size, pool_size).long(), expected_index)
+        # The batch statistics come from the same pass (per-plane moments, combined).
+        var, mean = torch.var_mean(values, dim=(0, 2, 3), correction=1)
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(out[7], mean, rtol=tol, atol=tol)
+        torch.testing.assert_close(out[9], var, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 4, 4), (2, 3, 20, 20)])
