@@ -616,10 +616,17 @@ void pool_channel_block(const scalar_t* src, int64_t h, int64_t w, int64_t t,
                         int32_t* row_at, scalar_t* dst, int64_t c, int32_t* where, double* mean,
                         double* m2) {
   constexpr int64_t kLanes = 32 / sizeof(scalar_t);  // one AVX2 register
+  using V = typename Vec<scalar_t>::V;
+  using I = typename Vec<scalar_t>::I;
+  using index_t = std::remove_reference_t<decltype(std::declval<I>()[0])>;
+  static_assert(Vec<scalar_t>::kLanes == kLanes);
   const int64_t hw = h * w, tt = t * t;
-  for (int64_t l = 0; l < kLanes; ++l) {
-    const scalar_t* plane = src + l * hw;
-    for (int64_t e = 0; e < hw; ++e) buf[e * kLanes + l] = plane[e];
+  // Each element's kLanes values gathered into a register and stored whole: scalar stores
+  // read back as one vector stall the load (no store forwarding), 16% of the pooling.
+  for (int64_t e = 0; e < hw; ++e) {
+    V v;
+    for (int64_t l = 0; l < kLanes; ++l) v[l] = src[l * hw + e];
+    std::memcpy(buf + e * kLanes, &v, sizeof(V));
   }
   scalar_t sum[kLanes] = {};
   for (int64_t e = 0; e < hw; ++e) {
@@ -655,27 +662,33 @@ void pool_channel_block(const scalar_t* src, int64_t h, int64_t w, int64_t t,
   }
   const int32_t* off = table.offset.data();
   const int32_t* start = table.start.data();
+  // One vector per window element (kLanes channels), as vector types: GCC leaves the
+  // value-and-index select of a plain loop scalar.
+  auto load = [&](int32_t element) {
+    V v;
+    std::memcpy(&v, buf + element * kLanes, sizeof(V));
+    return v;
+  };
   for (int64_t win = 0; win < tt; ++win) {
     const int32_t b = start[win], e = start[win + 1];
-    scalar_t best[kLanes];
-    int32_t at[kLanes];
-    for (int64_t l = 0; l < kLanes; ++l) {
-      best[l] = buf[off[b] * kLanes + l];
-      at[l] = off[b];
-    }
-    for (int32_t j = b + 1; j < e; ++j) {
-      const scalar_t* v = buf + off[j] * kLanes;
-      const int32_t o = off[j];
-      for (int64_t l = 0; l < kLanes; ++l) {
-        const bool take = v[l] > best[l];
-        best[l] = take ? v[l] : best[l];
-        at[l] = take ? o : at[l];
+    V best = load(off[b]);
+    if (where == nullptr) {
+      for (int32_t j = b + 1; j < e; ++j) {
+        const V v = load(off[j]);
+        best = v > best ? v : best;
       }
+      std::memcpy(dst + win * c, &best, sizeof(V));
+      continue;
     }
-    for (int64_t l = 0; l < kLanes; ++l) dst[win * c + l] = best[l];
-    if (where != nullptr) {
-      for (int64_t l = 0; l < kLanes; ++l) where[l * tt + win] = at[l];
+    I at = I{} + static_cast<index_t>(off[b]);
+    for (int32_t j = b + 1; j < e; ++j) {
+      const V v = load(off[j]);
+      const I take = v > best;
+      best = take ? v : best;
+      at = take ? I{} + static_cast<index_t>(off[j]) : at;
     }
+    std::memcpy(dst + win * c, &best, sizeof(V));
+    for (int64_t l = 0; l < kLanes; ++l) where[l * tt + win] = static_cast<int32_t>(at[l]);
   }
 }
 
@@ -867,18 +880,17 @@ std::vector<Tensor> mix_sets(const Tensor& pi, const Tensor& weight, const Tenso
     const scalar_t* bp = bc.const_data_ptr<scalar_t>();
     scalar_t* sp = scale.mutable_data_ptr<scalar_t>();
     scalar_t* hp = shift.mutable_data_ptr<scalar_t>();
+    // Channels innermost (vectorized), the K sets accumulated one after the other.
     for (int64_t s = 0; s < n; ++s) {
       for (int64_t gi = 0; gi < g; ++gi) {
         const scalar_t* weights = pp + (s * g + gi) * k;
-        for (int64_t mi = 0; mi < m; ++mi) {
-          const int64_t ch = gi * m + mi;
-          scalar_t sv = 0, hv = 0;
-          for (int64_t ki = 0; ki < k; ++ki) {
-            sv += weights[ki] * wp[ki * c + ch];
-            hv += weights[ki] * bp[ki * c + ch];
-          }
-          sp[s * c + ch] = sv;
-          hp[s * c + ch] = hv;
+        scalar_t* so = sp + s * c + gi * m;
+        scalar_t* ho = hp + s * c + gi * m;
+        std::fill(so, so + m, scalar_t(0));
+        std::fill(ho, ho + m, scalar_t(0));
+        for (int64_t ki = 0; ki < k; ++ki) {
+          axpy(wp + ki * c + gi * m, so, m, weights[ki]);
+          axpy(bp + ki * c + gi * m, ho, m, weights[ki]);
         }
       }
     }
