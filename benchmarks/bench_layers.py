@@ -12,13 +12,15 @@ for one layer or the other, which swamps the ratio (``--keep-malloc`` to measure
 ``--compiled`` adds ``torch.compile`` (inductor, ``dynamic=False``) of both layers, train
 fwd+bwd, at the three largest maps (on CPU the compiled SepBN graph holds the C++ ops of
 ``sepbn.nn.native`` as opaque calls; inductor fuses the compiled BN itself).
-``--device cuda`` and ``--dtype bfloat16`` (autocast, float32 parameters) time the same on
-a GPU; :func:`layer_ratios` is what
+``--channels-last`` gives both layers channels-last inputs in the eager table (SepBN's
+NHWC kernels). ``--device cuda`` and ``--dtype bfloat16`` (autocast, float32 parameters)
+time the same on a GPU; :func:`layer_ratios` is what
 ``benchmarks/device_check.py`` calls.
 
 Usage:
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_layers.py [--repeats 15]
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_layers.py --compiled
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_layers.py --channels-last
 """
 
 from __future__ import annotations
@@ -197,6 +199,11 @@ def main() -> None:
     )
     parser.add_argument("--compiled-only", action="store_true", help="only the compiled table")
     parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels-last inputs for both layers in the eager table (NHWC kernels)",
+    )
+    parser.add_argument(
         "--path",
         choices=PATHS,
         default="auto",
@@ -213,6 +220,8 @@ def main() -> None:
         f"malloc trimming {'off' if steady else 'as is'}"
     )
     print("SepBatchNorm2d(C, num_sets=3, num_groups=2, pool_size=3) vs nn.BatchNorm2d(C)")
+    if args.channels_last:
+        print("eager inputs channels-last (both layers)")
     print()
     if not args.compiled_only:
         _eager_table(args)
@@ -240,7 +249,9 @@ def _eager_table(args: argparse.Namespace) -> None:
     for channels, size in VANILLA_SHAPES:
         bn = nn.BatchNorm2d(channels)
         sep = SepBatchNorm2d(channels, num_sets=3, num_groups=2, pool_size=3)
-        x = torch.randn(args.batch, channels, size, size, requires_grad=True)
+        layout = torch.channels_last if args.channels_last else torch.contiguous_format
+        x = torch.randn(args.batch, channels, size, size).contiguous(memory_format=layout)
+        x.requires_grad_()
         grad = torch.randn_like(x)
         number = max(1, int(2e6 // x.numel()))
         with sepbn_path(args.path):
@@ -253,7 +264,7 @@ def _eager_table(args: argparse.Namespace) -> None:
         )
         bn.eval()
         sep.eval()
-        x1 = torch.randn(1, channels, size, size)
+        x1 = torch.randn(1, channels, size, size).contiguous(memory_format=layout)
         with torch.no_grad(), sepbn_path(args.path):
             eval_path = sep._choose_path(x1)
         number = max(5, int(1e6 // x1.numel()))

@@ -137,13 +137,15 @@ def assert_train_step_matches(
     y: torch.Tensor,
     y_plain: torch.Tensor,
     input_grad: bool,
+    scaled: bool = False,
     **tol: float,
 ) -> None:
     """Every gradient (x's when asked) and the running statistics of ``layer`` equal ``plain``'s.
 
     ``y``/``y_plain`` are the two layers' outputs on ``x`` after one training step; a
     gradient that ``plain`` does not have (the attention behind a hard arg-max) must be
-    missing from ``layer`` too.
+    missing from ``layer`` too. ``scaled``: each gradient's ``atol`` is multiplied by its
+    largest magnitude (at least 1), for float32 sums taken in different orders.
     """
     grad = torch.randn_like(y_plain)
     inputs = [x] if input_grad else []
@@ -154,7 +156,34 @@ def assert_train_step_matches(
         if g_plain is None:
             assert g is None, name
         else:
-            torch.testing.assert_close(g, g_plain, **tol, msg=name)
+            size = max(1.0, float(g_plain.abs().max())) if scaled else 1.0
+            atol = tol.get("atol", 0.0) * size
+            torch.testing.assert_close(
+                g, g_plain, **{**tol, "atol": atol}, msg=lambda m, name=name: f"{name}: {m}"
+            )
     torch.testing.assert_close(layer.norm.running_mean, plain.norm.running_mean, **tol)
     torch.testing.assert_close(layer.norm.running_var, plain.norm.running_var, **tol)
     assert int(layer.norm.num_batches_tracked) == int(plain.norm.num_batches_tracked) == 1
+
+
+def assert_backward_matches(
+    model: nn.Module,
+    reference: nn.Module,
+    x: torch.Tensor,
+    x_reference: torch.Tensor,
+    y: torch.Tensor,
+    y_reference: torch.Tensor,
+    rtol: float,
+    atol: float,
+    scaled: bool = False,
+) -> None:
+    """One backward of the same random gradient through ``y`` and ``y_reference``: the input
+    gradients and every parameter's agree (``scaled``: ``atol`` times each gradient's largest
+    magnitude, at least 1)."""
+    grad = torch.randn_like(y_reference)
+    y.backward(grad)
+    y_reference.backward(grad)
+    torch.testing.assert_close(x.grad, x_reference.grad, rtol=rtol, atol=atol)
+    for (name, expected), p in zip(reference.named_parameters(), model.parameters()):
+        size = max(1.0, float(expected.grad.abs().max())) if scaled else 1.0
+        torch.testing.assert_close(p.grad, expected.grad, rtol=rtol, atol=atol * size, msg=name)

@@ -24,7 +24,7 @@ import torch
 from test_fused_separable_norm import KINDS, make_input
 from torch import Tensor, nn
 
-from helpers import randomize
+from helpers import assert_backward_matches, randomize
 from sepbn.nn import SepBatchNorm2d, SimpleSepBatchNorm2d, native
 from sepbn.nn import compiled_separable_norm as compiled
 from sepbn.nn.dispatch import sepbn_path
@@ -253,12 +253,7 @@ def test_torch_compile_of_layer_equals_eager(kind: str) -> None:
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     y_eager, y_compiled = eager(x1), fn(x2)
     torch.testing.assert_close(y_compiled, y_eager, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(y_eager)
-    y_eager.backward(grad)
-    y_compiled.backward(grad)
-    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-5, atol=1e-5)
-    for (name, p1), p2 in zip(eager.named_parameters(), compiled_layer.parameters()):
-        torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-5, atol=1e-5, msg=name)
+    assert_backward_matches(compiled_layer, eager, x2, x1, y_compiled, y_eager, 1e-5, 1e-5)
     torch.testing.assert_close(compiled_layer.norm.running_var, eager.norm.running_var)
 
 

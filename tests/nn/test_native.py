@@ -27,9 +27,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._inductor.utils import run_and_get_code
 from torch.func import functional_call
 
-from helpers import assert_train_step_matches, randomize
+from helpers import assert_backward_matches, assert_train_step_matches, randomize
 from sepbn.nn import SepBatchNorm2d, SimpleSepBatchNorm2d, native
 from sepbn.nn.dispatch import sepbn_path
 from sepbn.nn.fused_separable_norm import adaptive_max_pool2d
@@ -91,6 +92,7 @@ def _train_forward_op(x: Tensor, pool_size: int) -> list[Tensor]:
 def test_pooling_and_argmax_equal_aten_with_ties(shape, pool_size: int, dtype) -> None:
     """Values and arg-max indices, also with many ties (rounded values, zeros of both signs)."""
     x = torch.randn(shape, dtype=dtype)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
     signed_zeros = torch.where(x > 0, 0.0, -0.0).to(dtype)
     for values in (x, x.round(), torch.zeros_like(x), signed_zeros):
         expected, expected_index = F.adaptive_max_pool2d(values, pool_size, return_indices=True)
@@ -103,9 +105,15 @@ def test_pooling_and_argmax_equal_aten_with_ties(shape, pool_size: int, dtype) -
         assert torch.equal(pooled, expected)
         assert torch.equal(pooled.signbit(), expected.signbit())  # ATen's first zero wins
         assert torch.equal(index.view(n, c, pool_size, pool_size).long(), expected_index)
+        # The NHWC kernels: the same values, indices and statistics from channels-last memory.
+        out_cl = _train_forward_op(values.contiguous(memory_format=torch.channels_last), pool_size)
+        for name, i in (("positions", 3), ("index", 2), ("mean", 7), ("variance", 9)):
+            if out_cl[i].is_floating_point():
+                torch.testing.assert_close(out_cl[i], out[i], rtol=tol, atol=tol, msg=name)
+            else:
+                assert torch.equal(out_cl[i], out[i]), name
         # The batch statistics come from the same pass (per-plane moments, combined).
         var, mean = torch.var_mean(values, dim=(0, 2, 3), correction=1)
-        tol = 1e-12 if dtype == torch.float64 else 1e-5
         torch.testing.assert_close(out[7], mean, rtol=tol, atol=tol)
         torch.testing.assert_close(out[9], var, rtol=tol, atol=tol)
 
@@ -123,26 +131,38 @@ def test_nan_and_infinity_propagate_like_aten(shape) -> None:
     out = _train_forward_op(x, 3)
     index = out[2].view(*shape[:2], 3, 3).long()
     assert torch.equal(index, expected_index)  # the exact scan runs for these planes
+    out_cl = _train_forward_op(x.contiguous(memory_format=torch.channels_last), 3)
+    assert torch.equal(out_cl[2].view(*shape[:2], 3, 3).long(), expected_index)  # NHWC scan
+    pooled_cl = out_cl[3].view(shape[0], 3, 3, shape[1]).permute(0, 3, 1, 2)
+    torch.testing.assert_close(pooled_cl, expected, equal_nan=True, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("input_grad", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_native_train_equals_plain(kind: str, shape: str, input_grad: bool, dtype) -> None:
-    """Output, every gradient, running statistics and batch count, in training mode."""
-    # float32: the paths sum in different orders; the attention's gradients, sums over the
-    # map pushed through three matmuls, differ by up to ~3e-5 of their size.
-    tol = {"rtol": 1e-11, "atol": 1e-11} if dtype == DTYPE else {"rtol": 1e-4, "atol": 1e-4}
+def test_native_train_equals_plain(
+    kind: str, shape: str, input_grad: bool, dtype, layout: str
+) -> None:
+    """Output, every gradient, running statistics and batch count, in training mode; a
+    channels-last input runs the NHWC kernels and gives a channels-last output."""
+    # float64 proves the arithmetic (1e-11). float32: the paths sum in different orders, and
+    # the attention's gradients (sums over the map pushed through three matmuls) of the
+    # plain, NCHW and NHWC paths each land within ~1e-4 of a float64 run of the same
+    # layer, so two of them may differ by twice that.
+    tol = {"rtol": 1e-11, "atol": 1e-11} if dtype == DTYPE else {"rtol": 2e-4, "atol": 2e-4}
     channels = 6
     layer, plain = _pair(kind, channels, dtype)
     x = torch.randn(SHAPES[shape][0], channels, *SHAPES[shape][1:], dtype=dtype) * 2 + 0.5
-    x.requires_grad_(input_grad)
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = x.contiguous(memory_format=memory_format).requires_grad_(input_grad)
     assert layer._choose_path(x) == "native"
     y, y_plain = layer(x), plain(x)
-    assert y.is_contiguous() and y.dtype == dtype
+    assert y.is_contiguous(memory_format=memory_format) and y.dtype == dtype
     torch.testing.assert_close(y, y_plain, **tol)
-    assert_train_step_matches(layer, plain, x, y, y_plain, input_grad, **tol)
+    # float32: atol scaled by each gradient's size.
+    assert_train_step_matches(layer, plain, x, y, y_plain, input_grad, dtype != DTYPE, **tol)
 
 
 def test_attention_frozen_still_sends_the_pooling_gradient_to_x() -> None:
@@ -209,14 +229,17 @@ def test_gradcheck_float64(kind: str, shape) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("aggregation", ["soft", "hard"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("shape", [(1, 8, 16, 16), (4, 8, 3, 5), (1, 8, 2, 2)])
-def test_native_eval_equals_plain(shape, aggregation: str, dtype) -> None:
+def test_native_eval_equals_plain(shape, aggregation: str, dtype, layout: str) -> None:
     """Eval with running statistics, without a gradient: one op call, same values and π."""
     layer = randomize(SepBatchNorm2d(8, aggregation=aggregation)).to(dtype).eval()
     layer.keep_attention = True
     plain = copy.deepcopy(layer)
     plain.use_fused = False
     x = torch.randn(shape, dtype=dtype) * 2 + 0.5
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
     tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == DTYPE else {"rtol": 1e-5, "atol": 1e-5}
     with torch.no_grad():
         assert layer._choose_path(x) == "native"
@@ -272,12 +295,13 @@ def test_dispatch_outside_the_native_conditions() -> None:
     layer = randomize(SepBatchNorm2d(6))
     x = torch.randn(2, 6, 8, 8)
     assert layer._choose_path(x) == "native"
-    assert layer._choose_path(x.to(memory_format=torch.channels_last)) == "fused"
-    assert layer._choose_path(torch.randn(2, 6, 9, 8)[:, :, ::2]) == "fused"
+    assert layer._choose_path(x.to(memory_format=torch.channels_last)) == "native"
+    strided = torch.randn(2, 6, 9, 8)[:, :, ::2]
+    assert layer._choose_path(strided) == "fused"
     with native.disabled():
         assert layer._choose_path(x) == "fused"
     with sepbn_path("native"):
-        assert layer._choose_path(x.to(memory_format=torch.channels_last)) == "plain"
+        assert layer._choose_path(strided) == "plain"
     with sepbn_path("fused"):
         assert layer._choose_path(x) == "fused"
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -353,8 +377,10 @@ def _recording_backend(codes: list[str]):
     return backend
 
 
-@pytest.mark.parametrize("kind", ["sep", "sep-hard", "simple"])
-def test_compiled_layer_puts_the_native_ops_in_the_graph(kind: str) -> None:
+@pytest.mark.parametrize(
+    "kind, layout", [("sep", "nchw"), ("sep-hard", "nchw"), ("simple", "nchw"), ("sep", "cl")]
+)
+def test_compiled_layer_puts_the_native_ops_in_the_graph(kind: str, layout: str) -> None:
     """Under ``torch.compile(fullgraph=True)`` the train step is the C++ op call, and equals eager.
 
     The same arithmetic runs in both, so values, gradients and running statistics agree to
@@ -364,7 +390,10 @@ def test_compiled_layer_puts_the_native_ops_in_the_graph(kind: str) -> None:
     layer, plain = _pair(kind, 6, DTYPE)
     codes: list[str] = []
     compiled = torch.compile(layer, backend=_recording_backend(codes), fullgraph=True)
-    x = torch.randn(3, 6, 9, 7, dtype=DTYPE, requires_grad=True)
+    x = torch.randn(3, 6, 9, 7, dtype=DTYPE)
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     y, y_plain = compiled(x), plain(x)
     graph = "\n".join(codes)
     assert "running_update" in graph and "sepbn_cpu" in graph, graph
@@ -393,18 +422,14 @@ def test_compiled_eval_without_gradient_is_one_native_call() -> None:
 
 
 def test_compiled_outside_the_native_conditions_traces_plain() -> None:
-    """momentum=None (cumulative average) and channels-last inputs compile the plain path.
+    """momentum=None (cumulative average) and strided inputs compile the plain path.
 
     ``nn.BatchNorm2d(momentum=None)`` itself breaks the graph (its factor is
     ``1 / num_batches_tracked``, read as a Python float), so that case is not fullgraph.
     """
     for make, x, fullgraph in [
         (lambda: SepBatchNorm2d(6, momentum=None), torch.randn(2, 6, 8, 8), False),
-        (
-            lambda: SepBatchNorm2d(6),
-            torch.randn(2, 6, 8, 8).to(memory_format=torch.channels_last),
-            True,
-        ),
+        (lambda: SepBatchNorm2d(6), torch.randn(2, 6, 9, 8)[:, :, ::2], True),
     ]:
         torch._dynamo.reset()
         layer = randomize(make())
@@ -434,3 +459,34 @@ def test_inductor_compiled_train_step_equals_eager() -> None:
     # float32 in both; the C++ and ATen reductions sum in different orders.
     torch.testing.assert_close(y, y_plain, rtol=1e-5, atol=1e-5)
     assert_train_step_matches(layer, plain, x, y, y_plain, True, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled")
+def test_inductor_hands_the_ops_its_channels_last_maps() -> None:
+    """Convolutions around SepBN under inductor (whose CPU layout optimization makes their
+    outputs channels-last; the ops are tagged flexible_layout): the compiled train step
+    equals eager, input gradient and every parameter's included."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), SepBatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 3)
+    )
+    randomize(model[1])
+    eager = copy.deepcopy(model)
+    x = torch.randn(4, 3, 12, 12)
+    x_compiled, x_eager = x.clone().requires_grad_(), x.clone().requires_grad_()
+    # Caches off: a cached graph would not show what the op's tags make inductor do now.
+    with torch._inductor.config.patch(force_disable_caches=True):
+        y, codes = run_and_get_code(torch.compile(model, fullgraph=True), x_compiled)
+    # The op's output map, checked by inductor's own metadata assert, is channels-last
+    # (4, 16, 12, 12) strides: it ran on the convolution's channels-last output, uncopied.
+    cl_map = torch.empty(4, 16, 12, 12).to(memory_format=torch.channels_last)
+    cl_strides = str(tuple(cl_map.stride()))
+    assert any(
+        "sepbn_train_forward" in line and cl_strides in line
+        for line in "\n".join(codes).splitlines()
+    ), "\n".join(codes)
+    y_eager = eager(x_eager)
+    torch.testing.assert_close(y, y_eager, rtol=1e-4, atol=1e-4)
+    assert_backward_matches(model, eager, x_compiled, x_eager, y, y_eager, 1e-4, 1e-4, True)
+    torch.testing.assert_close(model[1].norm.running_var, eager[1].norm.running_var)

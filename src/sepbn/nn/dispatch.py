@@ -20,10 +20,10 @@ value per channel, runs:
 ========  ===================================  ==========================================
 device    dtype / layout / autocast            path
 ========  ===================================  ==========================================
-CPU       float32/float64, NCHW-contiguous,    native (fused if the C++ kernels are
-          no autocast                          unavailable or ``SEPBN_NATIVE=0``)
-CPU       float32/float64, other layouts       fused
-          (channels-last, strided)
+CPU       float32/float64, NCHW- or            native (fused if the C++ kernels are
+          channels-last-contiguous, no         unavailable or ``SEPBN_NATIVE=0``); the
+          autocast                             output keeps the input's layout
+CPU       float32/float64, other strides       fused
 CPU       anything else (autocast, half)       plain
 CUDA      float32/float16/bfloat16, autocast   compiled (inductor), ``SepBatchNorm2d``
           or not; ``momentum`` not None        with ``aggregation`` soft or hard
@@ -41,11 +41,11 @@ with one warning.
 
 **Inside a user's** ``torch.compile`` (a model compiled as a whole, any backend), the C++
 ops go into the graph as opaque calls with shape functions, ``fullgraph=True`` included,
-wherever the eager call would run ``"native"`` (CPU, float32/float64, NCHW-contiguous, a
-plain inner ``nn.BatchNorm2d``) and ``momentum`` is not None: the train step is one
-autograd Function plus one running-statistics update op, an eval ``SepBatchNorm2d`` call
-without gradient is one op. Otherwise the compiler traces ``"plain"`` and fuses it
-itself (CUDA, channels-last, autocast, the cumulative average). ``torch.export`` (and the
+wherever the eager call would run ``"native"`` (CPU, float32/float64, NCHW- or
+channels-last-contiguous, a plain inner ``nn.BatchNorm2d``) and ``momentum`` is not None:
+the train step is one autograd Function plus one running-statistics update op, an eval
+``SepBatchNorm2d`` call without gradient is one op. Otherwise the compiler traces
+``"plain"`` and fuses it itself (CUDA, autocast, the cumulative average). ``torch.export`` (and the
 ONNX exporter built on it) always traces ``"plain"``, so an exported program holds only
 standard ATen ops. Inductor's CPU layout optimization makes convolution outputs
 channels-last inside the graph, and then copies each map to NCHW and back around the C++

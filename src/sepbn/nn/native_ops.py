@@ -32,6 +32,17 @@ def register() -> None:
     _registered["done"] = True
 
 
+def _map_like(x: Tensor) -> Tensor:
+    """The C++ ops' output maps: channels-last for a channels-last ``x``, NCHW otherwise.
+
+    The ops are tagged ``flexible_layout`` (inductor hands them the layout it has), so the
+    fake functions must state the strides the kernels really return (``map_like`` in C++).
+    """
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout)
+
+
 def _register_fakes() -> None:
     """Shape functions, so that ``torch.compile`` can trace the ops (as opaque calls)."""
     lib = "sepbn_cpu::"
@@ -45,7 +56,7 @@ def _register_fakes() -> None:
         n, c = x.shape[:2]
         k, g, tt = weight.shape[0], reduce_w.shape[0], pool_size * pool_size
         return [
-            torch.empty_like(x), x.new_empty(n, g, k), x.new_empty(n, c, tt, dtype=torch.int32),
+            _map_like(x), x.new_empty(n, g, k), x.new_empty(n, c, tt, dtype=torch.int32),
             x.new_empty(n * tt, c), x.new_empty(n, tt * g), x.new_empty(n, hidden_w.shape[0]),
             x.new_empty(n, c), x.new_empty(c), x.new_empty(c), x.new_empty(c),
         ]  # fmt: skip
@@ -61,8 +72,9 @@ def _register_fakes() -> None:
             return x.new_empty(*shape) if wanted else x.new_empty(0)
 
         g, hidden, gk = reduce_w.shape[0], hidden_w.shape[0], out_w.shape[0]
+        grad_x = _map_like(x) if need_input else x.new_empty(0)
         return [
-            maybe(*x.shape, wanted=need_input), torch.empty_like(weight), torch.empty_like(bias),
+            grad_x, torch.empty_like(weight), torch.empty_like(bias),
             maybe(*reduce_w.shape, wanted=need_attention), maybe(g, wanted=need_attention),
             maybe(*hidden_w.shape, wanted=need_attention), maybe(hidden, wanted=need_attention),
             maybe(*out_w.shape, wanted=need_attention), maybe(gk, wanted=need_attention),
@@ -72,7 +84,7 @@ def _register_fakes() -> None:
     def _eval_forward(
         x: Tensor, weight: Tensor, bias: Tensor, reduce_w: Tensor, *rest: Any
     ) -> list[Tensor]:
-        return [torch.empty_like(x), x.new_empty(x.shape[0], reduce_w.shape[0], weight.shape[0])]
+        return [_map_like(x), x.new_empty(x.shape[0], reduce_w.shape[0], weight.shape[0])]
 
     @torch.library.register_fake(lib + "adaptive_max_pool")
     def _pool(x: Tensor, pool_size: int) -> Tensor:
@@ -82,13 +94,13 @@ def _register_fakes() -> None:
     @torch.library.register_fake(lib + "norm_train_forward")
     def _norm_forward(x: Tensor, scale: Tensor, shift: Tensor, eps: float) -> list[Tensor]:
         c = x.shape[1]
-        return [torch.empty_like(x), x.new_empty(c), x.new_empty(c), x.new_empty(c)]
+        return [_map_like(x), x.new_empty(c), x.new_empty(c), x.new_empty(c)]
 
     @torch.library.register_fake(lib + "norm_train_backward")
     def _norm_backward(
         grad_y: Tensor, x: Tensor, scale: Tensor, mean: Tensor, rstd: Tensor, need_input: bool
     ) -> list[Tensor]:
-        grad_x = torch.empty_like(x) if need_input else x.new_empty(0)
+        grad_x = _map_like(x) if need_input else x.new_empty(0)
         return [grad_x, torch.empty_like(scale), torch.empty_like(scale)]
 
     @torch.library.register_fake(lib + "running_update")
@@ -174,8 +186,9 @@ def sep_batch_norm_train(*args: Any) -> tuple[Tensor, Tensor]:
     """:func:`sepbn.nn.fused_separable_norm.sep_batch_norm_train` through the C++ kernels.
 
     Same 16 arguments: x, the sets, the attention's tensors and τ (10 tensors), running
-    mean and variance, factor, then eps, pool size, hard; ``x`` must be NCHW-contiguous
-    float32/float64 on the CPU. Works eagerly and under ``torch.compile`` (the ops are
+    mean and variance, factor, then eps, pool size, hard; ``x`` float32/float64 on the CPU,
+    NCHW- or channels-last-contiguous (the output keeps that layout; other strides are
+    copied to NCHW). Works eagerly and under ``torch.compile`` (the ops are
     opaque calls in the graph).
 
     Shape:
@@ -204,7 +217,7 @@ def adaptive_max_pool2d(x: Tensor, pool_size: int) -> Tensor:
     """``F.adaptive_max_pool2d(x, pool_size)`` values (no indices, no autograd).
 
     Shape:
-        - x: (N, C, H, W), NCHW-contiguous float32/float64 on the CPU
+        - x: (N, C, H, W), float32/float64 on the CPU
         - Output: (N, C, T, T), a channels-last-strided view
     """
     return torch.ops.sepbn_cpu.adaptive_max_pool(x, pool_size)
@@ -250,7 +263,8 @@ def separable_norm_train(*args: Any) -> Tensor:
     """:func:`sepbn.nn.fused_separable_norm.separable_norm_train` through the C++ kernels.
 
     Same arguments: x, scale, shift, running mean and variance, factor, eps; ``x`` must be
-    NCHW-contiguous float32/float64 on the CPU, ``scale``/``shift`` (N, C) of its dtype.
+    float32/float64 on the CPU (NCHW or channels-last), ``scale``/``shift`` (N, C) of its
+    dtype.
 
     Shape:
         - Output: (N, C, H, W)

@@ -323,9 +323,13 @@ class SeparableNormBase(nn.Module):
         return mode_ok and self._can_run_native(x)
 
     def _can_run_native(self, x: Tensor) -> bool:
-        """Whether the C++ kernels take ``x``: CPU, NCHW-contiguous, fused dtypes, library built."""
+        """Whether the C++ kernels take ``x``: CPU, NCHW- or channels-last-contiguous, fused
+        dtypes, library built."""
         return (
-            x.device.type == "cpu" and x.is_contiguous() and self._can_fuse(x) and _native_loaded()
+            x.device.type == "cpu"
+            and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+            and self._can_fuse(x)
+            and _native_loaded()
         )
 
     def _native_eval_applies(self, x: Tensor) -> bool:

@@ -189,12 +189,15 @@ void run_phased(int64_t threads, const First& first, const Middle& middle, const
   if (error) std::rethrow_exception(error);
 }
 
-void check_map(const Tensor& x, const char* name) {
+// x itself when NCHW- or channels-last-contiguous, else an NCHW copy (inside torch.compile
+// the ops accept any layout inductor picks: they are tagged flexible_layout).
+Tensor checked_map(const Tensor& x, const char* name) {
   TORCH_CHECK(x.dim() == 4, name, " must be (N, C, H, W), got ", x.sizes());
-  TORCH_CHECK(x.is_contiguous(), name, " must be NCHW-contiguous");
   TORCH_CHECK(x.device().is_cpu(), name, " must be a CPU tensor");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, name,
               " must be float32 or float64, got ", x.scalar_type());
+  if (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)) return x;
+  return x.contiguous();
 }
 
 // Inner loops as restrict-qualified helpers, which the compiler vectorizes (it does not
@@ -692,6 +695,215 @@ void pool_channel_block(const scalar_t* src, int64_t h, int64_t w, int64_t t,
   }
 }
 
+// ---- channels-last (NHWC) maps -------------------------------------------------------
+//
+// The same passes over (N, H, W, C)-ordered memory: a sample's map is H·W rows of C
+// channels, so every loop runs along the channels (vectorized) and the per-(n, c) values
+// are rows of C. Threads split the samples, so a per-(n, c) sum stays on one thread, and
+// the backward's per-channel sums over the batch move into the op's serial middle.
+
+// NHWC-strided and not also NCHW-contiguous (C = 1 or H = W = 1 are both; they take the
+// NCHW code).
+inline bool channels_last(const Tensor& x) {
+  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// An uninitialized map of x's shape in x's layout: channels-last for channels-last x, NCHW
+// otherwise (the fake functions of native_ops.py state the same rule).
+inline Tensor map_like(const Tensor& x) {
+  return at::empty(x.sizes(), x.options().memory_format(channels_last(x)
+                                                            ? at::MemoryFormat::ChannelsLast
+                                                            : at::MemoryFormat::Contiguous));
+}
+
+// Samples per task.
+inline int64_t sample_grain(const Tensor& x, int64_t elements = kGrainElements) {
+  const int64_t per_sample = std::max<int64_t>(1, x.size(1) * x.size(2) * x.size(3));
+  return std::max<int64_t>(1, elements / per_sample);
+}
+
+template <typename scalar_t>
+void row_add(const scalar_t* __restrict v, scalar_t* __restrict acc, int64_t c) {
+  for (int64_t j = 0; j < c; ++j) acc[j] += v[j];
+}
+
+template <typename scalar_t>
+void row_shifted_squares(const scalar_t* __restrict v, const scalar_t* __restrict shift,
+                         scalar_t* __restrict sq, scalar_t* __restrict rs, int64_t c) {
+  for (int64_t j = 0; j < c; ++j) {
+    const scalar_t d = v[j] - shift[j];
+    sq[j] += d * d;
+    rs[j] += d;
+  }
+}
+
+template <typename scalar_t>
+void row_centred_dot(const scalar_t* __restrict g, const scalar_t* __restrict v,
+                     const scalar_t* __restrict mu, scalar_t* __restrict t1,
+                     scalar_t* __restrict t2, int64_t c) {
+  for (int64_t j = 0; j < c; ++j) {
+    t1[j] += g[j];
+    t2[j] += g[j] * (v[j] - mu[j]);
+  }
+}
+
+template <typename scalar_t>
+void row_multiply_add(const scalar_t* __restrict v, scalar_t* __restrict y,
+                      const scalar_t* __restrict a, const scalar_t* __restrict b, int64_t c) {
+  for (int64_t j = 0; j < c; ++j) y[j] = v[j] * a[j] + b[j];
+}
+
+template <typename scalar_t>
+void row_grad_combine(const scalar_t* __restrict g, const scalar_t* __restrict v,
+                      scalar_t* __restrict out, const scalar_t* __restrict a,
+                      const scalar_t* __restrict q, const scalar_t* __restrict mu,
+                      const scalar_t* __restrict d, int64_t c) {
+  for (int64_t j = 0; j < c; ++j) out[j] = a[j] * g[j] + q[j] * (v[j] - mu[j]) + d[j];
+}
+
+// Rows summed in scalar_t before the float64 total. Each channel's sum is one serial chain
+// here (NCHW sums keep 32 partial sums per plane), so the chunks are short: float32
+// gradients then round like the NCHW kernels' (the attention's backward amplifies it).
+constexpr int64_t kRowChunk = 64;
+
+// Σ over the hw rows of f(row, acc_a, acc_b), accumulated in scalar_t per kRowChunk rows
+// and in float64 across chunks.
+template <typename scalar_t, typename F>
+void chunked_row_sums(int64_t hw, int64_t c, std::vector<double>& total_a,
+                      std::vector<double>& total_b, const F& f) {
+  std::vector<scalar_t> a(c), b(c);
+  total_a.assign(c, 0.0);
+  total_b.assign(c, 0.0);
+  for (int64_t p0 = 0; p0 < hw; p0 += kRowChunk) {
+    std::fill(a.begin(), a.end(), scalar_t(0));
+    std::fill(b.begin(), b.end(), scalar_t(0));
+    for (int64_t p = p0; p < std::min(hw, p0 + kRowChunk); ++p) f(p, a.data(), b.data());
+    for (int64_t j = 0; j < c; ++j) {
+      total_a[j] += a[j];
+      total_b[j] += b[j];
+    }
+  }
+}
+
+// One sample's per-channel mean and centred sum of squares (plane_moments along rows).
+template <typename scalar_t>
+void nhwc_moments(const scalar_t* xs, int64_t hw, int64_t c, double* mean, double* m2) {
+  std::vector<double> total, unused;
+  chunked_row_sums<scalar_t>(hw, c, total, unused, [&](int64_t p, scalar_t* a, scalar_t*) {
+    row_add(xs + p * c, a, c);
+  });
+  std::vector<scalar_t> shift(c);
+  for (int64_t j = 0; j < c; ++j) {
+    mean[j] = total[j] / static_cast<double>(hw);
+    shift[j] = static_cast<scalar_t>(mean[j]);
+  }
+  std::vector<double> squares, residual;
+  chunked_row_sums<scalar_t>(hw, c, squares, residual, [&](int64_t p, scalar_t* a, scalar_t* b) {
+    row_shifted_squares(xs + p * c, shift.data(), a, b, c);
+  });
+  for (int64_t j = 0; j < c; ++j) {
+    const double r = residual[j];
+    m2[j] = std::max(0.0, squares[j] - r * r / static_cast<double>(hw));
+  }
+}
+
+// One sample's T×T adaptive max pooling into `rows` (T·T rows of C) and, optionally, its
+// arg-max into `index` ((C, T·T), the NCHW op's layout): every window scanned in row-major
+// order with ATen's rule ((v > best) or v is NaN), so its first maximum and a NaN win.
+template <typename scalar_t>
+void nhwc_pool(const scalar_t* xs, int64_t w, int64_t c, int64_t t, const WindowTable& bands,
+               scalar_t* rows, int32_t* index) {
+  using V = typename Vec<scalar_t>::V;
+  using I = typename Vec<scalar_t>::I;
+  using index_t = std::remove_reference_t<decltype(std::declval<I>()[0])>;
+  constexpr int64_t kL = Vec<scalar_t>::kLanes;
+  const int64_t tt = t * t;
+  std::vector<scalar_t> best(c);
+  std::vector<index_t> at(c);
+  for (int64_t i = 0; i < t; ++i) {
+    for (int64_t jj = 0; jj < t; ++jj) {
+      const int64_t win = i * t + jj, first = bands.row0[i] * w + bands.col0[jj];
+      std::copy(xs + first * c, xs + (first + 1) * c, best.begin());
+      std::fill(at.begin(), at.end(), static_cast<index_t>(first));
+      for (int64_t r = bands.row0[i]; r < bands.row1[i]; ++r) {
+        for (int64_t q = bands.col0[jj]; q < bands.col1[jj]; ++q) {
+          const int64_t pos = r * w + q;
+          if (pos == first) continue;
+          const scalar_t* v = xs + pos * c;
+          const I here = I{} + static_cast<index_t>(pos);
+          int64_t j = 0;
+          for (; j + kL <= c; j += kL) {
+            V vv, bb;
+            I aa;
+            std::memcpy(&vv, v + j, sizeof(V));
+            std::memcpy(&bb, best.data() + j, sizeof(V));
+            std::memcpy(&aa, at.data() + j, sizeof(I));
+            const I take = (vv > bb) | (vv != vv);
+            bb = take ? vv : bb;
+            aa = take ? here : aa;
+            std::memcpy(best.data() + j, &bb, sizeof(V));
+            std::memcpy(at.data() + j, &aa, sizeof(I));
+          }
+          for (; j < c; ++j) {
+            const bool take = v[j] > best[j] || std::isnan(v[j]);
+            best[j] = take ? v[j] : best[j];
+            at[j] = take ? static_cast<index_t>(pos) : at[j];
+          }
+        }
+      }
+      std::copy(best.begin(), best.end(), rows + win * c);
+      if (index != nullptr) {
+        for (int64_t j = 0; j < c; ++j) index[j * tt + win] = static_cast<int32_t>(at[j]);
+      }
+    }
+  }
+}
+
+// Backward sums of one sample: s1 = Σ g, s2 = r Σ g (x - μ), per channel.
+template <typename scalar_t>
+void nhwc_backward_sums(const scalar_t* gs, const scalar_t* xs, int64_t hw, int64_t c,
+                        const scalar_t* mu, const scalar_t* r, scalar_t* s1, scalar_t* s2) {
+  std::vector<double> t1, t2;
+  chunked_row_sums<scalar_t>(hw, c, t1, t2, [&](int64_t p, scalar_t* a, scalar_t* b) {
+    row_centred_dot(gs + p * c, xs + p * c, mu, a, b, c);
+  });
+  for (int64_t j = 0; j < c; ++j) {
+    s1[j] = static_cast<scalar_t>(t1[j]);
+    s2[j] = static_cast<scalar_t>(t2[j] * static_cast<double>(r[j]));
+  }
+}
+
+// The input-gradient coefficients of norm_backward for every channel, from all samples'
+// sums: d = -r c1, q = -r² c2 (each c a Σ over the batch, hence the op's serial middle).
+std::vector<Tensor> nhwc_channel_coefficients(const Tensor& s1, const Tensor& s2,
+                                              const Tensor& scale, const Tensor& rstd,
+                                              int64_t hw) {
+  const int64_t n = s1.size(0), c = s1.size(1);
+  const double count = static_cast<double>(n * hw);
+  Tensor d = at::empty({c}, s1.options()), q = at::empty({c}, s1.options());
+  AT_DISPATCH_FLOATING_TYPES(s1.scalar_type(), "sepbn_nhwc_coefficients", [&] {
+    const scalar_t* s1p = s1.const_data_ptr<scalar_t>();
+    const scalar_t* s2p = s2.const_data_ptr<scalar_t>();
+    const scalar_t* sp = scale.const_data_ptr<scalar_t>();
+    const scalar_t* rp = rstd.const_data_ptr<scalar_t>();
+    scalar_t* dp = d.mutable_data_ptr<scalar_t>();
+    scalar_t* qp = q.mutable_data_ptr<scalar_t>();
+    std::vector<double> sum1(c, 0.0), sum2(c, 0.0);
+    for (int64_t s = 0; s < n; ++s) {
+      for (int64_t j = 0; j < c; ++j) {
+        sum1[j] += static_cast<double>(sp[s * c + j]) * s1p[s * c + j];
+        sum2[j] += static_cast<double>(sp[s * c + j]) * s2p[s * c + j];
+      }
+    }
+    for (int64_t j = 0; j < c; ++j) {
+      const double rd = static_cast<double>(rp[j]);
+      dp[j] = static_cast<scalar_t>(-rd * sum1[j] / count);
+      qp[j] = static_cast<scalar_t>(-rd * rd * sum2[j] / count);
+    }
+  });
+  return {d, q};
+}
+
 // Pooling (into position-major (N·T·T, C) rows, the layout the 1x1 convolution reads) and,
 // optionally, arg-max indices (N, C, T·T) and per-plane moments (N, C) in float64. A plane
 // whose sum is not finite (it holds a NaN or an infinity) is pooled by the exact scan.
@@ -712,6 +924,9 @@ void allocate_pooling(const Tensor& x, int64_t t, Tensor& positions, Tensor* ind
 // units per task.
 std::pair<int64_t, int64_t> pooling_units(const Tensor& x, bool training) {
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  if (channels_last(x)) {
+    return {n, sample_grain(x, training ? kGrainElements : inference_grain_elements())};
+  }
   const int64_t lanes = hw <= kMaxBlockedPlane ? 32 / static_cast<int64_t>(x.element_size()) : 1;
   const int64_t grain =
       plane_grain(hw * lanes, training ? kGrainElements : inference_grain_elements());
@@ -729,6 +944,19 @@ void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* ind
     int32_t* idx = index != nullptr ? index->mutable_data_ptr<int32_t>() : nullptr;
     double* pm = plane_mean != nullptr ? plane_mean->mutable_data_ptr<double>() : nullptr;
     double* pq = plane_m2 != nullptr ? plane_m2->mutable_data_ptr<double>() : nullptr;
+    if (channels_last(x)) {
+      const WindowTable bands(h, w, t, false);
+      const auto [samples, grain] = pooling_units(x, pm != nullptr);
+      for_share(share, samples, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t s = begin; s < end; ++s) {
+          const scalar_t* xs = xp + s * hw * c;
+          if (pm != nullptr) nhwc_moments(xs, hw, c, pm + s * c, pq + s * c);
+          nhwc_pool(xs, w, c, t, bands, pos + s * tt * c,
+                    idx != nullptr ? idx + s * c * tt : nullptr);
+        }
+      });
+      return;
+    }
     const bool blocked = hw <= kMaxBlockedPlane;
     const WindowTable table(h, w, t, blocked || w < kMinRowWidth);
     // Work units: blocks of kLanes channels of one sample (the last block of a sample may
@@ -772,6 +1000,13 @@ void moments_only(const Tensor& x, Tensor& plane_mean, Tensor& plane_m2,
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     double* pm = plane_mean.mutable_data_ptr<double>();
     double* pq = plane_m2.mutable_data_ptr<double>();
+    if (channels_last(x)) {
+      for_share(share, n, sample_grain(x), [&](int64_t begin, int64_t end) {
+        for (int64_t s = begin; s < end; ++s)
+          nhwc_moments(xp + s * hw * c, hw, c, pm + s * c, pq + s * c);
+      });
+      return;
+    }
     for_share(share, n * c, plane_grain(hw), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane)
         plane_moments(xp + plane * hw, hw, pm + plane, pq + plane);
@@ -819,6 +1054,18 @@ void scale_shift_into(const Tensor& x, const Tensor& a, const Tensor& b, Tensor&
     const scalar_t* ap = a.const_data_ptr<scalar_t>();
     const scalar_t* bp = b.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    if (channels_last(x)) {
+      const int64_t c = x.size(1);
+      for_share(share, x.size(0), sample_grain(x, grain_elements), [&](int64_t begin, int64_t end) {
+        for (int64_t s = begin; s < end; ++s) {
+          for (int64_t p = 0; p < hw; ++p) {
+            const int64_t row = (s * hw + p) * c;
+            row_multiply_add(xp + row, yp + row, ap + s * c, bp + s * c, c);
+          }
+        }
+      });
+      return;
+    }
     for_share(share, planes, plane_grain(hw, grain_elements), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         multiply_add(xp + plane * hw, yp + plane * hw, hw, ap[plane], bp[plane]);
@@ -1140,7 +1387,7 @@ void norm_backward_into(const Tensor& grad_y, const Tensor& x, const Tensor& sca
 std::vector<Tensor> allocate_norm_backward(const Tensor& x, bool need_input) {
   const int64_t n = x.size(0), c = x.size(1);
   return {at::empty({n, c}, x.options()), at::empty({n, c}, x.options()),
-          need_input ? at::empty_like(x) : at::empty({0}, x.options())};
+          need_input ? map_like(x) : at::empty({0}, x.options())};
 }
 
 std::vector<Tensor> norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& scale,
@@ -1180,19 +1427,78 @@ void scatter_pooled_(Tensor& gx, const Tensor& grad_pooled, const Tensor& index,
   });
 }
 
+// The NHWC backward's first pass: s1, s2 of every sample (into the preallocated sums).
+void nhwc_backward_sums_into(const Tensor& grad_y, const Tensor& x, const Tensor& mean,
+                             const Tensor& rstd, std::vector<Tensor>& sums, const Share* share) {
+  const int64_t c = x.size(1), hw = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_nhwc_backward_sums", [&] {
+    const scalar_t* gp = grad_y.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* mp = mean.const_data_ptr<scalar_t>();
+    const scalar_t* rp = rstd.const_data_ptr<scalar_t>();
+    scalar_t* s1p = sums[0].mutable_data_ptr<scalar_t>();
+    scalar_t* s2p = sums[1].mutable_data_ptr<scalar_t>();
+    for_share(share, x.size(0), sample_grain(x), [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) {
+        nhwc_backward_sums(gp + s * hw * c, xp + s * hw * c, hw, c, mp, rp, s1p + s * c,
+                           s2p + s * c);
+      }
+    });
+  });
+}
+
+// The NHWC backward's last pass: ∂L/∂x = r (γ̂ g) + q (x - μ) + d per sample, then, when
+// `grad_pooled` is defined, the pooling's gradient added at each window's arg-max.
+void nhwc_input_grad_into(const Tensor& grad_y, const Tensor& x, const Tensor& scale,
+                          const Tensor& mean, const Tensor& rstd, const std::vector<Tensor>& dq,
+                          Tensor& gx, const Tensor& grad_pooled, const Tensor& index,
+                          const Share* share) {
+  const int64_t c = x.size(1), hw = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_nhwc_input_grad", [&] {
+    const scalar_t* gp = grad_y.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* mp = mean.const_data_ptr<scalar_t>();
+    const scalar_t* rp = rstd.const_data_ptr<scalar_t>();
+    const scalar_t* sp = scale.const_data_ptr<scalar_t>();
+    const scalar_t* dp = dq[0].const_data_ptr<scalar_t>();
+    const scalar_t* qp = dq[1].const_data_ptr<scalar_t>();
+    scalar_t* op = gx.mutable_data_ptr<scalar_t>();
+    const scalar_t* pooled =
+        grad_pooled.defined() ? grad_pooled.const_data_ptr<scalar_t>() : nullptr;
+    const int32_t* where = grad_pooled.defined() ? index.const_data_ptr<int32_t>() : nullptr;
+    const int64_t tt = grad_pooled.defined() ? index.size(2) : 0;
+    for_share(share, x.size(0), sample_grain(x), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> a(c);
+      for (int64_t s = begin; s < end; ++s) {
+        for (int64_t j = 0; j < c; ++j) a[j] = sp[s * c + j] * rp[j];
+        for (int64_t p = 0; p < hw; ++p) {
+          const int64_t row = (s * hw + p) * c;
+          row_grad_combine(gp + row, xp + row, op + row, a.data(), qp, mp, dp, c);
+        }
+        if (pooled == nullptr) continue;
+        scalar_t* gs = op + s * hw * c;
+        for (int64_t win = 0; win < tt; ++win) {
+          const scalar_t* grad_row = pooled + (s * tt + win) * c;
+          for (int64_t j = 0; j < c; ++j) gs[where[(s * c + j) * tt + win] * c + j] += grad_row[j];
+        }
+      }
+    });
+  });
+}
+
 // ---- ops -----------------------------------------------------------------------------
 
 // Train-mode SepBatchNorm2d forward (Eqs. 1, 5-7). Returns
 // (y, pi, index, positions, flat, hidden, scale, mean, rstd, var_unbiased).
-std::vector<Tensor> sepbn_train_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                                        const Tensor& reduce_w, const Tensor& reduce_b,
-                                        const Tensor& hidden_w, const Tensor& hidden_b,
-                                        const Tensor& out_w, const Tensor& out_b,
-                                        const Tensor& tau, double eps, int64_t pool_size,
-                                        bool hard) {
-  check_map(x, "x");
+std::vector<Tensor> sepbn_train_forward(const Tensor& x_in, const Tensor& weight,
+                                        const Tensor& bias, const Tensor& reduce_w,
+                                        const Tensor& reduce_b, const Tensor& hidden_w,
+                                        const Tensor& hidden_b, const Tensor& out_w,
+                                        const Tensor& out_b, const Tensor& tau, double eps,
+                                        int64_t pool_size, bool hard) {
+  const Tensor x = checked_map(x_in, "x");
   const int64_t n = x.size(0), hw = x.size(2) * x.size(3);
-  Tensor positions, index, plane_mean, plane_m2, rstd, y = at::empty_like(x);
+  Tensor positions, index, plane_mean, plane_m2, rstd, y = map_like(x);
   allocate_pooling(x, pool_size, positions, &index, &plane_mean, &plane_m2);
   std::vector<Tensor> att, mixed, stats, ab;
   const auto [units, grain] = pooling_units(x, true);
@@ -1217,13 +1523,13 @@ std::vector<Tensor> sepbn_train_forward(const Tensor& x, const Tensor& weight, c
 // grad_hidden_w, grad_hidden_b, grad_out_w, grad_out_b); a gradient that was not asked
 // for is an empty tensor.
 std::vector<Tensor> sepbn_train_backward(
-    const Tensor& grad_y_in, const Tensor& x, const Tensor& weight, const Tensor& bias,
+    const Tensor& grad_y_in, const Tensor& x_in, const Tensor& weight, const Tensor& bias,
     const Tensor& reduce_w, const Tensor& hidden_w, const Tensor& out_w, const Tensor& tau,
     const Tensor& pi, const Tensor& positions, const Tensor& index, const Tensor& flat,
     const Tensor& hidden, const Tensor& scale, const Tensor& mean, const Tensor& rstd,
     bool need_input, bool need_attention) {
-  check_map(x, "x");
-  Tensor grad_y = grad_y_in.contiguous(), scale_c = scale.contiguous();
+  const Tensor x = checked_map(x_in, "x");
+  Tensor grad_y = grad_y_in.contiguous(x.suggest_memory_format()), scale_c = scale.contiguous();
   const int64_t g = reduce_w.size(0);
   const double temperature = tau.item<double>();
   auto sums = allocate_norm_backward(x, need_input);  // ∂L/∂β̂, ∂L/∂γ̂, ∂L/∂x
@@ -1250,29 +1556,46 @@ std::vector<Tensor> sepbn_train_backward(
     if (need_input) grad_pooled = small_matmul(grad_reduced, false, reduce_w, false);  // (N·T·T, C)
   };
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
-  run_phased(
-      team_size(c, channel_grain(n, hw)),
-      [&](const Share* share) {
-        norm_backward_into(grad_y, x, scale_c, mean, rstd, need_input, sums, share);
-      },
-      middle,
-      [&](const Share* share) {
-        if (grad_pooled.defined()) scatter_pooled_(sums[2], grad_pooled, index, share);
-      });
+  if (channels_last(x)) {
+    std::vector<Tensor> dq;
+    run_phased(
+        team_size(n, sample_grain(x)),
+        [&](const Share* share) { nhwc_backward_sums_into(grad_y, x, mean, rstd, sums, share); },
+        [&] {
+          if (need_input) dq = nhwc_channel_coefficients(sums[0], sums[1], scale_c, rstd, hw);
+          middle();
+        },
+        [&](const Share* share) {
+          if (need_input) {
+            nhwc_input_grad_into(grad_y, x, scale_c, mean, rstd, dq, sums[2], grad_pooled, index,
+                                 share);
+          }
+        });
+  } else {
+    run_phased(
+        team_size(c, channel_grain(n, hw)),
+        [&](const Share* share) {
+          norm_backward_into(grad_y, x, scale_c, mean, rstd, need_input, sums, share);
+        },
+        middle,
+        [&](const Share* share) {
+          if (grad_pooled.defined()) scatter_pooled_(sums[2], grad_pooled, index, share);
+        });
+  }
   if (need_input) out[0] = sums[2];
   return out;
 }
 
 // Eval-mode SepBatchNorm2d with running statistics: the whole layer, returns (y, pi).
-std::vector<Tensor> sepbn_eval_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                                       const Tensor& reduce_w, const Tensor& reduce_b,
-                                       const Tensor& hidden_w, const Tensor& hidden_b,
-                                       const Tensor& out_w, const Tensor& out_b,
-                                       const Tensor& tau, const Tensor& running_mean,
-                                       const Tensor& running_var, double eps, int64_t pool_size,
-                                       bool hard) {
-  check_map(x, "x");
-  Tensor positions, y = at::empty_like(x);
+std::vector<Tensor> sepbn_eval_forward(const Tensor& x_in, const Tensor& weight,
+                                       const Tensor& bias, const Tensor& reduce_w,
+                                       const Tensor& reduce_b, const Tensor& hidden_w,
+                                       const Tensor& hidden_b, const Tensor& out_w,
+                                       const Tensor& out_b, const Tensor& tau,
+                                       const Tensor& running_mean, const Tensor& running_var,
+                                       double eps, int64_t pool_size, bool hard) {
+  const Tensor x = checked_map(x_in, "x");
+  Tensor positions, y = map_like(x);
   allocate_pooling(x, pool_size, positions, nullptr, nullptr, nullptr);
   std::vector<Tensor> att, ab;
   const auto [units, grain] = pooling_units(x, false);
@@ -1295,8 +1618,8 @@ std::vector<Tensor> sepbn_eval_forward(const Tensor& x, const Tensor& weight, co
 }
 
 // Adaptive max pooling alone, without indices (the attention of eval and analysis).
-Tensor adaptive_max_pool(const Tensor& x, int64_t pool_size) {
-  check_map(x, "x");
+Tensor adaptive_max_pool(const Tensor& x_in, int64_t pool_size) {
+  const Tensor x = checked_map(x_in, "x");
   Tensor positions;
   allocate_pooling(x, pool_size, positions, nullptr, nullptr, nullptr);
   pool_and_moments(x, pool_size, positions, nullptr, nullptr, nullptr);
@@ -1305,16 +1628,16 @@ Tensor adaptive_max_pool(const Tensor& x, int64_t pool_size) {
 
 // Batch-statistics normalization with a per-(n, c) mapping: y = scale (x - μ) r + shift.
 // Returns (y, mean, rstd, var_unbiased).
-std::vector<Tensor> norm_train_forward(const Tensor& x, const Tensor& scale, const Tensor& shift,
-                                       double eps) {
-  check_map(x, "x");
+std::vector<Tensor> norm_train_forward(const Tensor& x_in, const Tensor& scale,
+                                       const Tensor& shift, double eps) {
+  const Tensor x = checked_map(x_in, "x");
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
   Tensor plane_mean = at::empty({n, c}, x.options().dtype(at::kDouble));
   Tensor plane_m2 = at::empty({n, c}, x.options().dtype(at::kDouble));
-  Tensor rstd, y = at::empty_like(x);
+  Tensor rstd, y = map_like(x);
   std::vector<Tensor> stats, ab;
   run_phased(
-      team_size(n * c, plane_grain(hw)),
+      channels_last(x) ? team_size(n, sample_grain(x)) : team_size(n * c, plane_grain(hw)),
       [&](const Share* share) { moments_only(x, plane_mean, plane_m2, share); },
       [&] {
         stats = combine_moments(plane_mean, plane_m2, hw, x.scalar_type());
@@ -1326,37 +1649,65 @@ std::vector<Tensor> norm_train_forward(const Tensor& x, const Tensor& scale, con
 }
 
 // Its backward: (grad_x or empty, grad_scale = s2, grad_shift = s1).
-std::vector<Tensor> norm_train_backward(const Tensor& grad_y_in, const Tensor& x,
+std::vector<Tensor> norm_train_backward(const Tensor& grad_y_in, const Tensor& x_in,
                                         const Tensor& scale, const Tensor& mean,
                                         const Tensor& rstd, bool need_input) {
-  check_map(x, "x");
-  Tensor grad_y = grad_y_in.contiguous();
-  auto sums = norm_backward(grad_y, x, scale, mean, rstd, need_input);
+  const Tensor x = checked_map(x_in, "x");
+  Tensor grad_y = grad_y_in.contiguous(x.suggest_memory_format());
+  if (!channels_last(x)) {
+    auto sums = norm_backward(grad_y, x, scale, mean, rstd, need_input);
+    return {sums[2], sums[1], sums[0]};
+  }
+  Tensor scale_c = scale.contiguous();
+  const int64_t hw = x.size(2) * x.size(3);
+  auto sums = allocate_norm_backward(x, need_input);
+  std::vector<Tensor> dq;
+  run_phased(
+      team_size(x.size(0), sample_grain(x)),
+      [&](const Share* share) { nhwc_backward_sums_into(grad_y, x, mean, rstd, sums, share); },
+      [&] {
+        if (need_input) dq = nhwc_channel_coefficients(sums[0], sums[1], scale_c, rstd, hw);
+      },
+      [&](const Share* share) {
+        if (need_input) {
+          nhwc_input_grad_into(grad_y, x, scale_c, mean, rstd, dq, sums[2], Tensor(), Tensor(),
+                               share);
+        }
+      });
   return {sums[2], sums[1], sums[0]};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(sepbn_cpu, m) {
+  // Ops over maps take NCHW or channels-last memory: inside torch.compile inductor may hand
+  // them the layout it chose (channels-last convolution outputs) instead of copying to the
+  // traced NCHW strides; the fake functions state the output layout (map_like).
+  const std::vector<at::Tag> kMapLayout{at::Tag::flexible_layout};
   m.def(
       "sepbn_train_forward(Tensor x, Tensor weight, Tensor bias, Tensor reduce_w, "
       "Tensor reduce_b, Tensor hidden_w, Tensor hidden_b, Tensor out_w, Tensor out_b, "
-      "Tensor tau, float eps, int pool_size, bool hard) -> Tensor[]");
+      "Tensor tau, float eps, int pool_size, bool hard) -> Tensor[]",
+      kMapLayout);
   m.def(
       "sepbn_train_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor bias, "
       "Tensor reduce_w, Tensor hidden_w, Tensor out_w, Tensor tau, Tensor pi, "
       "Tensor positions, Tensor index, Tensor flat, Tensor hidden, Tensor scale, "
-      "Tensor mean, Tensor rstd, bool need_input, bool need_attention) -> Tensor[]");
+      "Tensor mean, Tensor rstd, bool need_input, bool need_attention) -> Tensor[]",
+      kMapLayout);
   m.def(
       "sepbn_eval_forward(Tensor x, Tensor weight, Tensor bias, Tensor reduce_w, "
       "Tensor reduce_b, Tensor hidden_w, Tensor hidden_b, Tensor out_w, Tensor out_b, "
       "Tensor tau, Tensor running_mean, Tensor running_var, float eps, int pool_size, "
-      "bool hard) -> Tensor[]");
-  m.def("adaptive_max_pool(Tensor x, int pool_size) -> Tensor");
-  m.def("norm_train_forward(Tensor x, Tensor scale, Tensor shift, float eps) -> Tensor[]");
+      "bool hard) -> Tensor[]",
+      kMapLayout);
+  m.def("adaptive_max_pool(Tensor x, int pool_size) -> Tensor", kMapLayout);
+  m.def("norm_train_forward(Tensor x, Tensor scale, Tensor shift, float eps) -> Tensor[]",
+        kMapLayout);
   m.def(
       "norm_train_backward(Tensor grad_y, Tensor x, Tensor scale, Tensor mean, Tensor rstd, "
-      "bool need_input) -> Tensor[]");
+      "bool need_input) -> Tensor[]",
+      kMapLayout);
   m.def(
       "running_update(Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor mean, "
       "Tensor var_unbiased, float factor) -> ()");
