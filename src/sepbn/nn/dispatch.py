@@ -48,9 +48,8 @@ the train step is one autograd Function plus one running-statistics update op, a
 ``"plain"`` and fuses it itself (CUDA, autocast, the cumulative average). ``torch.export`` (and the
 ONNX exporter built on it) always traces ``"plain"``, so an exported program holds only
 standard ATen ops. Inductor's CPU layout optimization makes convolution outputs
-channels-last inside the graph, and then copies each map to NCHW and back around the C++
-ops; ``torch._inductor.config.layout_optimization = False`` avoids the copies
-(docs/benchmarks.md §3 measures both).
+channels-last inside the graph; the ops over maps are tagged ``flexible_layout`` and run
+their channels-last kernels on them, without layout copies (docs/benchmarks.md §3).
 
 :func:`sepbn_path` forces a path for the calls inside it: ``"native"`` where its CPU
 conditions hold (plain elsewhere), ``"fused"`` and ``"compiled"`` on any device and dtype
