@@ -2,7 +2,9 @@
 //
 // Built once per machine by sepbn/nn/native.py with the system's C++ compiler; the Python
 // side adds the autograd formulas and the fake (shape) functions. Every op takes
-// NCHW-contiguous float32/float64 maps; the Python dispatcher checks that before calling.
+// float32/float64 maps, NCHW- or channels-last-contiguous (other strides are copied to
+// NCHW), and returns maps in the input's layout; each op runs its passes in one OpenMP
+// region (run_phased).
 //
 // One pass over each (n, c) plane computes its mean and centred sum of squares (Chan's
 // combination then gives the batch statistics) and its T x T adaptive max pooling with
