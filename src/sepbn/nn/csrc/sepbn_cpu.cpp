@@ -64,7 +64,7 @@ bool passive_wait_policy() {
 }
 
 inline int64_t inference_grain_elements() {
-  return passive_wait_policy() ? int64_t{1} << 17 : kGrainElements;
+  return passive_wait_policy() ? int64_t{1} << 17 : int64_t{1} << 14;
 }
 
 inline int64_t band_start(int64_t i, int64_t size, int64_t t) { return (i * size) / t; }
