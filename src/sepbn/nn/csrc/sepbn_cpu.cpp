@@ -137,7 +137,10 @@ class SpinBarrier {
       generation_.fetch_add(1, std::memory_order_release);
       return;
     }
-    constexpr int kSpins = 1 << 14;  // pause is ~40-140 cycles: well under a millisecond
+    // pause is ~40-140 cycles, so 2^11 of them cover the serial middle (10-30 µs at batch
+    // 8) and then yield: with more threads than cores a spinner would take the core from
+    // the thread it waits for.
+    constexpr int kSpins = 1 << 11;
     for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
       if (spins < kSpins) {
         cpu_relax();
