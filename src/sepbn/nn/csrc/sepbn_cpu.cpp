@@ -517,41 +517,88 @@ void band_column_argmax(const scalar_t* __restrict p, int64_t w, int64_t h0, int
   }
 }
 
+// A value and its flat position as one integer whose order is (value, then the smaller
+// position), so that a window's arg-max is one branch-free maximum over integers: the
+// value's bits mapped to a signed integer of the same order (a negative value's magnitude
+// bits flipped; -0 is first made +0, so that it ties with +0 as the float comparison
+// does and the position decides), above the complemented position. For finite values.
+template <typename scalar_t>
+struct ArgmaxKey;
+template <>
+struct ArgmaxKey<float> {
+  using bits_t = int32_t;
+  using key_t = int64_t;
+};
+template <>
+struct ArgmaxKey<double> {
+  using bits_t = int64_t;
+  using key_t = __int128;
+};
+
+template <typename scalar_t>
+inline typename ArgmaxKey<scalar_t>::key_t argmax_key(scalar_t value, int32_t position) {
+  using bits_t = typename ArgmaxKey<scalar_t>::bits_t;
+  using key_t = typename ArgmaxKey<scalar_t>::key_t;
+  const scalar_t v = value + scalar_t(0);  // -0 + 0 = +0
+  bits_t b;
+  std::memcpy(&b, &v, sizeof(b));
+  const bits_t ordered = b ^ ((b >> (8 * sizeof(bits_t) - 1)) & std::numeric_limits<bits_t>::max());
+  return (static_cast<key_t>(ordered) << 32) |
+         static_cast<key_t>(~static_cast<uint32_t>(position));
+}
+
+template <typename key_t>
+inline int32_t argmax_key_position(key_t key) {
+  return static_cast<int32_t>(~static_cast<uint32_t>(key));
+}
+
+// Row scratch of plane_pool_rows, one per thread: a row band's column maxima, their
+// first rows, and their arg-max keys.
+template <typename scalar_t>
+struct RowScratch {
+  std::vector<scalar_t> max;
+  std::vector<int32_t> at;
+  std::vector<typename ArgmaxKey<scalar_t>::key_t> key;
+  explicit RowScratch(int64_t w) : max(w), at(w), key(w) {}
+};
+
 // The same for a plane of finite values, vectorized along rows: per row band, the
 // column-wise maximum over the band's rows (and, for the arg-max, the first row holding
 // it), then per column band the maximum of those. The arg-max is the smallest flat
 // position among the columns holding the window's maximum, which is ATen's row-major
-// first maximum. The value written is the one at that position (so that the sign of a
-// zero maximum matches too). Comparisons are branch-free: on random data a branch
-// mispredicts every other time.
+// first maximum: the largest argmax_key of the band's columns. The value written is the
+// one at that position (so that the sign of a zero maximum matches too). Comparisons are
+// branch-free: on random data a branch mispredicts every other time.
 template <typename scalar_t>
 void plane_pool_rows(const scalar_t* p, int64_t w, int64_t t, const WindowTable& bands,
-                     scalar_t* row_max, int32_t* row_at, scalar_t* out, int64_t out_stride,
+                     RowScratch<scalar_t>& rows, scalar_t* out, int64_t out_stride,
                      int32_t* index) {
+  using key_t = typename ArgmaxKey<scalar_t>::key_t;
   const int32_t w32 = static_cast<int32_t>(w);
+  scalar_t* __restrict row_max = rows.max.data();
+  int32_t* __restrict row_at = rows.at.data();
+  key_t* __restrict key = rows.key.data();
   for (int64_t i = 0; i < t; ++i) {
     const int64_t h0 = bands.row0[i], h1 = bands.row1[i];
     if (index == nullptr) {
       band_column_max(p, w, h0, h1, row_max);
-    } else {
-      band_column_argmax(p, w, h0, h1, row_max, row_at);
+      for (int64_t jj = 0; jj < t; ++jj) {
+        const int64_t w0 = bands.col0[jj], w1 = bands.col1[jj];
+        scalar_t best = row_max[w0];
+        for (int64_t j = w0 + 1; j < w1; ++j) best = row_max[j] > best ? row_max[j] : best;
+        out[(i * t + jj) * out_stride] = best;
+      }
+      continue;
+    }
+    band_column_argmax(p, w, h0, h1, row_max, row_at);
+    for (int64_t j = 0; j < w; ++j) {
+      key[j] = argmax_key(row_max[j], row_at[j] * w32 + static_cast<int32_t>(j));
     }
     for (int64_t jj = 0; jj < t; ++jj) {
       const int64_t w0 = bands.col0[jj], w1 = bands.col1[jj];
-      scalar_t best = row_max[w0];
-      if (index == nullptr) {
-        for (int64_t j = w0 + 1; j < w1; ++j) best = row_max[j] > best ? row_max[j] : best;
-        out[(i * t + jj) * out_stride] = best;
-        continue;
-      }
-      // Two branch-free chains (a maximum, then a minimum), shorter than one compare-and-
-      // select on the pair.
-      for (int64_t j = w0 + 1; j < w1; ++j) best = row_max[j] > best ? row_max[j] : best;
-      int32_t best_at = std::numeric_limits<int32_t>::max();
-      for (int64_t j = w0; j < w1; ++j) {
-        const int32_t at = row_at[j] * w32 + static_cast<int32_t>(j);
-        best_at = row_max[j] == best && at < best_at ? at : best_at;
-      }
+      key_t best = key[w0];
+      for (int64_t j = w0 + 1; j < w1; ++j) best = key[j] > best ? key[j] : best;
+      const int32_t best_at = argmax_key_position(best);
       index[i * t + jj] = best_at;
       out[(i * t + jj) * out_stride] = p[best_at];
     }
@@ -592,7 +639,7 @@ constexpr int64_t kMaxBlockedPlane = 64;
 // arg-max slots or nullptr, `mean`/`m2` its moment slots or nullptr.
 template <typename scalar_t>
 void pool_plane(const scalar_t* src, int64_t h, int64_t w, int64_t t, const WindowTable& table,
-                scalar_t* row_max, int32_t* row_at, scalar_t* dst, int64_t c, int32_t* where,
+                RowScratch<scalar_t>& rows, scalar_t* dst, int64_t c, int32_t* where,
                 double* mean,
                 double* m2) {
   const int64_t hw = h * w;
@@ -608,7 +655,7 @@ void pool_plane(const scalar_t* src, int64_t h, int64_t w, int64_t t, const Wind
   } else if (w < kMinRowWidth) {
     plane_pool_table(src, table, t * t, dst, c, where);
   } else {
-    plane_pool_rows(src, w, t, table, row_max, row_at, dst, c, where);
+    plane_pool_rows(src, w, t, table, rows, dst, c, where);
   }
 }
 
@@ -620,8 +667,8 @@ void pool_plane(const scalar_t* src, int64_t h, int64_t w, int64_t t, const Wind
 // first maximum). Planes holding a NaN or an infinity fall back to pool_plane.
 template <typename scalar_t>
 void pool_channel_block(const scalar_t* src, int64_t h, int64_t w, int64_t t,
-                        const WindowTable& table, scalar_t* buf, scalar_t* row_max,
-                        int32_t* row_at, scalar_t* dst, int64_t c, int32_t* where, double* mean,
+                        const WindowTable& table, scalar_t* buf, RowScratch<scalar_t>& rows,
+                        scalar_t* dst, int64_t c, int32_t* where, double* mean,
                         double* m2) {
   constexpr int64_t kLanes = 32 / sizeof(scalar_t);  // one AVX2 register
   using V = typename Vec<scalar_t>::V;
@@ -644,7 +691,7 @@ void pool_channel_block(const scalar_t* src, int64_t h, int64_t w, int64_t t,
   for (int64_t l = 0; l < kLanes; ++l) finite &= std::isfinite(static_cast<double>(sum[l]));
   if (!finite) {
     for (int64_t l = 0; l < kLanes; ++l) {
-      pool_plane(src + l * hw, h, w, t, table, row_max, row_at, dst + l, c,
+      pool_plane(src + l * hw, h, w, t, table, rows, dst + l, c,
                  where != nullptr ? where + l * tt : nullptr,
                  mean != nullptr ? mean + l : nullptr, m2 != nullptr ? m2 + l : nullptr);
     }
@@ -970,8 +1017,8 @@ void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* ind
     const int64_t blocks = (c + lanes - 1) / lanes;
     const auto [units, grain] = pooling_units(x, pm != nullptr);
     for_share(share, units, grain, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> row_max(w), buf(blocked ? hw * kLanes : 0);
-      std::vector<int32_t> row_at(w);
+      RowScratch<scalar_t> rows(w);
+      std::vector<scalar_t> buf(blocked ? hw * kLanes : 0);
       for (int64_t unit = begin; unit < end; ++unit) {
         const int64_t s = unit / blocks, c0 = (unit % blocks) * lanes;
         const int64_t count = std::min(lanes, c - c0), plane = s * c + c0;
@@ -980,13 +1027,12 @@ void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* ind
         double* mean = pm != nullptr ? pm + plane : nullptr;
         double* m2 = pq != nullptr ? pq + plane : nullptr;
         if (count == kLanes && blocked) {
-          pool_channel_block(xp + plane * hw, h, w, t, table, buf.data(), row_max.data(),
-                             row_at.data(), dst, c,
+          pool_channel_block(xp + plane * hw, h, w, t, table, buf.data(), rows, dst, c,
                              where, mean, m2);
           continue;
         }
         for (int64_t l = 0; l < count; ++l) {
-          pool_plane(xp + (plane + l) * hw, h, w, t, table, row_max.data(), row_at.data(),
+          pool_plane(xp + (plane + l) * hw, h, w, t, table, rows,
                      dst + l, c,
                      where != nullptr ? where + l * tt : nullptr,
                      mean != nullptr ? mean + l : nullptr, m2 != nullptr ? m2 + l : nullptr);
