@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -404,6 +405,8 @@ def test_compiled_layer_puts_the_native_ops_in_the_graph(kind: str, layout: str)
     y, y_plain = compiled(x), plain(x)
     graph = "\n".join(codes)
     assert "running_update" in graph and "sepbn_cpu" in graph, graph
+    if kind.startswith("sep"):  # the folded node: the C++ op, then the multiply-add in ATen
+        assert "sepbn_train_forward" in graph and "addcmul" in graph, graph
     torch.testing.assert_close(y, y_plain, rtol=1e-12, atol=1e-12)
     assert_train_step_matches(layer, plain, x, y, y_plain, True, rtol=1e-10, atol=1e-10)
 
@@ -485,15 +488,67 @@ def test_inductor_hands_the_ops_its_channels_last_maps() -> None:
     # Caches off: a cached graph would not show what the op's tags make inductor do now.
     with torch._inductor.config.patch(force_disable_caches=True):
         y, codes = run_and_get_code(torch.compile(model, fullgraph=True), x_compiled)
-    # The op's output map, checked by inductor's own metadata assert, is channels-last
-    # (4, 16, 12, 12) strides: it ran on the convolution's channels-last output, uncopied.
+    # The convolution's output, checked by inductor's own metadata assert, has channels-last
+    # (4, 16, 12, 12) strides, and the op takes that buffer itself: no layout copy between.
+    code = codes[0]  # the forward graph
     cl_map = torch.empty(4, 16, 12, 12).to(memory_format=torch.channels_last)
-    cl_strides = str(tuple(cl_map.stride()))
-    assert any(
-        "sepbn_train_forward" in line and cl_strides in line
-        for line in "\n".join(codes).splitlines()
-    ), "\n".join(codes)
+    conv = re.search(r"(buf\d+) = extern_kernels\.convolution\(", code)
+    assert conv is not None, code
+    assert f"assert_tensor_metadata({conv[1]}, (4, 16, 12, 12), {tuple(cl_map.stride())}" in code
+    assert re.search(rf"sepbn_train_forward\.default\({conv[1]},", code), code
     y_eager = eager(x_eager)
     torch.testing.assert_close(y, y_eager, rtol=1e-4, atol=1e-4)
     assert_backward_matches(model, eager, x_compiled, x_eager, y, y_eager, 1e-4, 1e-4, True)
     torch.testing.assert_close(model[1].norm.running_var, eager[1].norm.running_var)
+
+
+@pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled")
+def test_inductor_fuses_the_folded_map_pass_with_the_activation_and_pooling() -> None:
+    """The Vanilla CNN's block (conv, SepBN, LeakyReLU, 2×2 max pooling) under inductor: the
+    SepBN multiply-add, the activation and the pooling are one generated kernel forward
+    (and recomputed in one backward kernel), as for a BatchNorm; values and gradients equal
+    eager."""
+    from sepbn.models.vanilla_cnn import conv_block
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = conv_block(3, 16, lambda c: randomize(SepBatchNorm2d(c)))
+    eager = copy.deepcopy(model)
+    x = torch.randn(4, 3, 16, 16)
+    x_compiled, x_eager = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch._inductor.config.patch(force_disable_caches=True):
+        y, codes = run_and_get_code(torch.compile(model, fullgraph=True), x_compiled)
+    kernels = [line for line in "\n".join(codes).splitlines() if "cpp_fused" in line]
+    fused = [k for k in kernels if all(op in k for op in ("addcmul", "leaky_relu", "max_pool2d"))]
+    assert fused, "\n".join(kernels)
+    y_eager = eager(x_eager)
+    torch.testing.assert_close(y, y_eager, rtol=1e-4, atol=1e-4)
+    assert_backward_matches(model, eager, x_compiled, x_eager, y, y_eager, 1e-4, 1e-4, True)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_folded_node_equals_the_one_op_node(layout: str) -> None:
+    """The compiled path's node (the C++ op without the map pass, then an ATen multiply-add)
+    run eagerly: output (in the input's layout), π, statistics and every gradient equal the
+    one-op node's in float64."""
+    from sepbn.nn import native_ops
+
+    torch.manual_seed(0)
+    layer = randomize(SepBatchNorm2d(8, num_groups=2)).to(DTYPE)
+    x = torch.randn(3, 8, 9, 11, dtype=DTYPE)
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    params = [layer.weight, layer.bias, *layer._attention_tensors()]
+    options = (1e-5, layer.pool_size, False)
+    results = []
+    for fold in (False, True):
+        xi = x.detach().clone().requires_grad_()
+        y, pi, mean, unbiased = native_ops._NativeSepBatchNormTrain.apply(
+            xi, *params, *options, fold
+        )
+        grad = torch.randn(y.shape, dtype=DTYPE, generator=torch.Generator().manual_seed(1))
+        grads = torch.autograd.grad(y, [xi, *(p for p in params if p.requires_grad)], grad)
+        results.append((y, pi, mean, unbiased, *grads))
+    assert results[1][0].is_contiguous(memory_format=torch.channels_last) == (layout == "cl")
+    for one_op, folded in zip(*results, strict=True):
+        torch.testing.assert_close(folded, one_op, rtol=1e-12, atol=1e-12)

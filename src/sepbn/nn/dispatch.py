@@ -44,7 +44,11 @@ ops go into the graph as opaque calls with shape functions, ``fullgraph=True`` i
 wherever the eager call would run ``"native"`` (CPU, float32/float64, NCHW- or
 channels-last-contiguous, a plain inner ``nn.BatchNorm2d``) and ``momentum`` is not None:
 the train step is one autograd Function plus one running-statistics update op, an eval
-``SepBatchNorm2d`` call without gradient is one op. Otherwise the compiler traces
+``SepBatchNorm2d`` call without gradient is one op. For ``SepBatchNorm2d`` in training the
+Function's C++ op stops short of the pass over the map and returns the folded mapping
+``y = a x + b`` (a, b per sample and channel); that multiply-add is ATen code in the graph,
+which inductor fuses with the ops after the layer (an activation, a pooling, a residual
+addition), as it fuses a BatchNorm's; its backward is the C++ op. Otherwise the compiler traces
 ``"plain"`` and fuses it itself (CUDA, autocast, the cumulative average). ``torch.export`` (and the
 ONNX exporter built on it) always traces ``"plain"``, so an exported program holds only
 standard ATen ops. Inductor's CPU layout optimization makes convolution outputs

@@ -52,13 +52,15 @@ def _register_fakes() -> None:
         x: Tensor, weight: Tensor, bias: Tensor, reduce_w: Tensor, reduce_b: Tensor,
         hidden_w: Tensor, *rest: Any,
     ) -> list[Tensor]:  # fmt: skip
-        pool_size = int(rest[-2])  # rest: hidden_b, out_w, out_b, tau, eps, pool_size, hard
+        # rest: hidden_b, out_w, out_b, tau, eps, pool_size, hard[, apply]
+        pool_size, apply = int(rest[5]), bool(rest[7]) if len(rest) > 7 else True
         n, c = x.shape[:2]
         k, g, tt = weight.shape[0], reduce_w.shape[0], pool_size * pool_size
         return [
-            _map_like(x), x.new_empty(n, g, k), x.new_empty(n, c, tt, dtype=torch.int32),
-            x.new_empty(n * tt, c), x.new_empty(n, tt * g), x.new_empty(n, hidden_w.shape[0]),
-            x.new_empty(n, c), x.new_empty(c), x.new_empty(c), x.new_empty(c),
+            _map_like(x) if apply else x.new_empty(0), x.new_empty(n, g, k),
+            x.new_empty(n, c, tt, dtype=torch.int32), x.new_empty(n * tt, c),
+            x.new_empty(n, tt * g), x.new_empty(n, hidden_w.shape[0]), x.new_empty(n, c),
+            x.new_empty(c), x.new_empty(c), x.new_empty(c), x.new_empty(n, c), x.new_empty(n, c),
         ]  # fmt: skip
 
     @torch.library.register_fake(lib + "sepbn_train_backward")
@@ -118,6 +120,12 @@ class _NativeSepBatchNormTrain(torch.autograd.Function):
     Returns ``(y, π, batch mean, unbiased batch variance)``; the last three carry no
     gradient. The running statistics are updated outside the node, so that ``torch.compile``
     can trace it (a node's forward must not mutate module buffers).
+
+    With ``fold`` (a user's ``torch.compile``) the forward op stops short of the pass over
+    the map and returns the folded mapping ``y = a x + b`` (a, b per sample and channel);
+    the multiply-add is then ATen code in the graph, which inductor fuses with the ops
+    after the layer (in the Vanilla CNN a LeakyReLU and a 2×2 max pooling), as it fuses a
+    BatchNorm's. The backward is the same C++ op either way.
     """
 
     @staticmethod
@@ -136,13 +144,16 @@ class _NativeSepBatchNormTrain(torch.autograd.Function):
         eps: float,
         pool_size: int,
         hard: bool,
+        fold: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        y, pi, index, positions, flat, hidden, scale, mean, rstd, unbiased = (
+        y, pi, index, positions, flat, hidden, scale, mean, rstd, unbiased, a, b = (
             torch.ops.sepbn_cpu.sepbn_train_forward(
                 x, weight, bias, reduce_weight, reduce_bias, hidden_weight, hidden_bias,
-                out_weight, out_bias, tau, eps, pool_size, hard,
+                out_weight, out_bias, tau, eps, pool_size, hard, not fold,
             )
         )  # fmt: skip
+        if fold:
+            y = torch.addcmul(b[..., None, None], x, a[..., None, None])
         ctx.mark_non_differentiable(pi, mean, unbiased)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(
@@ -157,7 +168,7 @@ class _NativeSepBatchNormTrain(torch.autograd.Function):
         ctx: Any, grad_y: Tensor | None, *_unused: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         if grad_y is None:  # y did not reach the loss
-            return (None,) * 13
+            return (None,) * 14
         saved = ctx.saved_tensors
         needs = ctx.needs_input_grad
         # No gradient crosses a hard arg-max; otherwise the attention's backward runs when
@@ -167,7 +178,7 @@ class _NativeSepBatchNormTrain(torch.autograd.Function):
         out: list[Tensor | None] = [_grad_or_none(grads[0], needs[0])]
         out += [_grad_or_none(grads[i], needs[i]) for i in (1, 2)]
         out += [_grad_or_none(grads[i], attention and needs[i]) for i in range(3, 9)]
-        return (*out, None, None, None, None)
+        return (*out, None, None, None, None, None)
 
 
 def _update_running(
@@ -188,14 +199,17 @@ def sep_batch_norm_train(*args: Any) -> tuple[Tensor, Tensor]:
     Same 16 arguments: x, the sets, the attention's tensors and τ (10 tensors), running
     mean and variance, factor, then eps, pool size, hard; ``x`` float32/float64 on the CPU,
     NCHW- or channels-last-contiguous (the output keeps that layout; other strides are
-    copied to NCHW). Works eagerly and under ``torch.compile`` (the ops are
-    opaque calls in the graph).
+    copied to NCHW). Works eagerly (one op call per direction) and under
+    ``torch.compile``, where the ops are opaque calls in the graph and the pass over the
+    map is an ATen multiply-add that inductor fuses with the ops after the layer
+    (``fold`` of :class:`_NativeSepBatchNormTrain`).
 
     Shape:
         - Output: (N, C, H, W) and π (N, G, K)
     """
     tensors, (running_mean, running_var, factor), options = args[:10], args[10:13], args[13:]
-    y, pi, mean, unbiased = _NativeSepBatchNormTrain.apply(*tensors, *options)
+    fold = torch.compiler.is_compiling()
+    y, pi, mean, unbiased = _NativeSepBatchNormTrain.apply(*tensors, *options, fold)
     _update_running(running_mean, running_var, mean, unbiased, factor)
     return y, pi
 

@@ -1539,17 +1539,22 @@ void nhwc_input_grad_into(const Tensor& grad_y, const Tensor& x, const Tensor& s
 
 // ---- ops -----------------------------------------------------------------------------
 
-// Train-mode SepBatchNorm2d forward (Eqs. 1, 5-7). Returns
-// (y, pi, index, positions, flat, hidden, scale, mean, rstd, var_unbiased).
+// Train-mode SepBatchNorm2d forward (Eqs. 1, 5-7): the pooling-and-statistics pass, the
+// attention, and, if `apply`, the pass over the map, y = a x + b. Returns (y, pi, index,
+// positions, flat, hidden, scale, mean, rstd, var_unbiased, a, b); without `apply` y is an
+// empty tensor and the caller runs the multiply-add with a, b (N, C): inside
+// torch.compile that pass is ATen code, which inductor fuses with the ops after the layer
+// (an activation, a pooling), as it fuses a BatchNorm's.
 std::vector<Tensor> sepbn_train_forward(const Tensor& x_in, const Tensor& weight,
                                         const Tensor& bias, const Tensor& reduce_w,
                                         const Tensor& reduce_b, const Tensor& hidden_w,
                                         const Tensor& hidden_b, const Tensor& out_w,
                                         const Tensor& out_b, const Tensor& tau, double eps,
-                                        int64_t pool_size, bool hard) {
+                                        int64_t pool_size, bool hard, bool apply) {
   const Tensor x = checked_map(x_in, "x");
   const int64_t n = x.size(0), hw = x.size(2) * x.size(3);
-  Tensor positions, index, plane_mean, plane_m2, rstd, y = map_like(x);
+  Tensor positions, index, plane_mean, plane_m2, rstd;
+  Tensor y = apply ? map_like(x) : at::empty({0}, x.options());
   allocate_pooling(x, pool_size, positions, &index, &plane_mean, &plane_m2);
   std::vector<Tensor> att, mixed, stats, ab;
   const auto [units, grain] = pooling_units(x, true);
@@ -1566,8 +1571,11 @@ std::vector<Tensor> sepbn_train_forward(const Tensor& x_in, const Tensor& weight
         rstd = inverse_std(stats[1], eps, x.scalar_type());
         ab = fold(mixed[0], mixed[1], stats[0], rstd);
       },
-      [&](const Share* share) { scale_shift_into(x, ab[0], ab[1], y, kGrainElements, share); });
-  return {y, att[2], index, positions, att[0], att[1], mixed[0], stats[0], rstd, stats[2]};
+      [&](const Share* share) {
+        if (apply) scale_shift_into(x, ab[0], ab[1], y, kGrainElements, share);
+      });
+  return {y,        att[2], index, positions, att[0], att[1], mixed[0], stats[0],
+          rstd,     stats[2], ab[0], ab[1]};
 }
 
 // Its backward. Returns (grad_x, grad_weight, grad_bias, grad_reduce_w, grad_reduce_b,
@@ -1738,7 +1746,7 @@ TORCH_LIBRARY(sepbn_cpu, m) {
   m.def(
       "sepbn_train_forward(Tensor x, Tensor weight, Tensor bias, Tensor reduce_w, "
       "Tensor reduce_b, Tensor hidden_w, Tensor hidden_b, Tensor out_w, Tensor out_b, "
-      "Tensor tau, float eps, int pool_size, bool hard) -> Tensor[]",
+      "Tensor tau, float eps, int pool_size, bool hard, bool apply=True) -> Tensor[]",
       kMapLayout);
   m.def(
       "sepbn_train_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor bias, "
