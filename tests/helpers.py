@@ -156,8 +156,7 @@ def assert_train_step_matches(
         if g_plain is None:
             assert g is None, name
         else:
-            size = max(1.0, float(g_plain.abs().max())) if scaled else 1.0
-            atol = tol.get("atol", 0.0) * size
+            atol = _atol(tol.get("atol", 0.0), g_plain, scaled)
             torch.testing.assert_close(
                 g, g_plain, **{**tol, "atol": atol}, msg=lambda m, name=name: f"{name}: {m}"
             )
@@ -185,5 +184,11 @@ def assert_backward_matches(
     y_reference.backward(grad)
     torch.testing.assert_close(x.grad, x_reference.grad, rtol=rtol, atol=atol)
     for (name, expected), p in zip(reference.named_parameters(), model.parameters()):
-        size = max(1.0, float(expected.grad.abs().max())) if scaled else 1.0
-        torch.testing.assert_close(p.grad, expected.grad, rtol=rtol, atol=atol * size, msg=name)
+        torch.testing.assert_close(
+            p.grad, expected.grad, rtol=rtol, atol=_atol(atol, expected.grad, scaled), msg=name
+        )
+
+
+def _atol(atol: float, expected: torch.Tensor, scaled: bool) -> float:
+    """``atol``, times ``expected``'s largest magnitude (at least 1) when ``scaled``."""
+    return atol * max(1.0, float(expected.abs().max())) if scaled else atol

@@ -1574,8 +1574,8 @@ std::vector<Tensor> sepbn_train_forward(const Tensor& x_in, const Tensor& weight
       [&](const Share* share) {
         if (apply) scale_shift_into(x, ab[0], ab[1], y, kGrainElements, share);
       });
-  return {y,        att[2], index, positions, att[0], att[1], mixed[0], stats[0],
-          rstd,     stats[2], ab[0], ab[1]};
+  return {y, att[2], index, positions, att[0], att[1], mixed[0], stats[0], rstd, stats[2],
+          ab[0], ab[1]};
 }
 
 // Its backward. Returns (grad_x, grad_weight, grad_bias, grad_reduce_w, grad_reduce_b,
