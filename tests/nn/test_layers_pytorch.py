@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call
 
 from helpers import randomize
-from sepbn.nn import DomainBatchNorm2d, SepBatchNorm2d, SimpleSepBatchNorm2d, domain_routing
+from sepbn.nn import DomainBatchNorm2d, SepBatchNorm2d, SimpleSepBatchNorm2d, dispatch, domain_routing
 from sepbn.nn.fused_separable_norm import mix_sets
 
 DTYPE = torch.float64
@@ -57,6 +57,24 @@ def test_state_dict_round_trip(kind: str, tmp_path) -> None:
         y_source = source(x)
     with domain_routing(target, domains) if kind == "domain" else nullcontext():
         torch.testing.assert_close(target(x), y_source)
+
+
+def test_is_exporting_is_true_under_torch_export_only() -> None:
+    """Eager and ``torch.compile``: False; ``torch.export``: True (torch 2.11's dynamo folds
+    ``torch.compiler.is_exporting()`` to True under a plain compile; the dispatch must not)."""
+    seen: list[bool] = []
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(dispatch.is_exporting())
+            return x + 1
+
+    x = torch.randn(3)
+    Probe()(x)
+    torch._dynamo.reset()
+    torch.compile(Probe(), backend="eager", fullgraph=True)(x)
+    torch.export.export(Probe(), (x,))
+    assert seen[:2] == [False, False] and seen[-1] is True
 
 
 @pytest.mark.parametrize("kind", LAYERS)

@@ -72,6 +72,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
+import torch
+
 Path = Literal["auto", "plain", "native", "fused", "compiled"]
 PATHS: tuple[str, ...] = ("auto", "plain", "native", "fused", "compiled")
 
@@ -123,3 +125,15 @@ def sepbn_path(path: Path, backend: str | None = None) -> Iterator[None]:
         yield
     finally:
         _state.update(saved)
+
+
+def is_exporting() -> bool:
+    """Whether ``torch.export`` (or the ONNX exporter built on it) traces the call.
+
+    Reads the flag behind ``torch.compiler.is_exporting()``: older dynamo versions fold
+    that call to True inside a plain ``torch.compile`` too (torch 2.11; fixed in 2.14), which sent
+    compiled CPU models to the plain path instead of the C++ ops. Under dynamo the
+    attribute read is traced as the flag's value, True only while ``torch.export`` runs.
+    """
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else bool(flag)

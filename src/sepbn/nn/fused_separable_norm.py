@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sepbn.nn import native, native_ops
+from sepbn.nn import dispatch, native, native_ops
 from sepbn.nn._folding import fold_batch_norm
 
 # Below this many pixels per map, ATen's batch-norm backward kernel spends more on each
@@ -64,24 +64,25 @@ def adaptive_max_pool2d(
 
     ATen's NCHW kernel is a scalar loop (a third of a batch-norm step at 64×64). Outside
     autograd and without indices, a contiguous CPU float32/float64 input is pooled by the
-    C++ kernel of :mod:`sepbn.nn.native` when it is built; otherwise (and while an exporter
-    traces) an input of at least 131072 elements is pooled band-wise
-    (:func:`_band_max_pool2d`, the same maxima at about half the cost). Otherwise ATen's
-    kernel runs, in channels-last layout (vectorized over channels) for maps of at most 256
-    pixels: same values, indices and gradient. When ``x`` requires a gradient ATen's kernel
-    always runs, so the plain path differentiates exactly ``F.adaptive_max_pool2d``.
+    C++ kernel of :mod:`sepbn.nn.native` when it is built; otherwise an input of at least
+    131072 elements is pooled band-wise (:func:`_band_max_pool2d`, the same maxima at about
+    half the cost). Otherwise ATen's kernel runs, in channels-last layout (vectorized over
+    channels) for maps of at most 256 pixels: same values, indices and gradient. When ``x``
+    requires a gradient ATen's kernel runs, so the plain path differentiates exactly
+    ``F.adaptive_max_pool2d``; but while an exporter traces, the band route always runs
+    (ONNX has no adaptive max pooling; slices and maxima it has).
 
     Shape:
         - x: (N, C, H, W)
         - Output: (N, C, T, T), and int64 indices (flat positions in H·W) if requested
     """
+    if not return_indices and _is_exporting():  # whatever x's layout and gradient
+        return _band_max_pool2d(x, pool_size)
     if (
         not return_indices
         and x.is_contiguous()
         and not (x.requires_grad and torch.is_grad_enabled())
     ):
-        if _is_exporting():
-            return _band_max_pool2d(x, pool_size)
         if _native_pool_applies(x):
             return native_ops.adaptive_max_pool2d(x, pool_size)
         if x.numel() >= _BAND_POOL_MIN_NUMEL:
@@ -107,7 +108,7 @@ def _native_pool_applies(x: Tensor) -> bool:
 
 def _is_exporting() -> bool:
     """Whether an exporter traces the call; ONNX has no adaptive max pooling, slices it has."""
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+    return dispatch.is_exporting() or torch.onnx.is_in_onnx_export()
 
 
 def _adaptive_bands(size: int, pool_size: int) -> list[tuple[int, int]]:
@@ -123,11 +124,11 @@ def _band_max_pool2d(x: Tensor, pool_size: int) -> Tensor:
     exact, so the values equal ``F.adaptive_max_pool2d``'s (NaN propagates likewise).
 
     Shape:
-        - x: (N, C, H, W), contiguous
+        - x: (N, C, H, W), any layout (a non-contiguous one is copied)
         - Output: (N, C, T, T)
     """
     n, c, h, w = x.shape
-    maps = x.view(n * c, h, w)
+    maps = x.reshape(n * c, h, w)
     row_max = torch.stack(
         [_rows_max(maps, start, end) for start, end in _adaptive_bands(h, pool_size)], dim=1
     )  # (N·C, T, W)
@@ -139,7 +140,8 @@ def _band_max_pool2d(x: Tensor, pool_size: int) -> Tensor:
 
 def _rows_max(maps: Tensor, start: int, end: int) -> Tensor:
     """Column-wise maximum of ``maps[:, start:end, :]``; shape (N·C, W)."""
-    if maps.shape[1] > _ROW_CHAIN_MAX_HEIGHT:
+    differentiable = maps.requires_grad and torch.is_grad_enabled()  # an exporter's trace
+    if maps.shape[1] > _ROW_CHAIN_MAX_HEIGHT or differentiable:
         return maps[:, start:end].amax(dim=1)
     out = maps[:, start].clone()
     for row in range(start + 1, end):
@@ -239,7 +241,9 @@ def _norm_backward(
     sums = (scale * torch.stack((s1, s2))).sum(dim=1)  # (2, C): M·c1, M·c2
     sums *= rstd * (-1.0 / (n * h * w))  # (2, C): -r c1, -r c2
     # -r c1 + q (x - μ) with q = -r² c2, as an inference-mode batch norm: one pass.
-    grad_x = F.batch_norm(x, mean, torch.ones_like(var), sums[1] * rstd, sums[0], False, 0.0, 0.0)
+    # torch.batch_norm, not F.batch_norm, whose Python check refuses eps = 0 on torch 2.11.
+    ones = torch.ones_like(var)
+    grad_x = torch.batch_norm(x, sums[1] * rstd, sums[0], mean, ones, False, 0.0, 0.0, False)
     grad_x.addcmul_(grad_y, (scale * rstd).view(n, c, 1, 1))
     return s1, s2, grad_x
 

@@ -313,7 +313,7 @@ class SeparableNormBase(nn.Module):
         ``SepBatchNorm2d`` call that wants no gradient, on the CPU conditions of
         :meth:`_can_run_native`. Everything else is traced through the plain path.
         """
-        if torch.compiler.is_exporting():
+        if dispatch.is_exporting():
             return False
         norm = self.norm
         if norm.training:
