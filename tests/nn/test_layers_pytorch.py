@@ -15,7 +15,13 @@ from torch import nn
 from torch.func import functional_call
 
 from helpers import randomize
-from sepbn.nn import DomainBatchNorm2d, SepBatchNorm2d, SimpleSepBatchNorm2d, dispatch, domain_routing
+from sepbn.nn import (
+    DomainBatchNorm2d,
+    SepBatchNorm2d,
+    SimpleSepBatchNorm2d,
+    dispatch,
+    domain_routing,
+)
 from sepbn.nn.fused_separable_norm import mix_sets
 
 DTYPE = torch.float64
