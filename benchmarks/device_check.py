@@ -1,28 +1,38 @@
 """One command that checks SepBN on a GPU and estimates what the paper's tables cost there.
 
-Runs, in order (issue 9, §3), and writes ``device_check.json`` and ``device_check.md``:
+Runs, in this order (issue 9, §3; the order is the priority under ``--budget``), and writes
+``device_check.json`` and ``device_check.md`` after every section:
 
-1. the tests marked ``cuda`` (a pytest subprocess; its summary line is kept);
-2. layer train fwd+bwd SepBN/BN ratios at the six Vanilla CNN maps, batch 64, float32
-   and bfloat16 (autocast), eager, and ``torch.compile`` at the three large ones;
-3. train-step SepBN/BN ratios and images/s for the Vanilla CNN (128 px), MobileNetV2 and
-   ResNeXt-50 (256 px), batch 64, float32 and bfloat16 (autocast), SepBN at BN3;
-4. the time of one stage-1 epoch of ``configs/<arch>/cnt_sepbn.yaml`` per architecture,
-   measured over a few hundred steps on synthetic faces of the same sizes (the real
-   pipeline: ``sepbn.engine.experiment.train``, augmentation, AMP, the config's batch)
-   and extrapolated to the real stage-1 set, 41763 faces (paper Sec. V-A: COFW 1345,
-   AFLW 20000, WFLW 7500, 300-W 3148, WIDER FACE 9770);
-5. "hours per table": for every config listed under a table in ``docs/reproduce.md``,
-   epochs × faces × the measured time per face of its architecture (stage 2 of CNT
-   configs fine-tunes each target on its own training set), summed per table.
+1. ``tests``: the tests marked ``cuda`` (a pytest subprocess, its log in ``cuda_tests.log``);
+2. ``models``: train-step SepBN/BN ratios and images/s for ResNeXt-50 and MobileNetV2
+   (256 px) and the Vanilla CNN (128 px), batch 64, float32 and bfloat16 (autocast),
+   SepBN at BN3;
+3. ``epoch``: the time of one stage-1 epoch of ``configs/<arch>/cnt_sepbn.yaml`` per
+   architecture, measured over a few hundred steps on synthetic faces of the same sizes
+   (the real pipeline: ``sepbn.engine.experiment.train``, augmentation, AMP, the config's
+   batch) and extrapolated to the real stage-1 set, 41763 faces (paper Sec. V-A: COFW
+   1345, AFLW 20000, WFLW 7500, 300-W 3148, WIDER FACE 9770); then "hours per table": for
+   every config listed under a table in ``docs/reproduce.md``, epochs × faces × the
+   measured time per face of its architecture (stage 2 of CNT configs fine-tunes each
+   target on its own training set), summed per table;
+4. ``layers``: layer train fwd+bwd SepBN/BN ratios at the six Vanilla CNN maps, batch 64,
+   float32 and bfloat16 (autocast), eager, and ``torch.compile`` at the three large ones.
 
 The target "SepBN/BN train step ≤ 1.10 for ResNeXt-50 in bfloat16" is judged on CUDA.
 Everything runs on CPU too (``--device cpu --quick``, in CI: tiny sizes, the
 ``aot_eager`` compile backend); the items that need CUDA then say "skipped: no CUDA".
 
-Usage (≤ 8 minutes on one GPU)::
+A first GPU run has one chance, so nothing in it is all-or-nothing: a section or item that
+raises is recorded with its error and the run goes on; once ``--budget`` seconds have
+passed no new item starts (each skipped item is listed under ``skipped``); ``--only``
+reruns some sections. Without ``pip install`` (the GPU machines' image has torch, numpy,
+OpenCV, SciPy, h5py, Matplotlib, PyYAML, tqdm and pytest, not facenet-pytorch), put
+``src`` on the path.
 
-    python benchmarks/device_check.py --out device_check/
+Usage (≤ 8 minutes on one GPU with the default budget)::
+
+    PYTHONPATH=src python benchmarks/device_check.py --out device_check/
+    PYTHONPATH=src python benchmarks/device_check.py --out dc/ --budget 300 --only models,epoch
     OMP_WAIT_POLICY=PASSIVE python benchmarks/device_check.py --device cpu --quick --out /tmp/dc
 """
 
@@ -32,11 +42,14 @@ import argparse
 import json
 import math
 import os
+import platform
 import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,11 +68,39 @@ from sepbn.models import build_model
 REPO = Path(__file__).resolve().parents[1]
 NO_CUDA = "skipped: no CUDA"
 TARGET_RESNEXT_BF16 = 1.10
+SECTIONS = ("tests", "models", "epoch", "layers")
 
 # Training faces per protocol (paper Sec. V-A); the stage-1 set is their sum, 41763.
 PAPER_TRAIN_FACES = {"cofw": 1345, "aflw": 20000, "wflw": 7500, "300w": 3148, "wider5": 9770}
-# Landmarks per protocol, for the synthetic stand-ins.
-ARCH_INPUT = {"vanilla_cnn": 128, "mobilenet_v2": 256, "resnext50": 256}
+# Input size per architecture, in the order the models are measured (the target's first).
+ARCH_INPUT = {"resnext50": 256, "mobilenet_v2": 256, "vanilla_cnn": 128}
+
+
+class Budget:
+    """The run's seconds; once they are spent no new item starts, and each one not started
+    is listed (an item already running finishes)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.perf_counter() + seconds
+        self.skipped: list[str] = []
+
+    def left(self) -> float:
+        return self.end - time.perf_counter()
+
+    def allows(self, item: str) -> bool:
+        """Whether ``item`` may start; if not, it is recorded as skipped."""
+        if self.left() > 0:
+            return True
+        self.skipped.append(f"{item}: time budget ({self.seconds:.0f} s) spent")
+        return False
+
+
+def _error(exc: BaseException) -> dict[str, str]:
+    """A failure as the report keeps it: the exception line and the traceback's end."""
+    text = "".join(traceback.format_exception(exc))
+    print(text, file=sys.stderr, flush=True)
+    return {"error": f"{type(exc).__name__}: {exc}"[:2000], "traceback": text[-4000:]}
 
 
 def _sync(device: torch.device) -> None:
@@ -67,29 +108,49 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_cuda_tests(device: torch.device, timeout: int) -> dict[str, Any] | str:
-    """``pytest -m cuda`` in a subprocess; its last summary line and exit code."""
+def run_cuda_tests(device: torch.device, timeout: float, log: Path) -> dict[str, Any] | str:
+    """``pytest -m cuda`` in a subprocess (see :func:`run_pytest`)."""
     if device.type != "cuda":
         return NO_CUDA
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"]
+    return run_pytest(["-m", "cuda"], timeout, log)
+
+
+def run_pytest(args: list[str], timeout: float, log: Path) -> dict[str, Any]:
+    """pytest in a subprocess from the repository root; its summary, exit code and failures.
+
+    One line per test (``-v``), so a run stopped at ``timeout`` still tells which passed;
+    the whole output goes to ``log``.
+    """
+    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-rfE", *args]
     start = time.perf_counter()
     try:
         proc = subprocess.run(
             cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
         )
+        output, returncode = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as error:
-        return {"summary": f"timed out after {timeout} s", "returncode": None, "tail": str(error)}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+        partial = error.stdout or b""
+        output = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+        returncode = None
+    log.write_text(output)
+    lines = [ln for ln in output.splitlines() if ln.strip()]
+    results = [ln for ln in lines if re.search(r" (PASSED|FAILED|ERROR|SKIPPED|XFAIL)\b", ln)]
+    if returncode is None:
+        summary = f"timed out after {timeout:.0f} s"
+    else:
+        summary = lines[-1] if lines else "(no output)"
     return {
-        "summary": lines[-1] if lines else "(no output)",
-        "returncode": proc.returncode,
+        "summary": summary,
+        "returncode": returncode,
         "seconds": round(time.perf_counter() - start, 1),
-        "failures": [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))],
+        "passed": sum(" PASSED" in ln for ln in results),
+        "failures": [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
+        or [ln for ln in results if " FAILED" in ln or " ERROR" in ln],
     }
 
 
 def layer_section(
-    device: torch.device, quick: bool, backend: str, repeats: int
+    device: torch.device, quick: bool, backend: str, repeats: int, budget: Budget
 ) -> list[dict[str, Any]]:
     """SepBN/BN layer ratios, float32 and bfloat16, eager and compiled, batch 64."""
     if quick:  # CI: tiny maps, one repeat
@@ -97,16 +158,27 @@ def layer_section(
         batch, work = 2, 2e4
     else:
         shapes, batch, work = bench_layers.VANILLA_SHAPES, 64, 2e7
-    rows = []
+    rows: list[dict[str, Any]] = []
     for dtype in (torch.float32, torch.bfloat16):
         for mode in ("eager", "compiled"):
             torch._dynamo.reset()
             # Compiled at the three large maps only (§1's column): each shape compiles twice.
             mode_shapes = shapes if quick or mode == "eager" else bench_layers.LARGE_SHAPES
-            for row in bench_layers.layer_ratios(
-                mode_shapes, batch, device, dtype, mode == "compiled", repeats, work, backend
-            ):
-                rows.append({"dtype": str(dtype).removeprefix("torch."), "mode": mode, **row})
+            for shape in mode_shapes:
+                label = {
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "mode": mode,
+                    "shape": "{}×{}×{}".format(shape[0], *shape[1:] * 2),
+                }
+                if not budget.allows(f"layers {label['dtype']} {mode} {label['shape']}"):
+                    continue
+                try:
+                    (row,) = bench_layers.layer_ratios(
+                        (shape,), batch, device, dtype, mode == "compiled", repeats, work, backend
+                    )
+                    rows.append({**label, **row})
+                except Exception as error:  # one shape's failure must not end the run
+                    rows.append({**label, **_error(error)})
     return rows
 
 
@@ -125,52 +197,78 @@ def _train_step_fn(
     return step
 
 
-def model_section(device: torch.device, quick: bool, iters: int) -> list[dict[str, Any]]:
-    """Train-step SepBN/BN ratios and images/s per architecture, float32 and bfloat16."""
-    rows = []
+def _time_train_steps(
+    models: dict[str, nn.Module],
+    x: torch.Tensor,
+    target: torch.Tensor,
+    dtype: torch.dtype,
+    warmup: int,
+    iters: int,
+) -> dict[str, float]:
+    """Median seconds per SGD step of each model, timed in alternation."""
+    device = x.device
+    steps = {k: _train_step_fn(m, x, target, dtype) for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for step in steps.values():  # warm-up: cuDNN autotune, SepBN's compilation
+        for _ in range(warmup):
+            step()
+    for i in range(iters):
+        for name in list(steps) if i % 2 == 0 else list(reversed(steps)):
+            _sync(device)
+            start = time.perf_counter()
+            steps[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def model_section(
+    device: torch.device, quick: bool, iters: int, budget: Budget
+) -> list[dict[str, Any]]:
+    """Train-step SepBN/BN ratios and images/s per architecture, bfloat16 and float32."""
+    rows: list[dict[str, Any]] = []
     batch = 2 if quick else 64
     for arch, size in ARCH_INPUT.items():
         size = 64 if quick else size
         width = 0.25 if quick else 1.0
-        torch.manual_seed(0)
-        models = {
-            norm: build_model(arch, num_points=98, norm=norm, input_size=size, width_mult=width)
-            .to(device)
-            .train()
-            for norm in ("bn", "sepbn")
-        }
-        if device.type == "cuda":
-            models = {k: m.to(memory_format=torch.channels_last) for k, m in models.items()}
-        x = torch.rand(batch, 3, size, size, device=device)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        target = torch.rand(batch, 98, 2, device=device)
-        for dtype in (torch.float32, torch.bfloat16):
-            steps = {k: _train_step_fn(m, x, target, dtype) for k, m in models.items()}
-            times: dict[str, list[float]] = {k: [] for k in steps}
-            for step in steps.values():  # warm-up: cuDNN autotune, SepBN's compilation
-                for _ in range(1 if quick else 3):
-                    step()
-            for i in range(iters):
-                for name in list(steps) if i % 2 == 0 else list(reversed(steps)):
-                    _sync(device)
-                    start = time.perf_counter()
-                    steps[name]()
-                    _sync(device)
-                    times[name].append(time.perf_counter() - start)
-            bn, sep = statistics.median(times["bn"]), statistics.median(times["sepbn"])
-            rows.append(
-                {
-                    "arch": arch,
-                    "input": size,
-                    "batch": batch,
-                    "dtype": str(dtype).removeprefix("torch."),
-                    "bn_img_s": batch / bn,
-                    "sepbn_img_s": batch / sep,
-                    "ratio": sep / bn,
-                }
-            )
+        models: dict[str, nn.Module] = {}
+        for dtype in (torch.bfloat16, torch.float32):
+            label = {
+                "arch": arch,
+                "input": size,
+                "batch": batch,
+                "dtype": str(dtype).removeprefix("torch."),
+            }
+            if not budget.allows(f"models {arch} {label['dtype']}"):
+                continue
+            try:
+                if not models:
+                    torch.manual_seed(0)
+                    for norm in ("bn", "sepbn"):
+                        model = build_model(
+                            arch, num_points=98, norm=norm, input_size=size, width_mult=width
+                        )
+                        if device.type == "cuda":
+                            model = model.to(memory_format=torch.channels_last)
+                        models[norm] = model.to(device).train()
+                x = torch.rand(batch, 3, size, size, device=device)
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                target = torch.rand(batch, 98, 2, device=device)
+                median = _time_train_steps(models, x, target, dtype, 1 if quick else 3, iters)
+                rows.append(
+                    {
+                        **label,
+                        "bn_img_s": batch / median["bn"],
+                        "sepbn_img_s": batch / median["sepbn"],
+                        "ratio": median["sepbn"] / median["bn"],
+                    }
+                )
+            except Exception as error:  # out of memory, a compiler failure: the next goes on
+                rows.append({**label, **_error(error)})
         del models
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -214,24 +312,30 @@ def _synthetic_stage1_config(arch: str, device: torch.device, quick: bool, steps
 
 
 def epoch_section(
-    device: torch.device, quick: bool, steps: int, out: Path
+    device: torch.device, quick: bool, steps: int, runs: Path, budget: Budget
 ) -> dict[str, dict[str, Any]]:
     """Seconds per face of stage-1 training per architecture, and the real epoch's time.
 
     Two epochs on synthetic faces; the second one is timed (the first compiles and warms
-    up), from the end of epoch 1 to the end of epoch 2.
+    up), from the end of epoch 1 to the end of epoch 2. The run folders go to ``runs``.
     """
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     archs = ("vanilla_cnn",) if quick else tuple(ARCH_INPUT)
     for arch in archs:
-        config = _synthetic_stage1_config(arch, device, quick, steps)
-        marks: list[float] = []
+        if not budget.allows(f"epoch {arch}"):
+            continue
+        try:
+            config = _synthetic_stage1_config(arch, device, quick, steps)
+            marks: list[float] = []
 
-        def on_epoch(_info: Any, marks: list[float] = marks) -> None:
-            _sync(device)
-            marks.append(time.perf_counter())
+            def on_epoch(_info: Any, marks: list[float] = marks) -> None:
+                _sync(device)
+                marks.append(time.perf_counter())
 
-        train(config, out / f"epoch_{arch}", callbacks=[on_epoch])
+            train(config, runs / f"epoch_{arch}", callbacks=[on_epoch])
+        except Exception as error:
+            results[arch] = _error(error)
+            continue
         faces = sum(ds.options["num_faces"] for ds in config.data.train)
         seconds = marks[-1] - marks[-2]
         per_face = seconds / faces
@@ -285,8 +389,8 @@ def hours_per_table(epochs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         hours, missing = 0.0, []
         for path in paths:
             config = load_config(REPO / "configs" / path)
-            measured = epochs.get(config.model.arch)
-            if measured is None:
+            measured = epochs.get(config.model.arch, {})
+            if "s_per_face" not in measured:  # not timed: skipped or failed
                 missing.append(path)
                 continue
             stage1, stage2 = _config_faces(config)
@@ -306,69 +410,121 @@ def hours_per_table(epochs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _section_state(section: Any) -> str | None:
+    """A section that has no rows to show: not run, skipped, or failed as a whole."""
+    if isinstance(section, str):
+        return section
+    if isinstance(section, dict) and "error" in section:
+        return f"ERROR {section['error']}"
+    return None
+
+
+def _table(
+    title: str, section: Any, header: list[str], keys: list[str], cells: Callable[[dict], list]
+) -> list[str]:
+    """A Markdown table of a section's rows; a row that failed shows its error."""
+    state = _section_state(section)
+    if state is not None:
+        return [f"{title}: {state}", ""]
+    rows = section.values() if isinstance(section, dict) else section
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        values = [r.get(k, "") for k in keys]
+        values += [f"ERROR {r['error']}"] if "error" in r else cells(r)
+        lines.append("| " + " | ".join(str(v) for v in values) + " |")
+    return [*lines, ""]
+
+
 def _markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [
-        f"device_check: {env['device_name']}, torch {env['torch']}, "
-        f"{'quick' if env['quick'] else 'full'} sizes, compile backend {env['backend']}",
+        f"device_check: {env['device_name']}, torch {env['torch']} (CUDA {env['cuda']}), "
+        f"Python {env['python']}, {'quick' if env['quick'] else 'full'} sizes, "
+        f"compile backend {env['backend']}",
         "",
     ]
     tests = report["cuda_tests"]
-    lines += [f"cuda tests: {tests if isinstance(tests, str) else tests['summary']}", ""]
-    lines += [
-        "| layer C×H×W | dtype | mode | BN (ms) | SepBN (ms) | SepBN/BN |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in report["layers"]:
-        lines.append(
-            f"| {r['shape']} | {r['dtype']} | {r['mode']} | {r['bn_ms']:.3f} "
-            f"| {r['sepbn_ms']:.3f} | {r['ratio']:.2f} |"
-        )
-    lines += [
-        "",
-        "| model | input | batch | dtype | BN img/s | SepBN img/s | SepBN/BN step |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in report["models"]:
-        lines.append(
-            f"| {r['arch']} | {r['input']} | {r['batch']} | {r['dtype']} | {r['bn_img_s']:.1f} "
-            f"| {r['sepbn_img_s']:.1f} | {r['ratio']:.3f} |"
-        )
+    state = _section_state(tests)
+    if state is None:
+        state = f"{tests['summary']} ({tests['passed']} passed, {tests['seconds']} s)"
+        state += "".join(f"\n- {line}" for line in tests["failures"])
+    lines += [f"cuda tests: {state}", ""]
+    lines += _table(
+        "models",
+        report["models"],
+        ["model", "input", "batch", "dtype", "BN img/s", "SepBN img/s", "SepBN/BN step"],
+        ["arch", "input", "batch", "dtype"],
+        lambda r: [f"{r['bn_img_s']:.1f}", f"{r['sepbn_img_s']:.1f}", f"{r['ratio']:.3f}"],
+    )
     target = report["target_resnext50_bf16"]
     if isinstance(target, str):
         verdict = target
     else:
         met = "met" if target["met"] else "NOT met"
         verdict = f"{target['ratio']:.3f} ≤ {target['target']:.2f}: {met}"
-    lines += ["", f"target ResNeXt-50 bf16 SepBN/BN train step ≤ 1.10: {verdict}", ""]
-    lines += [
-        "| stage-1 epoch | batch | input | synthetic faces timed | s/face | epoch of 41763 faces |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in report["stage1_epoch"].values():
-        lines.append(
-            f"| {r['config']} | {r['batch']} | {r['input']} | {r['synthetic_faces']} "
-            f"| {r['s_per_face'] * 1e3:.2f} ms | {r['epoch_s'] / 60:.1f} min |"
-        )
-    lines += [
-        "",
-        "| table | configs | hours on this device | configs not estimated (arch not timed) |",
-        "|---|---|---|---|",
-    ]
-    for r in report["hours_per_table"]:
-        lines.append(
-            f"| {r['table']} | {r['configs']} | {r['hours']:.1f} "
-            f"| {len(r['not_estimated']) or '-'} |"
-        )
-    lines += [
-        "",
-        "Hours = Σ over the table's configs of epochs × paper training faces × the measured",
-        "seconds per face of the config's architecture (stage 1 of its CNT config, synthetic",
-        "faces, the config's batch and AMP); configs shared by several tables count in each.",
-    ]
+    lines += [f"target ResNeXt-50 bf16 SepBN/BN train step ≤ 1.10: {verdict}", ""]
+    lines += _table(
+        "stage-1 epoch",
+        report["stage1_epoch"],
+        ["stage-1 epoch", "batch", "input", "synthetic faces timed", "s/face", "41763 faces"],
+        ["config", "batch", "input", "synthetic_faces"],
+        lambda r: [f"{r['s_per_face'] * 1e3:.2f} ms", f"{r['epoch_s'] / 60:.1f} min"],
+    )
+    lines += _table(
+        "hours per table",
+        report["hours_per_table"],
+        ["table", "configs", "hours on this device", "configs not estimated (arch not timed)"],
+        ["table", "configs"],
+        lambda r: [f"{r['hours']:.1f}", len(r["not_estimated"]) or "-"],
+    )
+    if _section_state(report["hours_per_table"]) is None:
+        lines += [
+            "Hours = Σ over the table's configs of epochs × paper training faces × the",
+            "measured seconds per face of the config's architecture (stage 1 of its CNT",
+            "config, synthetic faces, the config's batch and AMP); configs shared by several",
+            "tables count in each.",
+            "",
+        ]
+    lines += _table(
+        "layers",
+        report["layers"],
+        ["layer C×H×W", "dtype", "mode", "BN (ms)", "SepBN (ms)", "SepBN/BN"],
+        ["shape", "dtype", "mode"],
+        lambda r: [f"{r['bn_ms']:.3f}", f"{r['sepbn_ms']:.3f}", f"{r['ratio']:.2f}"],
+    )
+    if report["skipped"]:
+        lines += ["Not started:", *(f"- {item}" for item in report["skipped"]), ""]
+    spent = ", ".join(f"{name} {seconds} s" for name, seconds in report["seconds"].items())
+    lines.append(f"Seconds per section: {spent}")
     if env["quick"]:
         lines += ["", "--quick: tiny models and inputs; these hours are not an estimate."]
     return "\n".join(lines) + "\n"
+
+
+def _environment(device: torch.device, quick: bool, backend: str) -> dict[str, Any]:
+    cuda = device.type == "cuda"
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "python": platform.python_version(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if cuda else "CPU",
+        "cpus": os.cpu_count(),
+        "quick": quick,
+        "backend": backend,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _resnext_target(models: Any) -> dict[str, Any] | str:
+    """The issue's GPU target, judged on the ResNeXt-50 bfloat16 row."""
+    rows = models if isinstance(models, list) else []
+    row = next((r for r in rows if (r["arch"], r["dtype"]) == ("resnext50", "bfloat16")), None)
+    if row is None or "ratio" not in row:
+        return "not measured (see models)"
+    ratio = row["ratio"]
+    return {"ratio": ratio, "target": TARGET_RESNEXT_BF16, "met": ratio <= TARGET_RESNEXT_BF16}
 
 
 def main() -> None:
@@ -378,64 +534,87 @@ def main() -> None:
     parser.add_argument("--device", default=default_device, help=f"default {default_device}")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
     parser.add_argument("--epoch-steps", type=int, default=None, help="stage-1 steps timed")
-    parser.add_argument("--skip-tests", action="store_true", help="do not run the cuda tests")
-    parser.add_argument("--test-timeout", type=int, default=300, help="seconds for the tests")
+    parser.add_argument(
+        "--budget", type=float, default=420, help="seconds after which no new item starts"
+    )
+    parser.add_argument(
+        "--test-timeout", type=float, default=180, help="seconds at most for the cuda tests"
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
+        "--runs-dir", type=Path, default=None, help="training runs of 'epoch' (default: a temp dir)"
+    )
     args = parser.parse_args()
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--only: unknown sections {unknown}; valid: {', '.join(SECTIONS)}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch.cuda.is_available() is False")
     backend = "aot_eager" if args.quick and device.type == "cpu" else "inductor"
     args.out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
-        start = time.perf_counter()
-        print(f"device_check: {name} ...", flush=True)
-        result = fn()
-        timings[name] = round(time.perf_counter() - start, 1)
-        return result
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    runs = args.runs_dir or Path(tempfile.mkdtemp(prefix="device_check_runs_"))
+    budget = Budget(args.budget)
+    not_run = "not run (--only)"
     report: dict[str, Any] = {
-        "environment": {
-            "torch": torch.__version__,
-            "device": str(device),
-            "device_name": name,
-            "quick": args.quick,
-            "backend": backend,
-            "threads": torch.get_num_threads(),
-        }
+        "environment": _environment(device, args.quick, backend),
+        "cuda_tests": not_run,
+        "models": not_run,
+        "target_resnext50_bf16": NO_CUDA if device.type != "cuda" else not_run,
+        "stage1_epoch": not_run,
+        "hours_per_table": not_run,
+        "layers": not_run,
+        "skipped": budget.skipped,
+        "seconds": {},
     }
-    report["cuda_tests"] = (
-        "skipped: --skip-tests"
-        if args.skip_tests and device.type == "cuda"
-        else timed("cuda tests", lambda: run_cuda_tests(device, args.test_timeout))
+
+    def write() -> None:  # after every section: a run cut short still leaves its results
+        (args.out / "device_check.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "device_check.md").write_text(_markdown(report))
+
+    def section(name: str, key: str, fn: Callable[[], Any]) -> None:
+        if name not in only:
+            return
+        print(f"device_check: {name} ({budget.left():.0f} s of the budget left) ...", flush=True)
+        start = time.perf_counter()
+        try:
+            report[key] = fn()
+        except Exception as error:  # the next section still runs
+            report[key] = _error(error)
+        report["seconds"][name] = round(time.perf_counter() - start, 1)
+        write()
+
+    def tests() -> Any:
+        if device.type != "cuda":
+            return NO_CUDA
+        if not budget.allows("tests"):
+            return "skipped: time budget spent"
+        timeout = min(args.test_timeout, max(budget.left(), 1))
+        return run_cuda_tests(device, timeout, args.out / "cuda_tests.log")
+
+    def epoch() -> Any:
+        steps = args.epoch_steps or (2 if args.quick else 200)
+        report["stage1_epoch"] = epoch_section(device, args.quick, steps, runs, budget)
+        return hours_per_table(report["stage1_epoch"])
+
+    section("tests", "cuda_tests", tests)
+    section(
+        "models",
+        "models",
+        lambda: model_section(device, args.quick, 2 if args.quick else 10, budget),
     )
+    if device.type == "cuda" and "models" in only:
+        report["target_resnext50_bf16"] = _resnext_target(report["models"])
+    section("epoch", "hours_per_table", epoch)
     repeats = 1 if args.quick else 5
-    report["layers"] = timed("layers", lambda: layer_section(device, args.quick, backend, repeats))
-    iters = 2 if args.quick else 10
-    report["models"] = timed("models", lambda: model_section(device, args.quick, iters))
-    if device.type == "cuda":
-        row = next(
-            r for r in report["models"] if (r["arch"], r["dtype"]) == ("resnext50", "bfloat16")
-        )
-        report["target_resnext50_bf16"] = {
-            "ratio": row["ratio"],
-            "target": TARGET_RESNEXT_BF16,
-            "met": row["ratio"] <= TARGET_RESNEXT_BF16,
-        }
-    else:
-        report["target_resnext50_bf16"] = NO_CUDA
-    steps = args.epoch_steps or (2 if args.quick else 200)
-    report["stage1_epoch"] = timed(
-        "stage-1 epoch", lambda: epoch_section(device, args.quick, steps, args.out / "runs")
-    )
-    report["hours_per_table"] = hours_per_table(report["stage1_epoch"])
-    report["seconds"] = timings  # where the 8 minutes went: compilation shows up here
-    (args.out / "device_check.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = _markdown(report)
-    (args.out / "device_check.md").write_text(markdown)
-    print(markdown)
+    section("layers", "layers", lambda: layer_section(device, args.quick, backend, repeats, budget))
+    write()
+    print(_markdown(report))
 
 
 if __name__ == "__main__":
