@@ -494,7 +494,9 @@ def test_inductor_hands_the_ops_its_channels_last_maps() -> None:
     cl_map = torch.empty(4, 16, 12, 12).to(memory_format=torch.channels_last)
     conv = re.search(r"(buf\d+) = extern_kernels\.convolution\(", code)
     assert conv is not None, code
-    assert f"assert_tensor_metadata({conv[1]}, (4, 16, 12, 12), {tuple(cl_map.stride())}" in code
+    # (assert_size_stride before torch 2.14, assert_tensor_metadata since)
+    metadata = re.escape(f"({conv[1]}, (4, 16, 12, 12), {tuple(cl_map.stride())}")
+    assert re.search(rf"assert_(tensor_metadata|size_stride){metadata}", code), code
     assert re.search(rf"sepbn_train_forward\.default\({conv[1]},", code), code
     y_eager = eager(x_eager)
     torch.testing.assert_close(y, y_eager, rtol=1e-4, atol=1e-4)
