@@ -272,8 +272,14 @@ def model_section(
     return rows
 
 
-def _synthetic_stage1_config(arch: str, device: torch.device, quick: bool, steps: int) -> Any:
-    """``configs/<arch>/cnt_sepbn.yaml`` with synthetic faces in place of the five sets."""
+def _synthetic_stage1_config(
+    arch: str, device: torch.device, quick: bool, steps: int, runs: Path
+) -> Any:
+    """``configs/<arch>/cnt_sepbn.yaml`` with synthetic faces in place of the five sets.
+
+    Their crop cache goes to ``runs/cache`` (the first epoch fills it, the timed second one
+    reads it, as training on the real sets does), not to the working directory.
+    """
     config = to_dict(load_config(REPO / "configs" / arch / "cnt_sepbn.yaml"))
     batch = config["optim"]["batch_size"]
     per_protocol = max(2, math.ceil(steps * batch / len(PAPER_TRAIN_FACES)))
@@ -295,6 +301,7 @@ def _synthetic_stage1_config(arch: str, device: torch.device, quick: bool, steps
             "test": [],
             "val": None,
             "num_workers": 0 if quick else min(8, os.cpu_count() or 1),
+            "cache_dir": str(runs / "cache"),
         }
     )
     config["finetune"] = None
@@ -325,7 +332,7 @@ def epoch_section(
         if not budget.allows(f"epoch {arch}"):
             continue
         try:
-            config = _synthetic_stage1_config(arch, device, quick, steps)
+            config = _synthetic_stage1_config(arch, device, quick, steps, runs)
             marks: list[float] = []
 
             def on_epoch(_info: Any, marks: list[float] = marks) -> None:

@@ -30,10 +30,14 @@ def test_device_check_runs_on_cpu_and_skips_only_cuda_items(tmp_path: Path) -> N
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     src = str(SCRIPT.parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    cmd = [sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(tmp_path)]
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    cmd = [sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(out)]
+    cmd += ["--runs-dir", str(runs)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    report = json.loads((tmp_path / "device_check.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["device_check.json", "device_check.md"]
+    assert (runs / "epoch_vanilla_cnn").is_dir() and any((runs / "cache").iterdir())
+    report = json.loads((out / "device_check.json").read_text())
     assert set(report) == KEYS
     assert report["cuda_tests"] == report["target_resnext50_bf16"] == "skipped: no CUDA"
     assert report["skipped"] == [] and set(report["seconds"]) == {
@@ -53,7 +57,7 @@ def test_device_check_runs_on_cpu_and_skips_only_cuda_items(tmp_path: Path) -> N
         f"Table {n}" for n in ["II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI"]
     }
     assert tables["Table II"]["hours"] > 0 and not tables["Table II"]["not_estimated"]
-    markdown = (tmp_path / "device_check.md").read_text()
+    markdown = (out / "device_check.md").read_text()
     assert "cuda tests: skipped: no CUDA" in markdown and "| Table XI |" in markdown
 
 
