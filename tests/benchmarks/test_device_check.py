@@ -164,3 +164,14 @@ def test_pytest_results_are_kept_whole_or_cut_short(tmp_path: Path, sleep: int) 
         assert result["returncode"] == 1 and result["summary"].startswith("=")
         assert "1 failed, 2 passed" in result["summary"]
     assert "test_ok PASSED" in log.read_text()
+
+
+def test_the_gpu_target_is_judged_on_the_resnext_bfloat16_row() -> None:
+    module = _load_script()
+    row = {"arch": "resnext50", "dtype": "bfloat16", "ratio": 1.08}
+    other = {"arch": "resnext50", "dtype": "float32", "ratio": 1.5}
+    assert module._resnext_target([other, row]) == {"ratio": 1.08, "target": 1.10, "met": True}
+    assert module._resnext_target([{**row, "ratio": 1.2}])["met"] is False
+    failed = {"arch": "resnext50", "dtype": "bfloat16", "error": "RuntimeError: out of memory"}
+    assert module._resnext_target([failed]) == "not measured (see models)"
+    assert module._resnext_target({"error": "x"}) == "not measured (see models)"
