@@ -88,12 +88,16 @@ class Budget:
     def left(self) -> float:
         return self.end - time.perf_counter()
 
-    def allows(self, item: str) -> bool:
-        """Whether ``item`` may start; if not, it is recorded as skipped."""
-        if self.left() > 0:
-            return True
-        self.skipped.append(f"{item}: time budget ({self.seconds:.0f} s) spent")
-        return False
+    def run(self, item: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` if the budget allows ``item`` to start, else None (listed as
+        skipped); an exception becomes the item's error record, so the next item runs."""
+        if self.left() <= 0:
+            self.skipped.append(f"{item}: time budget ({self.seconds:.0f} s) spent")
+            return None
+        try:
+            return fn(*args)
+        except Exception as error:  # out of memory, a compiler failure: the next goes on
+            return _error(error)
 
 
 def _error(exc: BaseException) -> dict[str, str]:
@@ -106,13 +110,6 @@ def _error(exc: BaseException) -> dict[str, str]:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def run_cuda_tests(device: torch.device, timeout: float, log: Path) -> dict[str, Any] | str:
-    """``pytest -m cuda`` in a subprocess (see :func:`run_pytest`)."""
-    if device.type != "cuda":
-        return NO_CUDA
-    return run_pytest(["-m", "cuda"], timeout, log)
 
 
 def run_pytest(args: list[str], timeout: float, log: Path) -> dict[str, Any]:
@@ -164,22 +161,27 @@ def layer_section(
             torch._dynamo.reset()
             # Compiled at the three large maps only (§1's column): each shape compiles twice.
             mode_shapes = shapes if quick or mode == "eager" else bench_layers.LARGE_SHAPES
-            for shape in mode_shapes:
+            for channels, size in mode_shapes:
                 label = {
                     "dtype": str(dtype).removeprefix("torch."),
                     "mode": mode,
-                    "shape": "{}×{}×{}".format(shape[0], *shape[1:] * 2),
+                    "shape": f"{channels}×{size}×{size}",
                 }
-                if not budget.allows(f"layers {label['dtype']} {mode} {label['shape']}"):
-                    continue
-                try:
-                    (row,) = bench_layers.layer_ratios(
-                        (shape,), batch, device, dtype, mode == "compiled", repeats, work, backend
-                    )
+                row = budget.run(
+                    f"layers {label['dtype']} {mode} {label['shape']}",
+                    _layer_row,
+                    (channels, size),
+                    (batch, device, dtype, mode == "compiled", repeats, work, backend),
+                )
+                if row is not None:
                     rows.append({**label, **row})
-                except Exception as error:  # one shape's failure must not end the run
-                    rows.append({**label, **_error(error)})
     return rows
+
+
+def _layer_row(shape: tuple[int, int], settings: tuple[Any, ...]) -> dict[str, Any]:
+    """:func:`bench_layers.layer_ratios` at one (C, H=W)."""
+    (row,) = bench_layers.layer_ratios((shape,), *settings)
+    return row
 
 
 def _train_step_fn(
@@ -231,7 +233,7 @@ def model_section(
     for arch, size in ARCH_INPUT.items():
         size = 64 if quick else size
         width = 0.25 if quick else 1.0
-        models: dict[str, nn.Module] = {}
+        models: dict[str, nn.Module] = {}  # built by the first dtype's item, kept for the next
         for dtype in (torch.bfloat16, torch.float32):
             label = {
                 "arch": arch,
@@ -239,37 +241,48 @@ def model_section(
                 "batch": batch,
                 "dtype": str(dtype).removeprefix("torch."),
             }
-            if not budget.allows(f"models {arch} {label['dtype']}"):
-                continue
-            try:
-                if not models:
-                    torch.manual_seed(0)
-                    for norm in ("bn", "sepbn"):
-                        model = build_model(
-                            arch, num_points=98, norm=norm, input_size=size, width_mult=width
-                        )
-                        if device.type == "cuda":
-                            model = model.to(memory_format=torch.channels_last)
-                        models[norm] = model.to(device).train()
-                x = torch.rand(batch, 3, size, size, device=device)
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                target = torch.rand(batch, 98, 2, device=device)
-                median = _time_train_steps(models, x, target, dtype, 1 if quick else 3, iters)
-                rows.append(
-                    {
-                        **label,
-                        "bn_img_s": batch / median["bn"],
-                        "sepbn_img_s": batch / median["sepbn"],
-                        "ratio": median["sepbn"] / median["bn"],
-                    }
-                )
-            except Exception as error:  # out of memory, a compiler failure: the next goes on
-                rows.append({**label, **_error(error)})
+            warmup = 1 if quick else 3
+            row = budget.run(
+                f"models {arch} {label['dtype']}",
+                _model_row,
+                models,
+                (arch, size, width),
+                (batch, dtype, device, warmup, iters),
+            )
+            if row is not None:
+                rows.append({**label, **row})
         del models
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+def _model_row(
+    models: dict[str, nn.Module], build: tuple[str, int, float], timing: tuple[Any, ...]
+) -> dict[str, float]:
+    """BN and SepBN train-step throughput of one architecture in one dtype.
+
+    ``models`` is filled with the two models (same seed; channels-last on CUDA) if empty.
+    """
+    arch, size, width = build
+    batch, dtype, device, warmup, iters = timing
+    if not models:
+        torch.manual_seed(0)
+        for norm in ("bn", "sepbn"):
+            model = build_model(arch, num_points=98, norm=norm, input_size=size, width_mult=width)
+            if device.type == "cuda":
+                model = model.to(memory_format=torch.channels_last)
+            models[norm] = model.to(device).train()
+    x = torch.rand(batch, 3, size, size, device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    target = torch.rand(batch, 98, 2, device=device)
+    median = _time_train_steps(models, x, target, dtype, warmup, iters)
+    return {
+        "bn_img_s": batch / median["bn"],
+        "sepbn_img_s": batch / median["sepbn"],
+        "ratio": median["sepbn"] / median["bn"],
+    }
 
 
 def _synthetic_stage1_config(
@@ -329,35 +342,38 @@ def epoch_section(
     results: dict[str, dict[str, Any]] = {}
     archs = ("vanilla_cnn",) if quick else tuple(ARCH_INPUT)
     for arch in archs:
-        if not budget.allows(f"epoch {arch}"):
-            continue
-        try:
-            config = _synthetic_stage1_config(arch, device, quick, steps, runs)
-            marks: list[float] = []
-
-            def on_epoch(_info: Any, marks: list[float] = marks) -> None:
-                _sync(device)
-                marks.append(time.perf_counter())
-
-            train(config, runs / f"epoch_{arch}", callbacks=[on_epoch])
-        except Exception as error:
-            results[arch] = _error(error)
-            continue
-        faces = sum(ds.options["num_faces"] for ds in config.data.train)
-        seconds = marks[-1] - marks[-2]
-        per_face = seconds / faces
-        real = sum(PAPER_TRAIN_FACES.values())
-        results[arch] = {
-            "config": f"configs/{arch}/cnt_sepbn.yaml",
-            "synthetic_faces": faces,
-            "batch": config.optim.batch_size,
-            "input": config.model.input_size,
-            "measured_s": seconds,
-            "s_per_face": per_face,
-            "real_faces": real,
-            "epoch_s": per_face * real,
-        }
+        row = budget.run(f"epoch {arch}", _epoch_row, arch, device, quick, steps, runs)
+        if row is not None:
+            results[arch] = row
     return results
+
+
+def _epoch_row(
+    arch: str, device: torch.device, quick: bool, steps: int, runs: Path
+) -> dict[str, Any]:
+    """Two synthetic stage-1 epochs of one architecture; the second one's time per face."""
+    config = _synthetic_stage1_config(arch, device, quick, steps, runs)
+    marks: list[float] = []
+
+    def on_epoch(_info: Any) -> None:
+        _sync(device)
+        marks.append(time.perf_counter())
+
+    train(config, runs / f"epoch_{arch}", callbacks=[on_epoch])
+    faces = sum(ds.options["num_faces"] for ds in config.data.train)
+    seconds = marks[-1] - marks[-2]
+    per_face = seconds / faces
+    real = sum(PAPER_TRAIN_FACES.values())
+    return {
+        "config": f"configs/{arch}/cnt_sepbn.yaml",
+        "synthetic_faces": faces,
+        "batch": config.optim.batch_size,
+        "input": config.model.input_size,
+        "measured_s": seconds,
+        "s_per_face": per_face,
+        "real_faces": real,
+        "epoch_s": per_face * real,
+    }
 
 
 def _table_configs(reproduce: Path) -> dict[str, list[str]]:
@@ -596,13 +612,13 @@ def main() -> None:
         report["seconds"][name] = round(time.perf_counter() - start, 1)
         write()
 
-    def tests() -> Any:
+    def tests() -> Any:  # pytest -m cuda, within the budget
         if device.type != "cuda":
             return NO_CUDA
-        if not budget.allows("tests"):
-            return "skipped: time budget spent"
         timeout = min(args.test_timeout, max(budget.left(), 1))
-        return run_cuda_tests(device, timeout, args.out / "cuda_tests.log")
+        log = args.out / "cuda_tests.log"
+        result = budget.run("tests", run_pytest, ["-m", "cuda"], timeout, log)
+        return "skipped: time budget spent" if result is None else result
 
     def epoch() -> Any:
         steps = args.epoch_steps or (2 if args.quick else 200)
