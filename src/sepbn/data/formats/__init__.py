@@ -25,6 +25,7 @@ from sepbn.data.formats.aflw import read_aflw, read_aflw2000
 from sepbn.data.formats.coco import read_coco, write_coco
 from sepbn.data.formats.cofw import read_cofw, read_cofw68
 from sepbn.data.formats.ibug300w import read_300w, read_box_file, read_pts, read_pts_folder
+from sepbn.data.formats.mtfl import face_box_from_five, read_mtfl
 from sepbn.data.formats.wflw import read_wflw, read_wflw_attr, read_wflw_list
 from sepbn.data.formats.wider import read_wider5
 from sepbn.data.records import FaceRecord
@@ -42,6 +43,7 @@ READERS: dict[str, Reader] = {
     "aflw": read_aflw,
     "aflw2000": read_aflw2000,
     "wider5": read_wider5,
+    "mtfl": read_mtfl,
     "coco": read_coco,
 }
 
@@ -72,7 +74,7 @@ def read_records(
     Args:
         kind: One of :data:`READERS`: ``"wflw"``, ``"wflw_attr"``, ``"300w"``,
             ``"pts_folder"``, ``"cofw"``, ``"cofw68"``, ``"aflw"``, ``"aflw2000"``,
-            ``"wider5"``, ``"coco"``.
+            ``"wider5"``, ``"mtfl"``, ``"coco"``.
         path: The annotation file or folder the reader expects.
         split: The reader's split name (e.g. ``"train"``, ``"common"``, ``"frontal"``).
         on_error: ``"raise"`` or ``"skip"``.
@@ -93,6 +95,7 @@ def read_records(
 __all__ = [
     "READERS",
     "DatasetWarning",
+    "face_box_from_five",
     "read_300w",
     "read_aflw",
     "read_aflw2000",
@@ -100,6 +103,7 @@ __all__ = [
     "read_coco",
     "read_cofw",
     "read_cofw68",
+    "read_mtfl",
     "read_pts",
     "read_pts_folder",
     "read_records",
