@@ -149,6 +149,13 @@ def test_eval_on_synthetic_faces_writes_reports(trained: Path, tmp_path: Path, c
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "NME" in out
+    # The head-pose bins, with their |yaw| edges and face counts (5 faces in all).
+    bins = out[out.index("NME by head pose") :].splitlines()[1:5]
+    assert [line.split()[0] for line in bins] == ["frontal", "moderate", "profile", "unknown"]
+    assert "|yaw| < 15°" in bins[0] and "15° ≤ |yaw| < 30°" in bins[1] and "|yaw| ≥ 30°" in bins[2]
+    assert sum(int(line.split()[-2]) for line in bins) == 5
+    summary = json.loads((tmp_path / "synthetic_summary.json").read_text())
+    assert sum(v for k, v in summary["pose_bins"].items() if k.startswith("count_")) == 5
     rows = (tmp_path / "synthetic_per_image.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 5
     assert (tmp_path / "synthetic_ced.png").stat().st_size > 1000

@@ -423,6 +423,14 @@ def test_a_legacy_config_drops_the_fields_that_had_no_effect() -> None:
     assert (config.model.num_sets, config.model.norm_kwargs) == (4, {"eps": 1e-3})
 
 
+def test_a_config_from_before_branch_norm_builds_the_old_branch() -> None:
+    # Checkpoints written before 0.2 had a norm after each CNT branch's extra convolution.
+    old = to_dict(ExperimentConfig())
+    del old["model"]["branch_norm"]
+    assert config_from_dict(upgrade_legacy_config(old)).model.branch_norm is True
+    assert ModelConfig().branch_norm is False
+
+
 def test_a_current_config_is_not_upgraded(recwarn: pytest.WarningsRecorder) -> None:
     current = to_dict(ExperimentConfig(model=ModelConfig(norm="domain_bn", num_domains=2)))
     assert upgrade_legacy_config(current) == current

@@ -36,6 +36,7 @@ PROTOCOL_OF_KIND = {
     "wflw": "wflw",
     "300w": "300w",
     "wider5": "wider5",
+    "mtfl": "wider5",
 }
 NORM_TYPES = {
     "sepbn": SepBatchNorm2d,

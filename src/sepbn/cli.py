@@ -18,6 +18,8 @@ Commands::
     sepbn analyze attention CHECKPOINT --data K --path P --out DIR   π by yaw bin / attribute
     sepbn analyze embedding --data K --path P [--checkpoint C] --out DIR   t-SNE as in Fig. 3
     sepbn report RUN_DIR... [--table IX] [--format md|csv|latex]     runs beside the paper
+                                    [--pose] [--columns KEY,...]    or the runs' own columns
+    sepbn report --study FOLDER                                    a seeded study's tables
 
 Known errors (:class:`sepbn.errors.SepbnError`: bad data, bad config, bad checkpoint, a
 diverged run) print one line and exit with status 1; ``sepbn --debug CMD`` prints their full
@@ -55,7 +57,7 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         required=required,
         metavar="KIND",
         help="dataset format: wflw, wflw_attr, 300w, pts_folder, cofw, cofw68, aflw, "
-        "aflw2000, wider5, coco or synthetic",
+        "aflw2000, wider5, mtfl, coco or synthetic",
     )
     p.add_argument("--path", help="annotation file or dataset folder")
     p.add_argument("--split", help="split of the dataset (train, test, common, full, ...)")
@@ -121,6 +123,7 @@ def _metrics_table(rows: dict[str, dict[str, float]]) -> str:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from sepbn.analysis.pose_bins import format_pose_bins
     from sepbn.engine.evaluate_checkpoint import evaluate_checkpoint
     from sepbn.metrics import format_attribute_table
 
@@ -135,6 +138,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     _print_skipped(done.skipped, done.paths["skipped"])
     print(f"{done.dataset.name} ({done.dataset.protocol.name}): {done.result.metrics.format()}")
+    print(format_pose_bins(done.result.pose))
     if done.attributes:
         print(format_attribute_table({Path(args.checkpoint).stem: done.attributes}))
     print("wrote " + ", ".join(str(p) for p in done.paths.values()))
@@ -333,9 +337,35 @@ def _cmd_embedding(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from sepbn.analysis.report import ReportError, build_report, find_runs, paper_tables, render
+    from sepbn.analysis.report import (
+        POSE_COLUMNS,
+        ReportError,
+        build_report,
+        find_runs,
+        paper_tables,
+        render,
+        render_runs_table,
+        runs_table,
+    )
 
+    if args.study is not None:
+        from sepbn.analysis.study import render_study
+
+        if args.run_dirs or args.table or args.all or args.columns or args.pose:
+            raise ReportError("--study renders one study folder alone; drop the other options")
+        if args.format != "md":
+            raise ReportError("--study writes Markdown only; drop --format")
+        return _write_report(render_study(args.study), args)
     runs = find_runs(args.run_dirs)
+    if args.columns or args.pose:
+        if args.table or args.all:
+            raise ReportError("--columns and --pose lay out the runs alone; drop --table / --all")
+        if not runs:
+            raise ReportError("--columns and --pose need at least one RUN_DIR")
+        keys = [c.strip() for text in args.columns or [] for c in text.split(",") if c.strip()]
+        columns = list(dict.fromkeys([*(POSE_COLUMNS if args.pose else ()), *keys]))
+        table = runs_table(runs, columns)
+        return _write_report(render_runs_table(table, columns, args.format), args)
     ids = list(paper_tables()) if args.all or not args.table else args.table
     reports = build_report(ids, runs, args.configs)
     if not args.all and not args.table:
@@ -352,7 +382,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
             f"note: {len(unmatched)} run(s) in no row shown: {', '.join(unmatched)}",
             file=sys.stderr,
         )
-    text = render(reports, args.format)
+    return _write_report(render(reports, args.format), args)
+
+
+def _write_report(text: str, args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text, encoding="utf-8")
@@ -562,6 +595,25 @@ def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
         help="II, III, ..., XI (repeatable; default: every table a run appears in)",
     )
     p.add_argument("--all", action="store_true", help="every table, with or without runs")
+    p.add_argument(
+        "--columns",
+        action="append",
+        metavar="KEY,...",
+        help="instead of the paper's tables, one row per configuration and evaluated test set "
+        "with these keys of eval/summary.json, e.g. nme,nme_pose_profile (repeatable)",
+    )
+    p.add_argument(
+        "--pose",
+        action="store_true",
+        help="the same with NME and face count per head-pose bin (frontal, moderate, profile, "
+        "unknown), before any --columns",
+    )
+    p.add_argument(
+        "--study",
+        metavar="FOLDER",
+        help="a seeded study of scripts/cnt_study.py: mean ± std per cell and seed-paired "
+        "differences with 95%% intervals (docs/analysis.md)",
+    )
     p.add_argument("--format", choices=("md", "csv", "latex"), default="md")
     p.add_argument("--out", help="write to this file instead of printing")
     p.add_argument("--configs", help="the configs/ folder the rows name (default: the checkout's)")

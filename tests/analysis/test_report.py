@@ -24,6 +24,8 @@ from sepbn.analysis.report import (
     paper_entries,
     paper_tables,
     render,
+    render_runs_table,
+    runs_table,
 )
 from sepbn.cli import main
 from sepbn.config import load_config, save_config
@@ -219,3 +221,66 @@ def test_paper_results_yaml_is_one_entry_per_published_number() -> None:
     raw = yaml.safe_load((ROOT / "src/sepbn/analysis/paper_results.yaml").read_text())
     expected = sum(len(t["rows"]) * len(t["columns"]) for t in raw.values())
     assert len(paper_entries()) == expected == 2 + 6 + 12 + 8 + 6 + 22 + 28 + 77 + 16 + 36
+
+
+def _posed(nme: float, frontal: float, profile: float | None) -> dict[str, float]:
+    """A summary entry with head-pose bins as every evaluation writes them."""
+    entry = {**_m(nme), "nme_pose_frontal": frontal, "count_pose_frontal": 400}
+    entry |= {"nme_pose_moderate": 0.05, "count_pose_moderate": 100}
+    entry |= {"count_pose_profile": 0 if profile is None else 7, "count_pose_unknown": 0}
+    if profile is not None:
+        entry["nme_pose_profile"] = profile
+    return entry
+
+
+def test_pose_columns_of_the_runs(tmp_path: Path, capsys) -> None:
+    runs_dir = tmp_path / "runs"
+    for seed, (frontal, profile) in enumerate([(0.030, 0.090), (0.032, 0.110)]):
+        _run(
+            runs_dir,
+            "vanilla_cnn/cofw_sepbn.yaml",
+            seed,
+            {"stage1/t": _posed(0.04, frontal, profile)},
+        )
+    _run(runs_dir, "vanilla_cnn/cofw_bn.yaml", 0, {"stage1/t": _posed(0.05, 0.04, None)})
+    _run(runs_dir, "vanilla_cnn/cofw_bn.yaml", 1, {"stage1/t": _m(0.05)})  # before pose bins
+    runs = find_runs([runs_dir])
+    columns = ["nme_pose_frontal", "nme_pose_profile", "count_pose_profile"]
+    bn, sep = runs_table(runs, columns)  # find_runs sorts the folders by name
+    assert sep.evaluation == "stage1/t" and len(sep.runs) == 2
+    assert sep.values["nme_pose_profile"] == [0.090, 0.110]
+    assert bn.values == {
+        "nme_pose_frontal": [0.04],
+        "nme_pose_profile": [],
+        "count_pose_profile": [0.0],
+    }
+    md = render_runs_table([bn, sep], columns, "md").splitlines()
+    assert md[0] == (
+        "| name | evaluation | runs | nme_pose_frontal (%) | nme_pose_profile (%) "
+        "| count_pose_profile |"
+    )
+    assert md[2] == "| run0, run1 | stage1/t | 2 | 4.00 | – | 0 |"
+    assert md[3] == "| run0, run1 | stage1/t | 2 | 3.10 ± 0.14 (n=2) | 10.00 ± 1.41 (n=2) | 7 |"
+    lines = list(csv.DictReader(io.StringIO(render_runs_table([sep], columns, "csv"))))
+    assert [(r["column"], r["mean"], r["num_runs"]) for r in lines] == [
+        ("nme_pose_frontal", "3.1000", "2"),
+        ("nme_pose_profile", "10.0000", "2"),
+        ("count_pose_profile", "7.0000", "2"),
+    ]
+    tex = render_runs_table([sep, bn], columns, "latex")
+    assert r"nme\_pose\_frontal (\%)" in tex and r"3.10 $\pm$ 0.14 (n=2)" in tex and "--" in tex
+    with pytest.raises(ReportError, match=r"no run has column\(s\) \['nme_pose_frontl'\]"):
+        runs_table(runs, ["nme_pose_frontl"])
+
+    # The CLI: --pose is the NME and every bin with its count.
+    assert main(["report", str(runs_dir), "--pose"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header == (
+        "| name | evaluation | runs | nme (%) | nme_pose_frontal (%) | count_pose_frontal "
+        "| nme_pose_moderate (%) | count_pose_moderate | nme_pose_profile (%) "
+        "| count_pose_profile | count_pose_unknown |"
+    )
+    assert main(["report", str(runs_dir), "--columns", "nme,auc", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == '"run0, run1",stage1/t,nme,5.0000,0.0000,2'
+    assert main(["report", str(runs_dir), "--pose", "--table", "VII"]) == 1
+    assert "drop --table" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import pytest
 from sepbn.config import config_from_dict
 from sepbn.data.formats import DatasetWarning
 from sepbn.engine.data_builder import build_data, make_train_set, write_skip_list
+from sepbn.errors import ConfigError
 
 
 def _broken_pts_folder(folder: Path, write_pts_folder) -> Path:
@@ -50,3 +51,27 @@ def test_every_skip_of_a_run_is_listed_with_its_dataset(tmp_path: Path, write_pt
     assert {r["dataset"] for r in rows} == {"train/faces"}
     assert [Path(r["file"]).name for r in rows] == ["f1.pts", "f3.pts", "extra.png", "f2.pts"]
     assert rows[1]["line"] == "3"  # the line of the bad .pts
+
+
+def test_a_subset_is_the_same_faces_for_every_run_seed(tmp_path: Path, write_pts_folder) -> None:
+    from sepbn.engine.data_builder import load_records
+
+    folder = write_pts_folder(tmp_path / "faces", 12)
+    spec = {"kind": "pts_folder", "path": str(folder)}
+
+    def sources(subset: int | None, seed: int, subset_seed: int = 3) -> list[str]:
+        entry = {**spec, "subset": subset, "subset_seed": subset_seed}
+        ds = config_from_dict({"data": {"train": [entry]}}).data.train[0]
+        return [str(r.source) for r in load_records(ds, seed=seed).records]
+
+    full = sources(None, 0)
+    picked = sources(5, 0)
+    assert len(set(picked)) == 5 and set(picked) <= set(full)
+    assert picked == sources(5, 7)  # the run seed does not change the faces
+    assert picked != sources(5, 0, subset_seed=4)
+    positions = [full.index(p) for p in picked]
+    assert positions == sorted(positions)  # in the reader's order
+    with pytest.raises(ConfigError, match="subset=13 but it has only 12 faces"):
+        sources(13, 0)
+    with pytest.raises(ConfigError, match="subset"):
+        config_from_dict({"data": {"train": [{**spec, "subset": 0}]}})

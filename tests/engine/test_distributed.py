@@ -15,7 +15,9 @@ from torch import nn
 
 from sepbn.engine.distributed import (
     DistributedContext,
+    EpochSampler,
     build_sampler,
+    build_train_sampler,
     convert_sync_batchnorm,
     init_distributed,
     resolve_device,
@@ -265,3 +267,41 @@ def test_check_device_names_the_available_devices(monkeypatch) -> None:
         check_device(torch.device("cuda"))
     with pytest.raises(ValueError, match=r"train\.device='cuda'.*CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_epoch_sampler_by_size_is_a_reshuffled_pass_per_epoch() -> None:
+    sampler = EpochSampler([3, 5], num_samples=20, sampling="size", seed=4)
+    sampler.set_epoch(1)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 20
+    # Whole passes over the 8 faces, each a permutation, then the start of another.
+    assert sorted(first[:8]) == sorted(first[8:16]) == list(range(8))
+    assert len(set(first[16:])) == 4
+    assert list(sampler) == first  # a function of (seed, epoch) only
+    sampler.set_epoch(2)
+    assert list(sampler) != first
+
+
+def test_epoch_sampler_balanced_draws_every_dataset_equally() -> None:
+    sampler = EpochSampler([10, 990], num_samples=20000, sampling="balanced", seed=0)
+    drawn = torch.tensor(list(sampler))
+    small = (drawn < 10).float().mean().item()
+    assert abs(small - 0.5) < 0.02  # by size it would be 1%
+    assert drawn.min() >= 0 and drawn.max() <= 999
+    assert set(drawn[drawn < 10].tolist()) == set(range(10))
+
+
+def test_epoch_sampler_ranks_split_one_draw() -> None:
+    whole = list(EpochSampler([7], num_samples=12, seed=1))
+    parts = [list(EpochSampler([7], 6, seed=1, rank=r, world_size=2)) for r in (0, 1)]
+    assert parts[0] == whole[0::2] and parts[1] == whole[1::2]
+
+
+def test_train_sampler_keeps_the_plain_pass_by_default() -> None:
+    data = list(range(10))
+    ctx = DistributedContext()
+    assert isinstance(build_train_sampler(data, ctx, 0), torch.utils.data.DistributedSampler)
+    fixed = build_train_sampler(data, ctx, 0, num_samples=32)
+    assert isinstance(fixed, EpochSampler) and len(fixed) == 32
+    with pytest.raises(ValueError, match="sampling"):
+        EpochSampler([3], 4, sampling="uniform")

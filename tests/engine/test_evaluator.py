@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from sepbn.analysis.pose_bins import POSE_BIN_EDGES
 from sepbn.data.protocols import get_protocol
 from sepbn.data.records import FaceRecord, box_from_landmarks
 from sepbn.engine.evaluator import (
@@ -31,7 +32,7 @@ from sepbn.engine.evaluator import (
 )
 from sepbn.metrics import LandmarkMetrics
 from sepbn.models import is_cross_protocol
-from sepbn.nn import DomainBatchNorm2d, num_model_domains
+from sepbn.nn import DomainBatchNorm2d, SepBatchNorm2d, num_model_domains
 
 S = 32  # input size
 NAMES = ["aflw", "wider5"]  # dataset protocol ids 0 and 1
@@ -54,12 +55,18 @@ class FakeFaces(Dataset):
         outputs: Face number -> ``(K, L, 2)`` the same, as model outputs (crop / S).
     """
 
-    def __init__(self, protocols: list[str], num_domains: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        protocols: list[str],
+        num_domains: int = 1,
+        seed: int = 0,
+        shapes: list[np.ndarray] | None = None,
+    ) -> None:
         rng = np.random.default_rng(seed)
         self.samples, self.records, self.expected, self.outputs = [], [], [], []
         for i, name in enumerate(protocols):
             p = get_protocol(name)
-            gt = rng.uniform(30, 170, (p.num_points, 2))
+            gt = rng.uniform(30, 170, (p.num_points, 2)) if shapes is None else shapes[i]
             valid = np.ones(p.num_points, bool)
             if name == "aflw":
                 valid[rng.choice(p.num_points, 3, replace=False)] = False
@@ -387,3 +394,78 @@ def test_sources_travel_with_the_batches(tmp_path: Path) -> None:
     assert result.sources == [f"photo_{i}.jpg" for i in faces]  # not the dataset's records
     with result.save(tmp_path, "m")["per_image"].open(newline="") as f:
         assert [r["source"] for r in csv.DictReader(f)] == result.sources
+
+
+# --------------------------------------------------------------------------- pose bins, health
+
+
+def five_point_face(yaw: float, rng: np.random.Generator) -> np.ndarray:
+    """A wider5 face (eyes, nose tip, mouth corners) whose estimated yaw is ``yaw`` degrees:
+    the nose tip sits at ``0.5 - k tan(yaw)`` of the eye-to-eye line, k = 0.65 for eye
+    centres (:mod:`sepbn.data.domains`)."""
+    t = 0.5 - 0.65 * math.tan(math.radians(yaw))
+    unit = np.array([[0.0, 0.0], [1.0, 0.0], [t, 0.6], [0.15, 1.0], [0.85, 1.0]])
+    return unit * rng.uniform(50, 90) + rng.uniform(40, 80, 2)
+
+
+def test_every_evaluation_reports_nme_per_head_pose_bin(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    yaws = [3.0, -10.0, 20.0, 50.0, -35.0, 12.0]  # frontal, frontal, moderate, profile x2, frontal
+    data = FakeFaces(["wider5"] * 6, seed=7, shapes=[five_point_face(y, rng) for y in yaws])
+    loader = DataLoader(data, batch_size=4, collate_fn=collate)
+    result = evaluate(CrossTableModel(data), loader, "wider5", progress=False)
+    _, nmes = expected_nmes(data, "wider5")  # the reference loop, face by face
+    assert result.pose == pytest.approx(
+        {
+            "nme_pose_frontal": (nmes[0] + nmes[1] + nmes[5]) / 3,
+            "count_pose_frontal": 3,
+            "nme_pose_moderate": nmes[2],
+            "count_pose_moderate": 1,
+            "nme_pose_profile": (nmes[3] + nmes[4]) / 2,
+            "count_pose_profile": 2,
+            "count_pose_unknown": 0,
+        },
+        rel=1e-4,
+    )
+    summary = result.summary()  # the dict of eval/summary.json: one level, with nme beside
+    assert summary["nme"] == pytest.approx(np.mean(nmes), rel=1e-4)
+    assert summary["count_pose_profile"] == 2 and "nme_pose_moderate" in summary
+    saved = json.loads(result.save(tmp_path, "m")["summary"].read_text())
+    assert saved["pose_bins"]["edges"] == list(POSE_BIN_EDGES)
+    assert saved["pose_bins"]["nme_pose_frontal"] == result.pose["nme_pose_frontal"]
+    assert "attention_health" not in saved  # no SepBN layer
+
+
+def test_unannotated_faces_are_counted_as_unknown_pose() -> None:
+    data = FakeFaces(["aflw"] * 3, seed=8)
+    data.samples[1]["valid"][:] = True  # every point: a measurable yaw
+    for i in (0, 2):  # no nose tip (AFLW point 13): the yaw cannot be measured
+        data.samples[i]["valid"][13] = False
+    loader = DataLoader(data, batch_size=3, collate_fn=collate)
+    pose = evaluate(TableModel(data), loader, "aflw", progress=False).pose
+    assert pose["count_pose_unknown"] == 2
+    assert sum(v for k, v in pose.items() if k.startswith("count_")) == 3
+
+
+class SepTableModel(TableModel):
+    """TableModel whose (zero-weighted) feature passes a SepBN layer."""
+
+    def __init__(self, dataset: FakeFaces) -> None:
+        super().__init__(dataset)
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.norm = SepBatchNorm2d(2, num_sets=3, num_groups=2, pool_size=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x) + 0 * self.norm(self.conv(x)).mean()
+
+
+def test_evaluation_reports_the_attention_health_of_its_faces() -> None:
+    data = FakeFaces(["aflw"] * 5, seed=9)
+    loader = DataLoader(data, batch_size=2, collate_fn=collate)
+    model = SepTableModel(data)
+    result = evaluate(model, loader, "aflw", progress=False)
+    health = result.attention_health["norm"]
+    assert health.num_samples == 5
+    assert result.summary()["attn/norm/entropy"] == health.entropy
+    assert not model.norm.keep_attention and model.norm.last_attention is None  # restored
+    np.testing.assert_allclose(result.nmes, expected_nmes(data, "aflw")[1], rtol=1e-4)

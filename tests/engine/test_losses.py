@@ -62,6 +62,11 @@ def test_cross_protocol_loss_counts_every_face_equally() -> None:
     expected = sum(sizes[k][0] * expected_parts[k] for k in sizes) / 8
     assert loss.item() == pytest.approx(expected, rel=1e-12)
     assert {k: v.item() for k, v in parts.items()} == pytest.approx(expected_parts, rel=1e-12)
+    # Per protocol: the plain mean of the three branch losses, whatever their face counts.
+    mean, _ = cross_protocol_l1_loss(preds, targets, input_size=64, weighting="protocols")
+    assert mean.item() == pytest.approx(sum(expected_parts.values()) / 3, rel=1e-12)
+    with pytest.raises(ValueError, match="weighting"):
+        cross_protocol_l1_loss(preds, targets, input_size=64, weighting="size")  # type: ignore[arg-type]
     with pytest.raises(KeyError, match="no prediction for protocol 'aflw'"):
         cross_protocol_l1_loss({"wflw": preds["wflw"], "cofw": preds["cofw"]}, targets, 64)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from sepbn.engine.model_builder import load_model_from_checkpoint
 from sepbn.engine.run_config import ResumeError, config_differences
 from sepbn.engine.schedules import warmup_cosine_lr
 from sepbn.engine.trainer import EpochEnd, Trainer, TrainingError
+from sepbn.errors import ConfigError
 from sepbn.nn import SepBatchNorm2d, TemperatureSchedule
 
 SIZE = 16  # crop side S of the toy faces
@@ -386,6 +388,10 @@ def test_two_stage_cnt_run(tmp_path: Path) -> None:
         if k.startswith("branches.wflw.") and k.endswith("weight")
     )
     assert backbone_change < 1e-5 < head_change
+    # The backbone's normalization statistics stay those of stage 1
+    # (finetune.freeze_backbone_stats, on by default).
+    stats = [k for k in ft["model"] if k.startswith("backbone.") and "running" in k]
+    assert stats and all(torch.equal(ft["model"][k], stage1["model"][k]) for k in stats)
 
     summary = json.loads((run / "eval" / "summary.json").read_text())
     assert set(summary) == {"stage1/wtest", "finetune_wflw/wtest"}  # no wider5 branch to test
@@ -406,6 +412,19 @@ def test_two_stage_cnt_run(tmp_path: Path) -> None:
     train(config, tmp_path / "killed", resume=True)
     resumed = load_checkpoint(tmp_path / "killed" / "finetune_wflw" / "last.pt")["model"]
     assert all(torch.equal(resumed[k], ft["model"][k]) for k in ft["model"])
+
+    # Stage 2 alone from this run's stage-1 checkpoint (finetune.init = a path) trains no
+    # stage 1 and ends with the same weights: same seed, same data order.
+    alone = replace(config, finetune=replace(config.finetune, init=str(run / "stage1" / "last.pt")))
+    result_alone = train(alone, tmp_path / "alone")
+    assert list(result_alone.stages) == ["finetune_wflw"]
+    assert not (tmp_path / "alone" / "stage1").exists()
+    weights = load_checkpoint(tmp_path / "alone" / "finetune_wflw" / "last.pt")["model"]
+    assert all(torch.equal(weights[k], ft["model"][k]) for k in ft["model"])
+    assert set(result_alone.evaluation) == {"finetune_wflw/wtest"}
+    missing = replace(config, finetune=replace(config.finetune, init=str(tmp_path / "no.pt")))
+    with pytest.raises(ConfigError, match=r"finetune\.init"):
+        train(missing, tmp_path / "missing")
 
     # --resume on a finished run retrains nothing.
     digest = hashlib.sha256((run / "finetune_wflw" / "last.pt").read_bytes()).hexdigest()
@@ -488,6 +507,15 @@ def test_reading_the_datasets_of_a_config(monkeypatch) -> None:
     assert mine.protocol.name == "my68" and {r.protocol for r in mine.records} == {"my68"}
     with pytest.raises(ValueError, match=r"has 68 points \('300w'\), protocol 'wflw' needs 98"):
         load_records(DatasetConfig("300w", "x", protocol="wflw"), seed=0)
+    # Synthetic faces drawn in a built-in layout, relabelled to the user protocol.
+    copy = load_records(
+        DatasetConfig("synthetic", protocol="my68", options={"num_faces": 2, "layout": "300w"}),
+        seed=0,
+    )
+    assert {r.protocol for r in copy.records} == {"my68"}
+    assert all(
+        np.array_equal(a.landmarks, b.landmarks) for a, b in zip(copy.records, loaded.records)
+    )
 
 
 @pytest.mark.realdata
@@ -644,3 +672,99 @@ def test_validation_logs_attention_health_and_warns_on_collapse(tmp_path: Path, 
     with caplog.at_level("WARNING", logger="sepbn.engine.trainer"):
         trainer._warn_if_collapsed()
     assert "SepBN attention collapsed in 1 of 1 layers (backbone.1)" in caplog.text
+
+
+# --------------------------------------------------------------------------- health, no val set
+
+
+class TinyBNNet(TinyNet):
+    """TinyNet with a plain BatchNorm: no attention to record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone[1] = nn.BatchNorm2d(4)
+
+
+def test_without_validation_health_comes_from_the_training_batches(tmp_path: Path) -> None:
+    config = toy_config(max_steps_per_epoch=2, val_every=1)
+    config.optim.epochs = 1
+    torch.manual_seed(0)
+    faces = ToyFaces(16)
+    trainer = Trainer(config, tmp_path, TinyNet(), faces)
+    result = trainer.fit()  # two steps of four faces, no validation set
+    health = result.attention_health["backbone.1"]
+    assert set(result.attention_health) == {"backbone.1"}
+    assert health.num_samples == 8  # exactly the faces of the two training steps
+    assert health.usage.sum() == pytest.approx(1.0)
+    rows = read_rows(tmp_path / "metrics.jsonl")
+    assert rows[-1]["attn_source"] == "train"
+    assert rows[-1]["attn/backbone.1/entropy"] == health.entropy
+    assert rows[-1]["attn/backbone.1/dependence"] == health.dependence
+    assert "attn/backbone.1/usage_2" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_without_validation_health_is_logged_on_the_validation_schedule(tmp_path: Path) -> None:
+    config = toy_config(max_steps_per_epoch=1, val_every=2, checkpoint_every=10)
+    config.optim.epochs = 3
+    torch.manual_seed(0)
+    result = Trainer(config, tmp_path, TinyNet(), ToyFaces(16)).fit()
+    rows = read_rows(tmp_path / "metrics.jsonl")
+    # Epoch 2 (val_every) and epoch 3 (the last) record; epoch 1 does not.
+    assert ["attn/backbone.1/entropy" in r for r in rows] == [False, True, True]
+    assert result.attention_health["backbone.1"].num_samples == 4
+
+
+def test_without_validation_a_collapse_is_warned_about(tmp_path: Path, caplog) -> None:
+    config = toy_config(max_steps_per_epoch=2)
+    config.optim.epochs = 1
+    torch.manual_seed(0)
+    model = TinyNet()
+    layer = model.backbone[1]
+    with torch.no_grad():  # every face to set 0, and kept there: a collapsed layer
+        layer.mlp[2].weight.zero_()
+        layer.mlp[2].bias.copy_(torch.tensor([50.0, 0.0, 0.0] * 2))
+    for p in layer.mlp.parameters():
+        p.requires_grad_(False)
+    with caplog.at_level("WARNING", logger="sepbn.engine.trainer"):
+        result = Trainer(config, tmp_path, model, ToyFaces(16)).fit()
+    assert result.attention_health["backbone.1"].collapsed
+    assert "SepBN attention collapsed in 1 of 1 layers (backbone.1)" in caplog.text
+
+
+def test_without_validation_a_bn_model_has_no_health(tmp_path: Path) -> None:
+    config = toy_config(max_steps_per_epoch=2)
+    config.optim.epochs = 1
+    result = Trainer(config, tmp_path, TinyBNNet(), ToyFaces(16)).fit()
+    assert result.attention_health == {}
+    assert not any(k.startswith("attn") for k in read_rows(tmp_path / "metrics.jsonl")[-1])
+
+
+def test_a_run_without_validation_logs_health_and_pose_bins(tmp_path: Path) -> None:
+    config = config_from_dict(
+        {
+            "model": {
+                "arch": "vanilla_cnn",
+                "norm": "sepbn",
+                "width_mult": 0.125,
+                "input_size": 64,
+            },
+            "data": {
+                "train": [synthetic("300w", 8, 0)],
+                "test": [synthetic("300w", 4, 900, "t")],
+                "num_workers": 0,
+                "augment": None,
+            },
+            "optim": {"epochs": 1, "batch_size": 4},
+            "train": {"device": "cpu", "progress": False, "tensorboard": False},
+        }
+    )
+    result = train(config, tmp_path / "run")
+    health = result.stages["stage1"].attention_health
+    assert health and all(h.num_samples == 8 for h in health.values())  # two steps of four
+    row = read_rows(tmp_path / "run" / "stage1" / "metrics.jsonl")[-1]
+    assert row["attn_source"] == "train" and all(f"attn/{n}/entropy" in row for n in health)
+    summary = json.loads((tmp_path / "run" / "eval" / "summary.json").read_text())["stage1/t"]
+    counts = [summary[f"count_pose_{b}"] for b in ("frontal", "moderate", "profile", "unknown")]
+    assert sum(counts) == summary["num_images"] == 4
+    assert all(f"attn/{n}/dependence" in summary for n in health)  # on the test faces
+    assert result.evaluation["stage1/t"] == summary

@@ -16,6 +16,7 @@ from sepbn.models import (
     PooledBranch,
     VanillaBranch,
     VanillaCNN,
+    build_model,
     mobilenet_v2,
 )
 from sepbn.models.cross_protocol import branch_norm
@@ -216,3 +217,38 @@ def test_branch_norm_of_a_single_value_equals_the_eval_path() -> None:
     out = branch_norm(norm, x)
     norm.eval()
     assert torch.equal(out, norm(x))
+
+
+def test_branch_treats_every_face_alone_in_training() -> None:
+    # A face's branch output must not depend on which faces of its protocol share the batch:
+    # the legacy branch's norm normalized them together (and one face alone differently).
+    torch.manual_seed(0)
+    x = torch.randn(6, 16, 1, 1)
+    branch = VanillaBranch(16, 1, 5, hidden_features=8).train()
+    with torch.no_grad():
+        branch.conv.weight.normal_()  # trained away from the identity
+    alone = torch.cat([branch(x[i : i + 1]) for i in range(6)])
+    assert torch.allclose(branch(x), alone, atol=1e-6)
+    legacy = VanillaBranch(16, 1, 5, norm_layer=nn.BatchNorm2d, hidden_features=8).train()
+    legacy_alone = torch.cat([legacy(x[i : i + 1]) for i in range(6)])
+    assert not torch.allclose(legacy(x), legacy_alone, atol=1e-3)
+
+
+def test_branch_convolution_starts_as_the_identity() -> None:
+    branch = VanillaBranch(8, 2, 5, kernel_size=3, hidden_features=4)
+    x = torch.randn(3, 8, 2, 2)
+    assert torch.allclose(branch.conv(x), x, atol=1e-6)
+
+
+def test_one_branch_cnt_model_starts_as_the_plain_model() -> None:
+    # MobileNetV2's features are ReLU6 outputs, so act(identity(features)) == features: the
+    # freshly built one-branch CNT model computes the plain model's output exactly.
+    torch.manual_seed(0)
+    cnt = build_model("mobilenet_v2", heads={"300w": 68}, width_mult=0.25, input_size=64)
+    plain = LandmarkRegressor(
+        cnt.backbone, cnt.branches["300w"].head, 68, cnt.feature_channels, cnt.feature_size
+    )
+    cnt.eval()
+    x = torch.rand(4, 3, 64, 64)
+    out = cnt(x, torch.zeros(4, dtype=torch.long))["300w"]
+    assert torch.allclose(out, plain(x), atol=1e-6)

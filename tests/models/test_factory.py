@@ -77,13 +77,20 @@ def test_every_arch_as_cross_protocol_model(arch: str, randomize: Callable) -> N
     assert model.protocols == ["cofw", "aflw"]
     branch_type = VanillaBranch if arch == "vanilla_cnn" else PooledBranch
     assert all(isinstance(b, branch_type) for b in model.branches.values())
-    assert all(isinstance(b.norm, SepBatchNorm2d) for b in model.branches.values())
+    assert all(b.norm is None for b in model.branches.values())  # Fig. 5: the conv alone
     randomize(model)
     size = TINY[arch]["input_size"]
     out = model(torch.rand(BATCH, 3, size, size), torch.tensor([0, 1, 1, 0, 1, 0]))
     assert out["cofw"].shape == (3, 29, 2) and out["aflw"].shape == (3, 19, 2)
     (out["cofw"].square().sum() + out["aflw"].square().sum()).backward()
     _assert_all_gradients(model)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_legacy_branch_norm_builds_the_old_branch(arch: str) -> None:
+    model = build_model(arch, heads={"cofw": 29}, norm="sepbn", branch_norm=True, **TINY[arch])
+    branch = model.branches["cofw"]
+    assert isinstance(branch.norm, SepBatchNorm2d) and branch.conv.bias is None
 
 
 def test_options_reach_the_model() -> None:

@@ -164,7 +164,8 @@ def test_other_channel_counts_and_bad_arguments() -> None:
 def test_branch_conv_parameters(kernel_size: int) -> None:
     c, s, n = 16, 2, 7
     branch = VanillaBranch(c, s, n, kernel_size=kernel_size, hidden_features=32)
-    assert sum(p.numel() for p in branch.conv.parameters()) == kernel_size**2 * c * c
+    # weight and bias (no norm follows the convolution)
+    assert sum(p.numel() for p in branch.conv.parameters()) == kernel_size**2 * c * c + c
     assert branch.head.fc1.in_features == c * s * s
     assert branch(torch.rand(3, c, s, s)).shape == (3, n, 2)
     with pytest.raises(ValueError, match="positive odd"):

@@ -80,3 +80,23 @@ def test_collapsed_layers_and_row_keys() -> None:
         "attn/b/usage_2": 0.0,
     }
     assert math.isclose(sum(v for k, v in row.items() if "usage" in k), 1.0)
+
+
+def test_recorder_in_training_steps_keeps_no_graph_and_the_same_numbers() -> None:
+    """Recording train-mode forwards (no validation set): π of each step, detached."""
+    torch.manual_seed(0)
+    layer = SepBatchNorm2d(8, num_sets=3, num_groups=2)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer).train()
+    x = torch.randn(10, 3, 12, 12)
+    kept = []
+    with AttentionRecorder(model) as recorder:
+        for batch in (x[:6], x[6:]):
+            model(batch).square().mean().backward()
+            kept.append(layer.last_attention)
+    sums = recorder._sums["1"]
+    assert isinstance(sums.entropy, torch.Tensor) and sums.entropy.grad_fn is None
+    expected = attention_health(torch.cat(kept))  # (10, G, K)
+    health = recorder.health()["1"]
+    assert health.num_samples == 10
+    assert health.entropy == pytest.approx(expected.entropy, rel=1e-9)
+    assert health.dependence == pytest.approx(expected.dependence, rel=1e-9)

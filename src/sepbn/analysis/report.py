@@ -12,6 +12,15 @@ than what it trained (data paths, device, workers, logging:
 :data:`sepbn.engine.run_config.RESUMABLE_CHANGES`). A paper row's cell is matched to the
 configuration of the config file it names, its value read from the stage ``finetune_<protocol>``
 when the run has one (CNT), else ``stage1``. Several seeds give mean ± sample std.
+
+Numbers the paper has no table for, such as the NME per head-pose bin that every evaluation
+writes (:func:`sepbn.analysis.pose_bins.pose_bin_metrics`), are laid out by
+:func:`runs_table`: one row per configuration and evaluated ``<stage>/<test set>``, one
+column per chosen key of ``eval/summary.json`` (``sepbn report --columns`` or ``--pose``).
+
+Why this file is long (~620 lines): it is everything ``sepbn report`` prints, the paper's tables
+and the runs' own columns, each in three formats (Markdown, CSV, LaTeX) that share the grouping
+of runs into configurations and the cell formatting.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from sepbn.analysis.pose_bins import pose_bin_keys
 from sepbn.config import config_from_dict, load_config, to_dict
 from sepbn.engine.run_config import RESUMABLE_CHANGES
 from sepbn.errors import SepbnError
@@ -39,12 +49,14 @@ from sepbn.errors import SepbnError
 __all__ = [
     "DEFAULT_CONFIG_ROOT",
     "FORMATS",
+    "POSE_COLUMNS",
     "PaperColumn",
     "PaperEntry",
     "PaperRow",
     "PaperTable",
     "ReportError",
     "RunResult",
+    "RunsRow",
     "TableReport",
     "build_report",
     "config_file_key",
@@ -55,6 +67,8 @@ __all__ = [
     "paper_tables",
     "render",
     "render_document",
+    "render_runs_table",
+    "runs_table",
 ]
 
 #: ``configs/`` of the checkout this module lives in (``src/sepbn/analysis/report.py``).
@@ -66,6 +80,8 @@ CSV_COLUMNS = (
     *("table", "row", "config", "column", "test_set", "metric", "paper"),
     *("measured_mean", "measured_std", "num_runs", "difference"),
 )
+#: ``--pose``: the whole set's NME, then the NME and face count of each head-pose bin.
+POSE_COLUMNS = ("nme", *pose_bin_keys())
 # Fields that do not make two runs different configurations (besides RESUMABLE_CHANGES).
 _NOT_THE_CONFIGURATION = ("seed", "name", "data.train.*.options.image_root", "data.val*")
 
@@ -466,3 +482,139 @@ def render_document(template: str, runs: Sequence[RunResult] = (), config_root: 
     ids = _MARKER.findall(template)
     reports = {r.table.id: r for r in build_report(ids, runs, config_root)}
     return _MARKER.sub(lambda m: _markdown(reports[m.group(1)]), template)
+
+
+@dataclass
+class RunsRow:
+    """One configuration on one evaluation, for :func:`runs_table`.
+
+    Attributes:
+        name: The configuration's ``name`` (the runs' names, joined, if they differ).
+        evaluation: ``"<stage>/<test set>"``, a key of ``eval/summary.json``.
+        runs: Its run directories (one per seed).
+        values: Column -> the runs' values (as written: fractions for NME and failure rate),
+            only from the runs that have that column.
+    """
+
+    name: str
+    evaluation: str
+    runs: list[Path]
+    values: dict[str, list[float]]
+
+
+def runs_table(runs: Sequence[RunResult], columns: Sequence[str]) -> list[RunsRow]:
+    """The chosen ``eval/summary.json`` columns of ``runs``, seeds of a configuration together.
+
+    Args:
+        runs: Runs from :func:`find_runs`.
+        columns: Keys of a summary entry, e.g. :data:`POSE_COLUMNS`.
+
+    Returns:
+        One row per configuration and evaluation, in the order the runs are given.
+
+    Raises:
+        ReportError: No columns, or a column that no run has (a typo), with the valid ones.
+    """
+    if not columns:
+        raise ReportError("no columns chosen")
+    known = {k for run in runs for entry in run.summary.values() for k in entry}
+    unknown = [c for c in columns if c not in known]
+    if unknown:
+        raise ReportError(f"no run has column(s) {unknown}; the runs have: {sorted(known)}")
+    rows: dict[tuple[Any, str], RunsRow] = {}
+    for run in runs:
+        for evaluation, entry in run.summary.items():
+            row = rows.setdefault(
+                (run.key, evaluation), RunsRow(run.name, evaluation, [], {c: [] for c in columns})
+            )
+            if run.name not in row.name.split(", "):
+                row.name += f", {run.name}"
+            row.runs.append(run.run_dir)
+            for c in columns:
+                if c in entry:
+                    row.values[c].append(float(entry[c]))
+    return list(rows.values())
+
+
+def _column_kind(column: str) -> str:
+    if column.startswith("count_") or column == "num_images":
+        return "count"
+    if column.startswith(("nme", "failure_rate")):
+        return "percent"
+    return "plain"
+
+
+def _runs_cell(column: str, values: Sequence[float], pm: str = "±") -> tuple[str, float | None]:
+    """The printed cell and its mean (percent for NME and failure rate)."""
+    if not values:
+        return "–", None
+    kind = _column_kind(column)
+    vals = [100.0 * v for v in values] if kind == "percent" else list(values)
+    mean = statistics.fmean(vals)
+    if kind == "count":
+        text = f"{mean:.0f}" if len(set(vals)) == 1 else f"{mean:.1f}"
+    elif kind == "percent":
+        text = f"{mean:.2f}"
+    else:
+        text = f"{mean:.4g}"
+    if len(vals) > 1 and len(set(vals)) > 1 and kind != "count":
+        text += f" {pm} {statistics.stdev(vals):.2f} (n={len(vals)})"
+    return text, mean
+
+
+def _runs_heading(column: str) -> str:
+    return f"{column} (%)" if _column_kind(column) == "percent" else column
+
+
+def render_runs_table(rows: Sequence[RunsRow], columns: Sequence[str], fmt: str = "md") -> str:
+    """:func:`runs_table` as Markdown, CSV (one line per cell) or LaTeX; NME and failure rate
+    in percent, mean ± sample std over the seeds of a configuration, ``–`` where no run of a
+    row has the column (e.g. runs evaluated before the column existed).
+
+    Raises:
+        ReportError: An unknown format.
+    """
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["name", "evaluation", "column", "mean", "std", "num_runs"])
+        for row in rows:
+            for c in columns:
+                vals = row.values[c]
+                _, mean = _runs_cell(c, vals)
+                scale = 100.0 if _column_kind(c) == "percent" else 1.0
+                std = statistics.stdev(vals) * scale if len(vals) > 1 else None
+                writer.writerow(
+                    [
+                        row.name,
+                        row.evaluation,
+                        c,
+                        "" if mean is None else f"{mean:.4f}",
+                        "" if std is None else f"{std:.4f}",
+                        len(vals),
+                    ]
+                )
+        return buf.getvalue()
+    if fmt == "md":
+        head = ["name", "evaluation", "runs", *(_runs_heading(c) for c in columns)]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in rows:
+            cells = [_runs_cell(c, row.values[c])[0] for c in columns]
+            lines.append(
+                "| " + " | ".join([row.name, row.evaluation, str(len(row.runs)), *cells]) + " |"
+            )
+        return "\n".join(lines) + "\n"
+    if fmt == "latex":
+        head = [_tex(h) for h in ("name", "evaluation", *map(_runs_heading, columns))]
+        lines = [
+            rf"\begin{{tabular}}{{ll{'r' * len(columns)}}}",
+            r"\hline",
+            " & ".join(head) + r" \\",
+            r"\hline",
+        ]
+        for row in rows:
+            cells = [_runs_cell(c, row.values[c], r"$\pm$")[0].replace("–", "--") for c in columns]
+            lines.append(" & ".join([_tex(row.name), _tex(row.evaluation), *cells]) + r" \\")
+        lines += [r"\hline", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    raise ReportError(f"unknown format {fmt!r}; valid: {list(FORMATS)}")

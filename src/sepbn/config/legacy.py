@@ -21,7 +21,8 @@ def upgrade_legacy_config(data: Mapping[str, Any], source: str = "") -> dict[str
     that the norm or arch does not use were silently ignored, and ``norm_kwargs`` could repeat
     a field (and won). Such a config is rewritten to build the same network: ``num_sets``
     becomes ``num_domains`` for ``norm: domain_bn``, ``norm_kwargs`` entries that are fields
-    move to the fields, and the ignored fields go back to their defaults; each change is
+    move to the fields, a config without ``model.branch_norm`` (before 0.2) gets ``true`` (its
+    CNT branches had a norm), and the ignored fields go back to their defaults; each change is
     reported in a warning that starts with ``source``. A current config comes back unchanged.
 
     Args:
@@ -48,6 +49,9 @@ def upgrade_legacy_config(data: Mapping[str, Any], source: str = "") -> dict[str
             model[name] = kwargs.pop(name)
             notes.append(f"model.norm_kwargs.{name} moved to model.{name}")
         model["norm_kwargs"] = kwargs
+    if "branch_norm" not in model and "arch" in model:
+        # Written before 0.2: CNT branches had a norm after the extra convolution.
+        model["branch_norm"] = True
     defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
     unused = [name for name, _ in unused_model_fields(model, defaults)]
     data_section = out.get("data")

@@ -60,9 +60,15 @@ class DatasetConfig:
         protocol: Landmark protocol key; ``None`` keeps the protocol the reader reports.
             For ``"synthetic"`` it is the protocol to generate (default ``"300w"``).
         options: Extra keyword arguments for the reader. ``"synthetic"`` reads
-            ``num_faces`` (default 64), ``start_index`` (0) and ``seed`` (the run seed).
+            ``num_faces`` (default 64), ``start_index`` (0), ``seed`` (the run seed) and
+            ``layout`` (the built-in protocol to draw, when ``protocol`` is a user protocol
+            with the same points).
         on_error: ``"raise"`` stops at the first bad record; ``"skip"`` drops it and reports.
         name: Display name in logs and in ``run_dir/eval``; default ``kind`` or ``kind_split``.
+        subset: Keep only this many faces, drawn at random without replacement (for small
+            training sets, e.g. CNT's small-target regime); ``None`` keeps all.
+        subset_seed: Seed of that draw, fixed apart from the run seed so that runs of every
+            seed train on the same faces.
     """
 
     kind: str
@@ -72,8 +78,12 @@ class DatasetConfig:
     options: dict[str, Any] = field(default_factory=dict)
     on_error: Literal["raise", "skip"] = "raise"
     name: str | None = None
+    subset: int | None = None
+    subset_seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.subset is not None:
+            _positive("data", "subset", self.subset)
         if self.kind != "synthetic" and self.kind not in READERS:
             kinds = [*READERS, "synthetic"]
             raise ConfigError(
@@ -104,6 +114,10 @@ class DataConfig:
         box_scale: Crop side as a multiple of the squared face box.
         num_workers: DataLoader worker processes per training process.
         cache_dir: Folder for decoded-crop caches; ``None`` decodes images on the fly.
+        sampling: How a CNT batch picks its faces' datasets: ``"size"`` (paper Sec. IV, "the
+            probability of sampling faces from each dataset is proportional to the size of the
+            dataset") or ``"balanced"`` (every training set equally often, faces drawn with
+            replacement).
     """
 
     train: list[DatasetConfig] = field(default_factory=list)
@@ -113,6 +127,7 @@ class DataConfig:
     box_scale: float = DEFAULT_BOX_SCALE
     num_workers: int = 4
     cache_dir: str | None = None
+    sampling: Literal["size", "balanced"] = "size"
 
     def __post_init__(self) -> None:
         _positive("data", "num_workers", self.num_workers, allow_zero=True)
@@ -161,6 +176,11 @@ class ModelConfig:
             for torchvision's cache, ``None`` for none (nothing is ever downloaded).
         branch_conv_kernel: Kernel of the extra convolution at the start of each CNT branch
             (Fig. 5), an odd number.
+        branch_norm: Put ``norm`` after that convolution, as sepbn did before 0.2. Off by
+            default: such a norm sees only its protocol's rows of the batch and made a
+            one-branch CNT model 3 NME points worse than the plain model
+            (:class:`sepbn.models.cross_protocol.ProtocolBranch`, docs/analysis.md). Old
+            checkpoints, whose configs lack the field, are read with ``true``.
         norm_kwargs: Further constructor arguments of the norm layer (``eps``, ``momentum``,
             ``hidden_features``, ``reduction``, ...), checked against its signature. The fields
             of the table are set as fields, τ by the ``temperature`` section.
@@ -179,6 +199,7 @@ class ModelConfig:
     input_size: int = 128  # 128 x 128 face crops
     pretrained: str | bool | None = None
     branch_conv_kernel: int = 1
+    branch_norm: bool = False  # Fig. 5: "an additional convolution layer", no norm
     norm_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -234,6 +255,11 @@ class OptimConfig:
         batch_size: Faces per batch and per process.
         epochs: Training epochs.
         grad_clip: Maximum gradient norm, or ``None`` for no clipping.
+        attention_weight_decay: Weight decay of the SepBN attention blocks (the 1x1
+            reduction and the MLP of Eq. 5); ``None`` = ``weight_decay``.
+        protocol_weighting: How CNT's per-branch L1 losses are averaged: ``"faces"``
+            (weights n_p / N, every face counts the same) or ``"protocols"`` (the mean over
+            the protocols present in the batch, every protocol counts the same).
     """
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
@@ -249,6 +275,8 @@ class OptimConfig:
     batch_size: int = 8
     epochs: int = 500
     grad_clip: float | None = None
+    attention_weight_decay: float | None = None
+    protocol_weighting: Literal["faces", "protocols"] = "faces"
 
     def __post_init__(self) -> None:
         _positive("optim", "lr", self.lr)
@@ -262,6 +290,10 @@ class OptimConfig:
             _positive("optim", "warmup_start_lr", self.warmup_start_lr, allow_zero=True)
         if self.grad_clip is not None:
             _positive("optim", "grad_clip", self.grad_clip)
+        if self.attention_weight_decay is not None:
+            _positive(
+                "optim", "attention_weight_decay", self.attention_weight_decay, allow_zero=True
+            )
         if self.min_lr > self.lr:
             raise ConfigError(
                 f"optim.min_lr={self.min_lr} exceeds optim.lr={self.lr}", key="optim.min_lr"
@@ -307,7 +339,15 @@ class FinetuneConfig:
             (shortened to fit when ``epochs`` is smaller).
         backbone_lr: Constant learning rate of the shared backbone.
         head_lr: Peak learning rate of the branch; ``None`` = ``optim.lr`` ("as in stage 1").
-        init: Stage-1 weights to start from: ``"last"`` or ``"best"`` (validation NME).
+        init: Stage-1 weights to start from: ``"last"`` or ``"best"`` (validation NME) of
+            this run's stage 1, or the path of a stage-1 checkpoint of the same model (from
+            another run; ``${VAR}`` expanded), in which case stage 1 is not trained and only
+            the fine-tuning runs: several stage-2 settings can then share one stage 1.
+        freeze_backbone_stats: Keep the backbone's normalization layers in eval mode (their
+            running statistics fixed, their outputs those of inference). The paper fixes the
+            backbone by its 1e-7 learning rate "to avoid destroying the comprehensive feature
+            extraction capability"; with the statistics still updating, the target's batches
+            alone would move them (docs/analysis.md, "Why stage 2 hurt").
     """
 
     targets: list[str] = field(default_factory=list)
@@ -315,7 +355,8 @@ class FinetuneConfig:
     warmup_epochs: int | None = None
     backbone_lr: float = 1e-7  # "learning rate of the shared backbone is set to 1e-7"
     head_lr: float | None = None
-    init: Literal["last", "best"] = "last"
+    init: str = "last"
+    freeze_backbone_stats: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs is not None:
@@ -347,6 +388,11 @@ class TrainConfig:
             brute-force SepBN and hard aggregation, where some parameters get no gradient in
             some steps.
         max_steps_per_epoch: Cap on iterations per epoch, for smoke runs; ``None`` = no cap.
+        steps_per_epoch: A fixed number of optimizer steps per epoch, whatever the size of
+            the training sets (the sampler draws ``steps_per_epoch * batch_size`` faces per
+            process and epoch, reshuffling the concatenation as often as needed). Runs of one
+            budget then take the same number of steps whether they train on one set or on
+            several (CNT). ``None``: an epoch is one pass over the concatenated sets.
         deterministic: Ask PyTorch for deterministic kernels (slower on CUDA).
         eval_weights: Weights evaluated on the test sets: ``"last"`` or ``"best"``.
     """
@@ -363,6 +409,7 @@ class TrainConfig:
     sync_bn: bool = False
     find_unused_parameters: bool | None = None
     max_steps_per_epoch: int | None = None
+    steps_per_epoch: int | None = None
     deterministic: bool = False
     eval_weights: Literal["last", "best"] = "last"
 
@@ -372,6 +419,8 @@ class TrainConfig:
         _positive("train", "log_every", self.log_every)
         if self.max_steps_per_epoch is not None:
             _positive("train", "max_steps_per_epoch", self.max_steps_per_epoch)
+        if self.steps_per_epoch is not None:
+            _positive("train", "steps_per_epoch", self.steps_per_epoch)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from sepbn.config import DatasetConfig, ExperimentConfig
@@ -45,7 +46,7 @@ __all__ = [
     "write_skip_list",
 ]
 
-_SYNTHETIC_OPTIONS = ("num_faces", "start_index", "seed", "config")
+_SYNTHETIC_OPTIONS = ("num_faces", "start_index", "seed", "config", "layout")
 
 
 @dataclass
@@ -180,9 +181,12 @@ def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
                 k: tuple(v) if isinstance(v, list) else v for k, v in options["config"].items()
             }
             options["config"] = SyntheticFaceConfig(**fields)
+        # ``layout``: the built-in protocol the faces are drawn in, when ``protocol`` names
+        # a user protocol of the same points (relabelled below), e.g. a second 68-point set
+        # with a branch of its own.
         records = make_synthetic_records(
             int(options.pop("num_faces", 64)),
-            protocol=ds.protocol or "300w",
+            protocol=options.pop("layout", None) or ds.protocol or "300w",
             seed=int(options.pop("seed", seed)),
             start_index=int(options.pop("start_index", 0)),
             **options,
@@ -205,6 +209,15 @@ def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
         raise DatasetError(
             f"dataset {name!r}", f"no faces (kind {ds.kind!r}, path {ds.path!r}){why}"
         )
+    if ds.subset is not None:
+        if ds.subset > len(records):
+            raise ConfigError(
+                f"dataset {name!r}: subset={ds.subset} but it has only {len(records)} faces",
+                key="subset",
+            )
+        rng = np.random.default_rng(ds.subset_seed)
+        keep = np.sort(rng.choice(len(records), size=ds.subset, replace=False))
+        records = [records[int(i)] for i in keep]
     protocol = get_protocol(ds.protocol or records[0].protocol)
     relabeled = []
     for rec in records:
@@ -246,7 +259,10 @@ def _cache_source(
     if config.data.cache_dir is None:
         return loaded.records
     ds = loaded.config
-    key = json.dumps([ds.kind, ds.path, ds.split, ds.protocol, ds.options], sort_keys=True)
+    parts: list[Any] = [ds.kind, ds.path, ds.split, ds.protocol, ds.options]
+    if ds.subset is not None:  # older caches keep their keys
+        parts += [ds.subset, ds.subset_seed]
+    key = json.dumps(parts, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     root = _expand(config.data.cache_dir) / f"{loaded.name}-{digest}"
     crop_size = cache_crop_size(config.model.input_size)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Sized
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,17 +29,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from sepbn.errors import ConfigError
 
 __all__ = [
     "DistributedContext",
+    "EpochSampler",
     "all_reduce_sum",
     "available_devices",
     "barrier",
     "broadcast_buffers",
     "build_sampler",
+    "build_train_sampler",
     "check_device",
     "cleanup_distributed",
     "convert_sync_batchnorm",
@@ -264,6 +266,106 @@ def build_sampler(
         seed=seed,
         drop_last=False,
     )
+
+
+class EpochSampler(Sampler[int]):
+    """A fixed number of draws per epoch and process, by dataset size or balanced.
+
+    The order is a function of ``(seed, epoch)`` only, like :func:`build_sampler`'s, so a
+    resumed run repeats an uninterrupted one and two runs of one seed see the same faces in
+    the same order (paired comparisons). Each epoch draws ``num_samples * world_size``
+    indices and process ``rank`` takes every ``world_size``-th one from position ``rank``.
+
+    - ``"size"``: the concatenation is shuffled, and reshuffled whenever it runs out, so every
+      face is seen once per pass and each dataset is drawn in proportion to its size.
+    - ``"balanced"``: every dataset equally often: a dataset is drawn uniformly, then a face
+      within it uniformly, with replacement.
+
+    Args:
+        sizes: Size of each (concatenated) dataset, in the concatenation's order.
+        num_samples: Draws per process and epoch.
+        sampling: ``"size"`` or ``"balanced"``.
+        seed: The run seed.
+        rank, world_size: This process's place in the run.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        num_samples: int,
+        sampling: str = "size",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if sampling not in ("size", "balanced"):
+            raise ValueError(f"sampling must be 'size' or 'balanced', got {sampling!r}")
+        if sum(sizes) == 0:
+            raise ValueError("the training set is empty")
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be positive, got {num_samples}")
+        self.sizes = [int(n) for n in sizes]
+        self.num_samples = int(num_samples)
+        self.sampling = sampling
+        self.seed = int(seed)
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _indices(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        total = self.num_samples * self.world_size
+        n = sum(self.sizes)
+        if self.sampling == "size":
+            passes = -(-total // n)
+            return torch.cat([torch.randperm(n, generator=g) for _ in range(passes)])[:total]
+        nonempty = torch.tensor([i for i, size in enumerate(self.sizes) if size > 0])
+        starts = torch.tensor([0, *self.sizes]).cumsum(0)[:-1]
+        sizes = torch.tensor(self.sizes)
+        datasets = nonempty[torch.randint(len(nonempty), (total,), generator=g)]  # (total,)
+        within = (torch.rand(total, generator=g, dtype=torch.float64) * sizes[datasets]).long()
+        return starts[datasets] + within.clamp_max(sizes[datasets] - 1)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices()[self.rank :: self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def build_train_sampler(
+    dataset: Dataset[Any],
+    ctx: DistributedContext,
+    seed: int,
+    sampling: str = "size",
+    num_samples: int | None = None,
+) -> Sampler[int]:
+    """The training sampler of ``data.sampling`` and ``train.steps_per_epoch``.
+
+    With the paper's sampling by size and no fixed epoch length this is
+    :func:`build_sampler` (one pass over the concatenation per epoch); otherwise an
+    :class:`EpochSampler` drawing ``num_samples`` faces per process (``None``: the
+    dataset's length divided among the processes).
+
+    Args:
+        dataset: The training set; a :class:`~sepbn.data.datasets.MultiProtocolDataset`
+            (its ``sizes``) or any sized dataset (one dataset).
+        ctx: The process's place in the run.
+        seed: The run seed.
+        sampling: ``"size"`` or ``"balanced"``.
+        num_samples: Draws per process and epoch, or ``None``.
+    """
+    if sampling == "size" and num_samples is None:
+        return build_sampler(dataset, ctx, seed)
+    if not isinstance(dataset, Sized) or len(dataset) == 0:
+        raise ValueError("the training set is empty")
+    sizes = getattr(dataset, "sizes", None) or [len(dataset)]
+    if num_samples is None:
+        num_samples = -(-len(dataset) // ctx.world_size)
+    return EpochSampler(sizes, num_samples, sampling, seed, ctx.rank, ctx.world_size)
 
 
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:

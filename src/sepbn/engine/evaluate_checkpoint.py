@@ -3,8 +3,9 @@
 :func:`evaluate_checkpoint` rebuilds the network from the checkpoint (no config file needed),
 reads the dataset, crops it as in training, evaluates it with
 :func:`sepbn.engine.evaluator.evaluate_model` (best of K domains for a brute-force SepBN model,
-paper Table II) and writes the per-image CSV, the summary JSON, the CED plot and, for a set
-with WFLW's attribute flags, the Table IX subsets.
+paper Table II) and writes the per-image CSV, the summary JSON (with the NME per head-pose bin
+and the SepBN attention health on these faces), the CED plot and, for a set with WFLW's
+attribute flags, the Table IX subsets.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class CheckpointEvaluation:
 
     Attributes:
         dataset: The records evaluated (name, protocol, records).
-        result: Metrics and per-image errors.
+        result: Metrics (``result.pose``: NME per head-pose bin), per-image errors, and the
+            SepBN attention health on these faces.
         paths: ``{"per_image", "summary", "ced", "skipped", ["attributes"]}`` files; the
             skip list names every record left out while reading or cropping.
         attributes: WFLW's Table IX subsets (``"test"``, ``"pose"``, ...), empty when the

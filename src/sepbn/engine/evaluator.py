@@ -12,13 +12,18 @@ a cross-protocol model, called as ``model(x, protocol_ids) -> {name: (n, L, 2)}`
 with the id of the evaluated protocol in ``model.protocols``. Any other model is a
 single-protocol model, ``model(x) -> (N, L, 2)``. Both predict coordinates divided
 by the input size S.
+
+Besides NME, failure rate and AUC, every evaluation reports the NME per head-pose bin of the
+ground truth's yaw (:func:`sepbn.analysis.pose_bins.pose_bin_metrics`: frontal, moderate,
+profile, and the count of faces whose yaw cannot be measured) and the attention health of
+every SepBN layer on the evaluated faces (:mod:`sepbn.nn.attention_health`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +32,15 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from sepbn.data.protocols import LandmarkProtocol
+from sepbn.analysis.pose_bins import POSE_BIN_EDGES, pose_bin_metrics
+from sepbn.data.protocols import LandmarkProtocol, get_protocol
 from sepbn.data.transforms import apply_affine, invert_affine
 from sepbn.metrics.ced import plot_ced
 from sepbn.metrics.nme import FAILURE_THRESHOLD, nme_per_image
 from sepbn.metrics.report import LandmarkMetrics, write_per_image_csv, write_summary_json
 from sepbn.models import CrossProtocolModel, is_cross_protocol, to_model_input
 from sepbn.nn import best_of_domains, num_model_domains
+from sepbn.nn.attention_health import AttentionHealth, AttentionRecorder
 
 
 @dataclass
@@ -81,6 +88,11 @@ class EvalResult:
         sources: ``N`` record sources (``"file:line"``), empty strings when unknown.
         best_domain: ``(N,)`` domain whose prediction was kept, for
             :func:`evaluate_best_of_domains` only (an oracle choice).
+        pose: NME and face count per head-pose bin of the ground truth
+            (``nme_pose_frontal``, ``count_pose_frontal``, ..., ``count_pose_unknown``; see
+            :func:`sepbn.analysis.pose_bins.pose_bin_metrics`; an empty bin has no NME).
+        attention_health: SepBN layer name -> its attention statistics on these faces;
+            empty for a model without SepBN layers.
     """
 
     protocol: str
@@ -89,11 +101,22 @@ class EvalResult:
     nmes: np.ndarray
     sources: list[str]
     best_domain: np.ndarray | None = None
+    pose: dict[str, float] = field(default_factory=dict)
+    attention_health: dict[str, AttentionHealth] = field(default_factory=dict)
 
     @property
     def indices(self) -> np.ndarray:
         """``(N,)`` record index of each image."""
         return self.predictions.indices
+
+    def summary(self) -> dict[str, float]:
+        """Every number in one flat dict (fractions of d), as ``eval/summary.json`` holds it:
+        ``nme``, ``failure_rate``, ``auc``, ``num_images``, ``threshold``, the pose bins,
+        and ``attn/<layer>/entropy``, ``/dependence``, ``/usage_<k>`` per SepBN layer."""
+        out: dict[str, float] = {**self.metrics.to_dict(), **self.pose}
+        for name, health in self.attention_health.items():
+            out.update(health.as_row(f"attn/{name}"))
+        return out
 
     def save(self, out_dir: str | Path, name: str, **extra: Any) -> dict[str, Path]:
         """Write ``<name>_per_image.csv``, ``<name>_summary.json`` and ``<name>_ced.png``.
@@ -108,6 +131,16 @@ class EvalResult:
         """
         out = Path(out_dir)
         extra = {"name": name, "protocol": self.protocol, **extra}
+        extra["pose_bins"] = {
+            "yaw_from": "ground-truth landmarks, absolute, degrees",
+            "edges": list(POSE_BIN_EDGES),
+            **self.pose,
+        }
+        if self.attention_health:
+            extra["attention_health"] = {
+                name: {"entropy": h.entropy, "dependence": h.dependence, "usage": h.usage.tolist()}
+                for name, h in self.attention_health.items()
+            }
         if self.best_domain is not None:
             extra["best_of_domains"] = {
                 "note": "oracle: each image keeps the domain with the lowest NME against "
@@ -204,8 +237,9 @@ def evaluate(
     Returns:
         The metrics and the per-image errors.
     """
-    preds, _ = _run(model, loader, device, protocol, amp, progress, num_domains=None)
-    return _result(preds, loader, threshold, records, best_domain=None)
+    with AttentionRecorder(model) as recorder:
+        preds, _ = _run(model, loader, device, protocol, amp, progress, num_domains=None)
+    return _result(preds, loader, threshold, records, None, recorder.health())
 
 
 def evaluate_best_of_domains(
@@ -247,8 +281,9 @@ def evaluate_best_of_domains(
     """
     if not isinstance(num_domains, int) or num_domains < 1:
         raise ValueError(f"num_domains must be a positive integer, got {num_domains!r}")
-    preds, best = _run(model, loader, device, protocol, amp, progress, num_domains=num_domains)
-    return _result(preds, loader, threshold, records, best_domain=best)
+    with AttentionRecorder(model) as recorder:
+        preds, best = _run(model, loader, device, protocol, amp, progress, num_domains)
+    return _result(preds, loader, threshold, records, best, recorder.health())
 
 
 def evaluate_model(
@@ -432,6 +467,7 @@ def _result(
     threshold: float,
     records: Sequence[Any] | None,
     best_domain: np.ndarray | None,
+    health: dict[str, AttentionHealth],
 ) -> EvalResult:
     nmes = preds.nme()
     if records is None and preds.sources is None:
@@ -447,4 +483,7 @@ def _result(
         nmes=nmes,
         sources=sources,
         best_domain=best_domain,
+        # The face's pose is the ground truth's, not the prediction's.
+        pose=pose_bin_metrics(nmes, preds.gt, get_protocol(preds.protocol), preds.valid),
+        attention_health=health,
     )

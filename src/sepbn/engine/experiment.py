@@ -29,7 +29,8 @@ Run directory layout::
       finetune_<protocol>/        the same files for each CNT stage-2 target
       eval/
         <stage>_<dataset>_summary.json, _per_image.csv, _ced.png
-        summary.json              every stage x test set: NME, FR, AUC
+        summary.json              every stage x test set: NME, FR, AUC, NME per head-pose
+                                  bin, SepBN attention health
 
 ``resume=True`` continues a killed run to the same final weights as an uninterrupted one
 (see :mod:`sepbn.engine.trainer`). It refuses a config that differs from the run's in a field
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +57,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from sepbn.analysis.pose_bins import format_pose_bins
 from sepbn.config import ExperimentConfig
 from sepbn.data.datasets import collate_landmarks
 from sepbn.engine.data_builder import (
@@ -81,6 +84,7 @@ from sepbn.engine.trainer import (
 )
 from sepbn.errors import ConfigError
 from sepbn.models import is_cross_protocol
+from sepbn.nn.attention_health import collapsed_layers
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +100,9 @@ class TrainResult:
         config: The resolved config.
         stages: Stage name to its result, in training order.
         evaluation: ``"<stage>/<test set>"`` to its metrics (``nme``, ``failure_rate``,
-            ``auc``, ``num_images``, ``threshold``); empty on ranks other than 0.
+            ``auc``, ``num_images``, ``threshold``, the head-pose bins ``nme_pose_<bin>`` and
+            ``count_pose_<bin>``, and ``attn/<layer>/...`` per SepBN layer: see
+            :meth:`sepbn.engine.evaluator.EvalResult.summary`); empty on ranks other than 0.
     """
 
     run_dir: Path
@@ -120,7 +126,11 @@ def _evaluate_stage(
     ctx: DistributedContext,
     out_dir: Path,
 ) -> dict[str, dict[str, float]]:
-    """Evaluate a stage's final (or best) weights on the test sets of its protocols."""
+    """Evaluate a stage's final (or best) weights on the test sets of its protocols.
+
+    Returns:
+        ``"<stage>/<test set>"`` -> :meth:`~sepbn.engine.evaluator.EvalResult.summary`.
+    """
     chosen = [t for t in tests if t.protocol.name in protocols]
     if not chosen:
         return {}
@@ -146,15 +156,19 @@ def _evaluate_stage(
         )
         label = f"{stage.name}_{test.name}"
         result.save(out_dir, label)
-        m = result.metrics
-        results[f"{stage.name}/{test.name}"] = {
-            "nme": float(m.nme),
-            "failure_rate": float(m.failure_rate),
-            "auc": float(m.auc),
-            "num_images": int(m.num_images),
-            "threshold": float(m.threshold),
-        }
-        logger.info("%s on %s: %s", stage.name, test.name, m.format())
+        results[f"{stage.name}/{test.name}"] = result.summary()
+        logger.info("%s on %s: %s", stage.name, test.name, result.metrics.format())
+        logger.info("%s", format_pose_bins(result.pose))
+        collapsed = collapsed_layers(result.attention_health)
+        if collapsed:
+            logger.warning(
+                "%s on %s: SepBN attention collapsed on the test faces in %d of %d layers (%s)",
+                stage.name,
+                test.name,
+                len(collapsed),
+                len(result.attention_health),
+                ", ".join(collapsed),
+            )
     return results
 
 
@@ -212,6 +226,7 @@ def train(
                 )
             if config.finetune.init == "best" and data.val is None:
                 raise ConfigError("finetune.init='best' needs data.val (the best stage-1 NME)")
+        stage1_init = _stage1_checkpoint(config)
 
         def datasets(sets: Sequence[Any], val_id: int) -> tuple[Any, Any]:
             # Rank 0 prepares caches first; the other ranks then only open them.
@@ -244,26 +259,31 @@ def train(
                     run_dir / str(skipped["file"]),
                 )
         stages: dict[str, StageResult] = {}
-        stages["stage1"] = Trainer(
-            config,
-            run_dir / "stage1",
-            model,
-            train_set,
-            stage="stage1",
-            val_set=val_set,
-            val_protocol=val_protocol,
-            ctx=ctx,
-            callbacks=callbacks,
-            collate_fn=collate_landmarks,
-        ).fit(resume=resume)
-        stage_protocols = {"stage1": protocols}
+        stage_protocols: dict[str, list[str]] = {}
+        if stage1_init is None:
+            stages["stage1"] = Trainer(
+                config,
+                run_dir / "stage1",
+                model,
+                train_set,
+                stage="stage1",
+                val_set=val_set,
+                val_protocol=val_protocol,
+                ctx=ctx,
+                callbacks=callbacks,
+                collate_fn=collate_landmarks,
+            ).fit(resume=resume)
+            stage_protocols["stage1"] = protocols
 
         ft = config.finetune
         if ft is not None:
-            stage1 = stages["stage1"]
-            init = stage1.last_checkpoint
-            if ft.init == "best" and stage1.best_checkpoint is not None:
-                init = stage1.best_checkpoint
+            if stage1_init is not None:
+                init = stage1_init
+            else:
+                stage1 = stages["stage1"]
+                init = stage1.last_checkpoint
+                if ft.init == "best" and stage1.best_checkpoint is not None:
+                    init = stage1.best_checkpoint
             epochs = ft.epochs or config.optim.epochs
             warmup = ft.warmup_epochs
             if warmup is None:  # scale the stage-1 warm-up to the fine-tuning length
@@ -295,6 +315,7 @@ def train(
                     ctx=ctx,
                     callbacks=callbacks,
                     collate_fn=collate_landmarks,
+                    frozen_stats="backbone" if ft.freeze_backbone_stats else None,
                 ).fit(resume=resume)
                 stage_protocols[name] = [target]
 
@@ -312,3 +333,22 @@ def train(
     finally:
         if owns_group:
             cleanup_distributed(ctx)
+
+
+def _stage1_checkpoint(config: ExperimentConfig) -> Path | None:
+    """The stage-1 checkpoint named by ``finetune.init``, or ``None`` for this run's own.
+
+    Raises:
+        ConfigError: The path is not a file.
+    """
+    ft = config.finetune
+    if ft is None or ft.init in ("last", "best"):
+        return None
+    path = Path(os.path.expandvars(ft.init)).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"finetune.init={ft.init!r}: no such checkpoint file ({path}); give 'last', "
+            "'best' or the path of a stage-1 checkpoint",
+            key="finetune.init",
+        )
+    return path

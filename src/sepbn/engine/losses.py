@@ -5,14 +5,16 @@ computed in those units: a value of 0.01 is an average error of 1% of the crop s
 coordinate. Points that are not annotated (``valid`` False, e.g. in AFLW) are left out.
 
 For the cross-protocol model every branch gets its own L1 loss (paper Sec. IV, "the L1 loss is
-used for each branch"); the branch losses are averaged with weights equal to the number of
-faces of each protocol in the batch, so that every face counts the same whatever its protocol
-and the loss scale does not depend on how the batch happens to be split.
+used for each branch"); by default the branch losses are averaged with weights equal to the
+number of faces of each protocol in the batch, so that every face counts the same whatever its
+protocol and the loss scale does not depend on how the batch happens to be split
+(``optim.protocol_weighting: protocols`` takes the plain mean over the branches instead).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -55,8 +57,9 @@ def cross_protocol_l1_loss(
     preds: Mapping[str, Tensor],
     targets: Mapping[str, Mapping[str, Tensor]],
     input_size: int,
+    weighting: Literal["faces", "protocols"] = "faces",
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-protocol L1 losses, averaged with weights ``n_p / sum(n_p)``.
+    """Per-protocol L1 losses, averaged with weights ``n_p / sum(n_p)`` (or equally).
 
     Args:
         preds: Protocol name to normalized predictions, rows in the order of
@@ -64,6 +67,9 @@ def cross_protocol_l1_loss(
         targets: The collate function's ``"targets"``: protocol name to ``"landmarks"``
             (crop pixels) and ``"valid"``.
         input_size: S; the crop-pixel targets are divided by it.
+        weighting: ``"faces"``: weights ``n_p / sum(n_p)``, every face counts the same;
+            ``"protocols"``: the plain mean over the protocols in the batch, so a protocol
+            with few faces in the batch weighs as much as one with many.
 
     Returns:
         The scalar loss and, for logging, each protocol's detached loss (kept on the device
@@ -73,6 +79,8 @@ def cross_protocol_l1_loss(
         - preds[p]: ``(n_p, L_p, 2)``
         - targets[p]["landmarks"]: ``(n_p, L_p, 2)``; targets[p]["valid"]: ``(n_p, L_p)``
     """
+    if weighting not in ("faces", "protocols"):
+        raise ValueError(f"weighting must be 'faces' or 'protocols', got {weighting!r}")
     if not targets:
         raise ValueError("the batch has no targets")
     weighted: list[Tensor] = []
@@ -86,7 +94,7 @@ def cross_protocol_l1_loss(
         landmarks = target["landmarks"].to(preds[name].device) / input_size
         valid = target["valid"].to(preds[name].device)
         loss = masked_l1_loss(preds[name], landmarks, valid)
-        n = int(landmarks.shape[0])
+        n = int(landmarks.shape[0]) if weighting == "faces" else 1
         parts[name] = loss.detach()
         weighted.append(loss * n)
         count += n
@@ -97,6 +105,7 @@ def landmark_loss(
     preds: Tensor | Mapping[str, Tensor],
     targets: Mapping[str, Mapping[str, Tensor]],
     input_size: int,
+    weighting: Literal["faces", "protocols"] = "faces",
 ) -> Tensor:
     """The training loss for a single-protocol or a cross-protocol model's output.
 
@@ -105,6 +114,7 @@ def landmark_loss(
             cross-protocol one.
         targets: The collate function's ``"targets"``.
         input_size: S.
+        weighting: How branch losses are averaged; see :func:`cross_protocol_l1_loss`.
 
     Returns:
         The scalar loss.
@@ -121,4 +131,4 @@ def landmark_loss(
         ((name, target),) = targets.items()
         rows = target["rows"].to(preds.device)
         preds = {name: preds.index_select(0, rows)}
-    return cross_protocol_l1_loss(preds, targets, input_size)[0]
+    return cross_protocol_l1_loss(preds, targets, input_size, weighting)[0]

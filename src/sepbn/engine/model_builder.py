@@ -70,6 +70,7 @@ def build_model_from_config(
         input_size=config.input_size,
         pretrained=config.pretrained if pretrained and config.pretrained else None,
         branch_conv_kernel=config.branch_conv_kernel,
+        branch_norm=config.branch_norm,
     )
 
 

@@ -2,6 +2,8 @@
 
 - :func:`build_optimizer`: SGD (the paper's, Sec. V-A), Adam or AdamW over parameter groups.
 - :func:`finetune_param_groups`: CNT stage 2's constant-rate backbone and scheduled branch.
+- :func:`split_attention_groups`: the SepBN attention blocks in groups of their own weight decay.
+- :func:`freeze_norm_statistics`: a submodule's norms in eval mode (CNT stage 2).
 - :func:`resolve_amp`: ``train.amp`` to an autocast dtype on a device.
 """
 
@@ -14,8 +16,16 @@ import torch
 from torch import nn
 
 from sepbn.config import OptimConfig
+from sepbn.nn import SeparableNormBase
 
-__all__ = ["build_optimizer", "constant_schedule", "finetune_param_groups", "resolve_amp"]
+__all__ = [
+    "build_optimizer",
+    "constant_schedule",
+    "finetune_param_groups",
+    "freeze_norm_statistics",
+    "resolve_amp",
+    "split_attention_groups",
+]
 
 
 def build_optimizer(
@@ -116,3 +126,48 @@ def constant_schedule(value: float) -> Callable[[float], float]:
         return value
 
     return schedule
+
+
+def attention_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of every SepBN attention block (the 1x1 reduction and the MLP of Eqs.
+    5-6, or the simple SepBN's squeeze-and-excitation of Eq. 3): everything of a
+    :class:`~sepbn.nn.SeparableNormBase` but its K sets of mapping parameters and its norm."""
+    out: list[nn.Parameter] = []
+    for layer in model.modules():
+        if isinstance(layer, SeparableNormBase):
+            for name, p in layer.named_parameters():
+                if name not in ("weight", "bias") and not name.startswith("norm."):
+                    out.append(p)
+    return out
+
+
+def split_attention_groups(
+    model: nn.Module, groups: Sequence[dict[str, Any]], weight_decay: float
+) -> list[dict[str, Any]]:
+    """``groups`` with the SepBN attention parameters moved to groups of their own, with
+    ``weight_decay`` (``optim.attention_weight_decay``); each such group keeps the rest of
+    its source group's settings and is named ``<name>_attention``. Empty groups are dropped.
+    """
+    attention = {id(p) for p in attention_parameters(model)}
+    out: list[dict[str, Any]] = []
+    for group in groups:
+        params = list(group["params"])
+        rest = [p for p in params if id(p) not in attention]
+        mine = [p for p in params if id(p) in attention]
+        if rest:
+            out.append({**group, "params": rest})
+        if mine:
+            name = group.get("name", f"group{len(out)}")
+            out.append(
+                {**group, "params": mine, "weight_decay": weight_decay, "name": f"{name}_attention"}
+            )
+    return out
+
+
+def freeze_norm_statistics(module: nn.Module) -> None:
+    """Put every normalization layer of ``module`` in eval mode: its running statistics stay
+    fixed and it normalizes with them, as at inference (CNT stage 2's backbone). Call after
+    ``model.train()``, which would switch them back."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.modules.batchnorm._NormBase, SeparableNormBase)):
+            layer.eval()

@@ -52,7 +52,8 @@ class StageResult:
         best_epoch: The epoch of ``best_metric``.
         history: The rows of ``metrics.jsonl``.
         attention_health: SepBN layer name -> its attention statistics at the last
-            validation (:mod:`sepbn.nn.attention_health`); empty without validation.
+            validation, or without a validation set on the training batches of the last
+            epoch (:mod:`sepbn.nn.attention_health`); empty for a model without SepBN layers.
     """
 
     name: str

@@ -58,7 +58,7 @@ from sepbn.engine.distributed import (
     all_reduce_sum,
     barrier,
     broadcast_buffers,
-    build_sampler,
+    build_train_sampler,
     resolve_device,
     unwrap_model,
     wrap_model,
@@ -66,7 +66,12 @@ from sepbn.engine.distributed import (
 from sepbn.engine.evaluator import evaluate_model
 from sepbn.engine.losses import landmark_loss
 from sepbn.engine.model_builder import model_info
-from sepbn.engine.optim import build_optimizer, resolve_amp
+from sepbn.engine.optim import (
+    build_optimizer,
+    freeze_norm_statistics,
+    resolve_amp,
+    split_attention_groups,
+)
 from sepbn.engine.results import Callback, EpochEnd, StageResult
 from sepbn.engine.run_config import check_resume_config
 from sepbn.engine.run_log import MetricsLog
@@ -160,6 +165,9 @@ class Trainer:
         ctx: The distributed context; ``None`` = single process on ``config.train.device``.
         callbacks: Called with an :class:`EpochEnd` after every epoch.
         collate_fn: Batches samples; ``None`` = :func:`sepbn.data.datasets.collate_landmarks`.
+        frozen_stats: Submodule (by attribute name, e.g. ``"backbone"``) whose normalization
+            layers stay in eval mode while the rest trains (CNT stage 2,
+            ``finetune.freeze_backbone_stats``); ``None`` = none.
     """
 
     def __init__(
@@ -179,8 +187,10 @@ class Trainer:
         ctx: DistributedContext | None = None,
         callbacks: Sequence[Callback] = (),
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        frozen_stats: str | None = None,
     ) -> None:
         self.config = config
+        self.frozen_stats = frozen_stats
         self.stage_dir = Path(stage_dir)
         self.model = model
         self.train_set = train_set
@@ -208,7 +218,8 @@ class Trainer:
         # works before fit() (and after it, once wrappers have replaced layers).
         self._cross = is_cross_protocol(model)
         self._domains = num_model_domains(model)
-        # Layer name -> attention statistics of the last validation (SepBN layers only).
+        # Layer name -> attention statistics of the last validation, or without a validation
+        # set of the last recorded training epoch (SepBN layers only).
         self.attention_health: dict[str, AttentionHealth] = {}
         channels_last = config.train.channels_last
         if channels_last is None:
@@ -219,9 +230,12 @@ class Trainer:
 
     def _groups(self, model: nn.Module) -> list[dict[str, Any]]:
         if self.param_groups is not None:
-            return self.param_groups(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        return [{"params": params, "lr": self.config.optim.lr, "name": "all"}]
+            groups = self.param_groups(model)
+        else:
+            params = [p for p in model.parameters() if p.requires_grad]
+            groups = [{"params": params, "lr": self.config.optim.lr, "name": "all"}]
+        decay = self.config.optim.attention_weight_decay
+        return groups if decay is None else split_attention_groups(model, groups, decay)
 
     def _loader(
         self, dataset: Dataset[Any], sampler: Any, batch_size: int, train: bool
@@ -298,6 +312,21 @@ class Trainer:
                 COLLAPSE_DEPENDENCE,
             )
 
+    def _health_due(self, done: int) -> bool:
+        """Whether the epoch that completes ``done`` epochs validates or, without a
+        validation set, records the attention health of its training batches."""
+        return done % self.config.train.val_every == 0 or done == self.epochs
+
+    def _health_row(self, source: str) -> dict[str, Any]:
+        """The metric columns of :attr:`attention_health`; ``attn_source`` says which faces
+        (``"val"``, or ``"train"``: the training batches, in train mode)."""
+        if not self.attention_health:
+            return {}
+        row: dict[str, Any] = {"attn_source": source}
+        for name, health in self.attention_health.items():
+            row.update(health.as_row(f"attn/{name}"))
+        return row
+
     def _setup(self) -> _Loop:
         """Device, wrappers, optimizer, data loader, schedule, scaler, logs."""
         cfg = self.config
@@ -314,7 +343,17 @@ class Trainer:
             model = torch.compile(model)  # type: ignore[assignment]  # an OptimizedModule, typed as a callable
 
         optimizer = build_optimizer(cfg.optim, self._groups(raw))
-        sampler = build_sampler(self.train_set, ctx, cfg.seed)
+        sampler = build_train_sampler(
+            self.train_set,
+            ctx,
+            cfg.seed,
+            sampling=cfg.data.sampling,
+            num_samples=(
+                None
+                if cfg.train.steps_per_epoch is None
+                else cfg.train.steps_per_epoch * cfg.optim.batch_size
+            ),
+        )
         loader = self._loader(self.train_set, sampler, cfg.optim.batch_size, train=True)
         steps = len(loader)
         if cfg.train.max_steps_per_epoch is not None:
@@ -375,14 +414,22 @@ class Trainer:
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
         run.model.train()
+        if self.frozen_stats is not None:
+            freeze_norm_statistics(getattr(self.model, self.frozen_stats))
         run.tau = self._set_temperature(epoch, 0, run.steps)
         # The rates of the epoch's first step (the scheduler moves them after every step).
         lrs = {
             g.get("name", f"group{i}"): g["lr"] for i, g in enumerate(run.optimizer.param_groups)
         }
         lr = self._lr(run.optimizer)
+        # Without a validation set the attention health comes from the training batches of
+        # the epochs that would have been validated (rank 0's share under DDP).
+        recorder = None
+        if self.val_set is None and ctx.is_main and self._health_due(epoch + 1):
+            recorder = AttentionRecorder(self.model)
         t0 = time.perf_counter()
-        loss_sum, images_seen = self._train_epoch(run, epoch)
+        with recorder or contextlib.nullcontext():
+            loss_sum, images_seen = self._train_epoch(run, epoch)
         broadcast_buffers(self.model, ctx)
         epoch_time = time.perf_counter() - t0
         run.epoch = done = epoch + 1
@@ -401,12 +448,14 @@ class Trainer:
             row.update({f"lr_{name}": value for name, value in lrs.items()})
         last = done == self.epochs
         improved = False
-        if self.val_set is not None and (done % cfg.train.val_every == 0 or last):
+        if recorder is not None:
+            self.attention_health = recorder.health()
+            row.update(self._health_row("train"))
+        if self.val_set is not None and self._health_due(done):
             if ctx.is_main:  # other ranks wait at the barrier
                 metrics = self.validate(run.amp_dtype)
                 row.update({f"val_{k}": v for k, v in metrics.items()})
-                for name, health in self.attention_health.items():
-                    row.update(health.as_row(f"attn/{name}"))
+                row.update(self._health_row("val"))
                 if run.best is None or metrics["nme"] < run.best:
                     run.best, run.best_epoch, improved = metrics["nme"], done, True
             barrier(ctx)
@@ -495,7 +544,9 @@ class Trainer:
                 images = self._images(batch)
                 with autocast:
                     preds = self._forward(run.model, images, batch)
-                loss = landmark_loss(preds, batch["targets"], images.shape[-1])
+                loss = landmark_loss(
+                    preds, batch["targets"], images.shape[-1], cfg.optim.protocol_weighting
+                )
                 optimizer.zero_grad(set_to_none=True)
                 run.scaler.scale(loss).backward()
                 if cfg.optim.grad_clip is not None:
@@ -560,16 +611,15 @@ class Trainer:
             raise ValueError(f"{self.stage}: no validation set")
         self.model.to(self.ctx.device)
         loader = self._loader(self.val_set, None, self.config.optim.batch_size * 4, train=False)
-        with AttentionRecorder(self.model) as recorder:
-            result = evaluate_model(
-                self.model,
-                loader,
-                self.val_protocol,
-                device=self.ctx.device,
-                amp=amp_dtype is not None,
-                progress=False,
-            )
-        self.attention_health = recorder.health()
+        result = evaluate_model(
+            self.model,
+            loader,
+            self.val_protocol,
+            device=self.ctx.device,
+            amp=amp_dtype is not None,
+            progress=False,
+        )
+        self.attention_health = result.attention_health
         m = result.metrics
         return {"nme": float(m.nme), "failure_rate": float(m.failure_rate), "auc": float(m.auc)}
 

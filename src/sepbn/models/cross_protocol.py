@@ -244,16 +244,12 @@ class CrossProtocolModel(nn.Module):
 def branch_norm(norm: nn.Module, x: Tensor) -> Tensor:
     """Apply a CNT branch's normalization, also when the branch got a single value per channel.
 
-    A branch sees only its protocol's rows of the batch. When that is one face on a 1x1
-    feature map (small inputs: the Vanilla CNN below 128 px, the torchvision nets below
-    64 px), batch statistics do not exist and BatchNorm raises; that face is then normalized
-    with the running statistics (the layer's eval path) and does not update them.
-
-    This is the one forward in the project that changes a module's mode, and only the branch
-    norm's, for that call: the norm may be BN, SepBN, the simple SepBN or the brute-force
-    SepBN (or a user's layer), and ``train(False)`` is the one interface they all share for
-    "use the running statistics". The mode is restored in ``finally``, also when the layer
-    raises.
+    Only for the legacy branch with a norm (``model.branch_norm: true``, the branch of sepbn
+    before 0.2 and of old checkpoints). A branch sees only its protocol's rows of the batch.
+    When that is one face on a 1x1 feature map (small inputs: the Vanilla CNN below 128 px,
+    the torchvision nets below 64 px), batch statistics do not exist and BatchNorm raises;
+    that face is then normalized with the running statistics (the layer's eval path) and
+    does not update them. The mode is restored in ``finally``, also when the layer raises.
 
     Shape:
         - x: ``(n, C, s, s)``; output: the same.
@@ -268,13 +264,30 @@ def branch_norm(norm: nn.Module, x: Tensor) -> Tensor:
 
 
 class ProtocolBranch(nn.Module):
-    """One CNT branch of Fig. 5: an extra convolution keeping the C channels, its norm and
-    activation, then the protocol's regression ``head``.
+    """One CNT branch of Fig. 5: an extra convolution keeping the C channels, an activation,
+    then the protocol's regression ``head``.
+
+    The paper says only that "an additional convolution layer is applied at the beginning of
+    each branch" (Fig. 5); it leaves open the kernel, a norm after it, and its initialization.
+    What we chose, and why (measured in docs/analysis.md, "Why CNT lost"):
+
+    - **No norm.** A norm after the extra convolution normalizes each protocol's rows of the
+      batch on their own: at small inputs its statistics come from the few faces of that
+      protocol in the batch (one face on a 1x1 map switches it to its running statistics),
+      so a face's output depends on which other faces share its batch, and the train/eval
+      mismatch cost 3 NME points on the demo. Without it a branch treats every face alone.
+    - **Identity initialization, with a bias.** The convolution starts as the identity
+      (``nn.init.dirac_``, bias 0), so a freshly built CNT model with one branch computes
+      ``head(act(features))``: the plain single-protocol model (exactly for non-negative
+      features, as after ReLU), and stage 1 starts where single-protocol training starts.
+    - ``norm_layer`` given restores the old branch (conv without bias, norm, activation) for
+      checkpoints written before this change (``model.branch_norm: true``).
 
     Args:
         in_channels: C of the shared feature map.
         kernel_size: Odd kernel size of the extra convolution (padding keeps the map size).
-        norm_layer: Normalization after the extra convolution.
+        norm_layer: ``None`` (default): no norm. Otherwise the legacy norm after the
+            convolution.
         activation: The activation module.
         head: Regression head, ``(n, C, s, s) -> (n, L, 2)``.
 
@@ -287,7 +300,7 @@ class ProtocolBranch(nn.Module):
         self,
         in_channels: int,
         kernel_size: int,
-        norm_layer: Callable[[int], nn.Module],
+        norm_layer: Callable[[int], nn.Module] | None,
         activation: nn.Module,
         head: nn.Module,
     ) -> None:
@@ -295,14 +308,30 @@ class ProtocolBranch(nn.Module):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
         self.conv = nn.Conv2d(
-            in_channels, in_channels, kernel_size, padding=kernel_size // 2, bias=False
+            in_channels,
+            in_channels,
+            kernel_size,
+            padding=kernel_size // 2,
+            bias=norm_layer is None,
         )
-        self.norm = norm_layer(in_channels)
+        self.norm = norm_layer(in_channels) if norm_layer is not None else None
         self.act = activation
         self.head = head
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The extra convolution as the identity (legacy branch: PyTorch's default init)."""
+        if self.norm is not None:
+            return
+        nn.init.dirac_(self.conv.weight)
+        assert self.conv.bias is not None  # a branch without a norm has a bias
+        nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.act(branch_norm(self.norm, self.conv(x))))
+        x = self.conv(x)
+        if self.norm is not None:
+            x = branch_norm(self.norm, x)
+        return self.head(self.act(x))
 
 
 def is_cross_protocol(model: nn.Module) -> TypeGuard[CrossProtocolModel]:

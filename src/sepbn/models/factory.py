@@ -110,13 +110,14 @@ BUILDERS: dict[str, Callable[..., LandmarkRegressor]] = {
 
 
 def branch_factory(
-    arch: str, norm_layer: NormLayer, kernel_size: int = 1, width_mult: float = 1.0
+    arch: str, norm_layer: NormLayer | None = None, kernel_size: int = 1, width_mult: float = 1.0
 ) -> BranchFactory:
     """The CNT branch builder of an architecture (Fig. 5).
 
     Args:
         arch: A name in :data:`ARCHS`.
-        norm_layer: Normalization after the branch's extra convolution.
+        norm_layer: ``None`` (Fig. 5: the extra convolution alone); a norm after it only
+            for the legacy branch (:class:`~sepbn.models.cross_protocol.ProtocolBranch`).
         kernel_size: Kernel of the extra convolution; see :class:`VanillaBranch`.
         width_mult: Scales the Vanilla CNN's hidden layer as in :class:`VanillaCNN`.
     """
@@ -149,6 +150,7 @@ def build_model(
     input_size: int = 128,
     pretrained: Pretrained = None,
     branch_conv_kernel: int = 1,
+    branch_norm: bool = False,
 ) -> LandmarkRegressor | CrossProtocolModel:
     """Build a single-protocol or cross-protocol landmark model.
 
@@ -166,6 +168,8 @@ def build_model(
         pretrained: ImageNet weights for resnext50/mobilenet_v2: a state_dict path,
             True for torchvision's cache, None for none. Never downloads.
         branch_conv_kernel: Kernel size of each branch's extra convolution (CNT only).
+        branch_norm: Put ``norm`` after each branch's extra convolution, as sepbn did before
+            0.2 (old checkpoints); the default branch has none (CNT only).
 
     Returns:
         ``model(x) -> (N, L, 2)`` for ``num_points``; a :class:`CrossProtocolModel`
@@ -196,5 +200,5 @@ def build_model(
         base.feature_channels,
         base.feature_size,
         heads,
-        branch_factory(arch, norm_layer, branch_conv_kernel, width_mult),
+        branch_factory(arch, norm_layer if branch_norm else None, branch_conv_kernel, width_mult),
     )

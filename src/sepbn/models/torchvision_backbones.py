@@ -92,7 +92,7 @@ class PooledHead(nn.Module):
 
 
 class PooledBranch(ProtocolBranch):
-    """CNT branch for the torchvision backbones: extra conv, norm, activation, pooled head.
+    """CNT branch for the torchvision backbones: extra conv (identity at init), activation, head.
 
     The extra convolution of Fig. 5 keeps the C channels; its kernel size is not
     given by the paper. At C = 2048 (ResNeXt) a 3x3 kernel costs 37.7M parameters
@@ -105,7 +105,8 @@ class PooledBranch(ProtocolBranch):
             kept for the common branch-factory signature).
         num_points: L of this branch's protocol.
         kernel_size: Odd kernel size of the extra convolution.
-        norm_layer: Normalization after the extra convolution.
+        norm_layer: ``None`` (default, Fig. 5): no norm; a norm only for the legacy
+            branch of old checkpoints (see :class:`ProtocolBranch`).
         activation: The backbone's activation (ReLU for ResNeXt, ReLU6 for MobileNetV2).
         dropout: Dropout before the final linear layer.
 
@@ -120,7 +121,7 @@ class PooledBranch(ProtocolBranch):
         feature_size: int,
         num_points: int,
         kernel_size: int = 1,
-        norm_layer: NormLayer = nn.BatchNorm2d,
+        norm_layer: NormLayer | None = None,
         activation: Callable[[], nn.Module] = nn.ReLU,
         dropout: float = 0.0,
     ) -> None:

@@ -123,7 +123,7 @@ class VanillaHead(nn.Module):
 
 
 class VanillaBranch(ProtocolBranch):
-    """CNT branch for the Vanilla CNN: extra conv, norm, LReLU, then the Table I head.
+    """CNT branch for the Vanilla CNN: extra conv (identity at init), LReLU, then the Table I head.
 
     Fig. 5 starts every branch with an extra convolution but the paper gives no
     kernel size. It keeps the C channels; the kernel is a trade-off: at C = 2048 a
@@ -136,7 +136,8 @@ class VanillaBranch(ProtocolBranch):
         feature_size: s of the shared ``s x s`` feature map.
         num_points: L of this branch's protocol.
         kernel_size: Odd kernel size of the extra convolution (padding keeps s).
-        norm_layer: Normalization after the extra convolution.
+        norm_layer: ``None`` (default, Fig. 5): no norm; a norm only for the legacy
+            branch of old checkpoints (see :class:`ProtocolBranch`).
         hidden_features: Width of the hidden linear layer.
 
     Shape:
@@ -150,7 +151,7 @@ class VanillaBranch(ProtocolBranch):
         feature_size: int,
         num_points: int,
         kernel_size: int = 1,
-        norm_layer: NormLayer = nn.BatchNorm2d,
+        norm_layer: NormLayer | None = None,
         hidden_features: int = HIDDEN_FEATURES,
     ) -> None:
         super().__init__(

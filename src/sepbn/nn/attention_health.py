@@ -12,11 +12,13 @@ layer (:class:`~sepbn.nn.SeparableNormBase`), over all samples n and groups g:
 A layer is **collapsed** when its entropy is below :data:`COLLAPSE_ENTROPY` (0.1: the
 largest weight is then about 0.98 or more for K = 3) and its input dependence below
 :data:`COLLAPSE_DEPENDENCE` (0.01: the weights move by about 1% between faces). The trainer
-logs the three numbers at every validation and warns at the end of a stage when a layer
-has collapsed.
+logs the three numbers at every validation (without a validation set: from the training
+batches of the epochs it would have validated) and warns at the end of a stage when a layer
+has collapsed; every evaluation reports them for its test faces.
 
 :class:`AttentionRecorder` gathers them while a model runs, with bounded memory (running
-sums, not the weights themselves).
+sums, not the weights themselves) and without making the host wait for the device: the sums
+stay where π is until :meth:`AttentionRecorder.health` reads them.
 """
 
 from __future__ import annotations
@@ -92,28 +94,29 @@ class _Sums:
     def __init__(self, num_sets: int) -> None:
         self.num_sets = num_sets
         self.count = 0
-        self.entropy = 0.0  # Σ_n mean_g H(π_{n,g})
+        self.entropy: Tensor | None = None  # Σ_n mean_g H(π_{n,g}), ()
         self.first: Tensor | None = None  # Σ_n π, (G, K)
         self.second: Tensor | None = None  # Σ_n π², (G, K)
 
     def add(self, pi: Tensor) -> None:
         p = pi.detach().to(torch.float64).reshape(pi.shape[0], -1, pi.shape[-1])  # (N, G, K)
         h = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)  # (N, G)
-        self.entropy += float(h.mean(dim=1).sum())
+        entropy = h.mean(dim=1).sum()  # a tensor: float() here would wait for the device
+        self.entropy = entropy if self.entropy is None else self.entropy + entropy
         first, second = p.sum(0), (p * p).sum(0)
         self.first = first if self.first is None else self.first + first
         self.second = second if self.second is None else self.second + second
         self.count += p.shape[0]
 
     def health(self) -> AttentionHealth:
-        if self.first is None or self.second is None or self.count == 0:
+        if self.first is None or self.second is None or self.entropy is None or self.count == 0:
             raise ValueError("no attention weights were recorded")
         n = self.count
         mean = self.first / n  # (G, K)
         var = (self.second / n - mean * mean).clamp_min(0.0)
         norm = math.log(self.num_sets) if self.num_sets > 1 else 1.0
         return AttentionHealth(
-            entropy=self.entropy / n / norm,
+            entropy=float(self.entropy) / n / norm,
             usage=mean.mean(0).cpu().numpy(),
             dependence=float(var.sqrt().mean()),
             num_samples=n,
@@ -123,7 +126,7 @@ class _Sums:
 class AttentionRecorder:
     """Gathers :class:`AttentionHealth` of every SepBN-type layer of ``model`` while it runs.
 
-    Use as a context manager around any forward passes (a validation run)::
+    Use as a context manager around any forward passes (a validation run, training steps)::
 
         with AttentionRecorder(model) as recorder:
             evaluate(model, loader, ...)
