@@ -12,7 +12,13 @@ import pytest
 
 from sepbn.cli import main
 from sepbn.config import ExperimentConfig, config_from_dict, deep_merge, to_dict
-from sepbn.demo import DEFAULT_CONFIG_DIR, DEMO_MODELS, DemoSettings, demo_configs
+from sepbn.demo import (
+    DEFAULT_CONFIG_DIR,
+    DEMO_MODELS,
+    DemoSettings,
+    demo_configs,
+    paper_verdicts,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +29,8 @@ def _reference_configs(settings: DemoSettings) -> dict[str, ExperimentConfig]:
     A frozen copy of that code: the YAML files plus overrides must give exactly these.
     """
     quick = settings.quick
-    num_train = 48 if quick else 1500
+    num_train = 48 if quick else 300
+    num_aux = 48 if quick else 1500
     num_test = 24 if quick else 300
     epochs = settings.epochs or (1 if quick else 15)
 
@@ -44,7 +51,7 @@ def _reference_configs(settings: DemoSettings) -> dict[str, ExperimentConfig]:
     else:
         train68 = synthetic(num_train, 0, "300w", "train68")
         test68 = synthetic(num_test, 200_000, "300w", "test68")
-    aux98 = synthetic(num_train, 100_000, "wflw", "aux98")
+    aux98 = synthetic(num_aux, 100_000, "wflw", "aux98")
     base: dict[str, Any] = {
         "seed": 0 if settings.seed is None else settings.seed,
         "model": {"arch": "vanilla_cnn", "width_mult": 0.25, "input_size": 64},
@@ -61,6 +68,7 @@ def _reference_configs(settings: DemoSettings) -> dict[str, ExperimentConfig]:
         "temperature": {"start": 30.0, "end": 1.0, "epochs": max(1, epochs // 3)},
         "train": {
             "device": "cpu",
+            "steps_per_epoch": 3 if quick else 94,
             "checkpoint_every": max(1, epochs),
             "val_every": max(1, epochs),
             "tensorboard": False,
@@ -145,7 +153,17 @@ def test_demo_quick_writes_table_plot_and_grid(tmp_path: Path) -> None:
     report = (tmp_path / "results.md").read_text()
     for label in ("| BN |", "| SepBN |", "| CNT+SepBN |"):
         assert label in report
+    assert "## Against the paper" in report and "- **CNT**: paper:" in report
     metrics = json.loads((tmp_path / "results.json").read_text())
     assert set(metrics) == {"BN", "SepBN", "CNT+SepBN"}
     for name in ("ced.png", "predictions.png"):
         assert cv2.imread(str(tmp_path / name)) is not None
+
+
+def test_the_demo_states_what_agrees_ties_or_contradicts() -> None:
+    text = paper_verdicts({"BN": 0.080, "SepBN": 0.075, "CNT+SepBN": 0.0795})
+    # SepBN: 7.50 / 8.00 - 1 = -6.25% (agrees); CNT: 7.95 / 7.50 - 1 = +6.0% (contradicts).
+    assert "SepBN 7.50 vs BN 8.00 (-6.2%): agrees with the paper." in text
+    assert "CNT+SepBN 7.95 vs SepBN 7.50 (+6.0%): **contradicts the paper**." in text
+    tie = paper_verdicts({"BN": 0.080, "SepBN": 0.079})
+    assert "(-1.2%): a tie" in tie and "**CNT**" not in tie  # no CNT model in this run
