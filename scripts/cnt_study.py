@@ -68,7 +68,15 @@ def _finetune(**fields: object) -> str:
 
 # The demo's budget: 15 epochs of 94 steps (1500 faces / 16), stage 2 a fifth of it.
 DEMO_STEPS = ["train.steps_per_epoch=94"]
-DEMO_FT = {"targets": ["300w"], "epochs": 3, "warmup_epochs": 0, "backbone_lr": 1e-7}
+# Stage 2 with the branch at stage 1's peak rate (2e-3), the setting these cells ran with
+# before finetune.head_lr_scale (a tenth) became the default; small_cnt_sepbn_ftnew has it.
+DEMO_FT = {
+    "targets": ["300w"],
+    "epochs": 3,
+    "warmup_epochs": 0,
+    "backbone_lr": 1e-7,
+    "head_lr": 2e-3,
+}
 SMALL68 = (
     "{kind: synthetic, protocol: 300w, name: train68, options: {num_faces: 300, start_index: 0}}"
 )
@@ -140,6 +148,14 @@ def diagnose_plan() -> list[Cell]:
         Cell("small_single_sepbn", sepbn, [f"data.train=[{SMALL68}]", *DEMO_STEPS]),
         Cell("small_cnt_sepbn", sepbn, small_cnt),
         Cell("small_cnt_sepbn_balanced", sepbn, [*small_cnt, "data.sampling=balanced"]),
+        # The new default stage 2 (frozen statistics, a tenth of the peak rate) from the same
+        # stage 1.
+        Cell(
+            "small_cnt_sepbn_ftnew",
+            sepbn,
+            [*small_cnt[:1], _finetune(**{**DEMO_FT, "head_lr": None}), *DEMO_STEPS],
+            init_from="small_cnt_sepbn",
+        ),
         # A longer stage 2 from small_cnt_sepbn's stage 1 (its 68-point branch got a sixth of
         # stage 1's steps): 9 epochs instead of 3.
         Cell(
@@ -269,6 +285,11 @@ def diagnose_spec() -> dict:
             ),
             _pair(
                 "small_single_sepbn", "small_cnt_sepbn", "small target: CNT after stage 2 − single"
+            ),
+            _pair(
+                "small_single_sepbn",
+                "small_cnt_sepbn_ftnew",
+                "small target: CNT after the new default stage 2 − single",
             ),
             _pair(
                 "small_single_sepbn",

@@ -309,7 +309,10 @@ def train(
                     epochs=epochs,
                     warmup_epochs=warmup,
                     param_groups=finetune_param_groups(
-                        ft.backbone_lr, ft.head_lr or config.optim.lr
+                        ft.backbone_lr,
+                        ft.head_lr
+                        if ft.head_lr is not None
+                        else max(config.optim.lr * ft.head_lr_scale, config.optim.min_lr),
                     ),
                     temperature=constant_schedule(config.temperature.end),
                     ctx=ctx,
