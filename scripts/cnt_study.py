@@ -74,7 +74,7 @@ def _finetune(**fields: object) -> str:
 # The demo's budget: 15 epochs of 94 steps (1500 faces / 16), stage 2 a fifth of it.
 DEMO_STEPS = ["train.steps_per_epoch=94"]
 # Stage 2 with the branch at stage 1's peak rate (2e-3), the setting these cells ran with
-# before finetune.head_lr_scale (a tenth) became the default; small_cnt_sepbn_ftnew has it.
+# (finetune.head_lr_scale 1.0, the default); the *_lowlr and *_ftlow* cells use a tenth.
 DEMO_FT = {
     "targets": ["300w"],
     "epochs": 3,
@@ -153,20 +153,19 @@ def diagnose_plan() -> list[Cell]:
         Cell("small_single_sepbn", sepbn, [f"data.train=[{SMALL68}]", *DEMO_STEPS]),
         Cell("small_cnt_sepbn", sepbn, small_cnt),
         Cell("small_cnt_sepbn_balanced", sepbn, [*small_cnt, "data.sampling=balanced"]),
-        # The new default stage 2 (frozen statistics, a tenth of the peak rate) from the same
-        # stage 1.
+        # Stage 2 at a tenth of the peak rate (frozen statistics) from the same stage 1.
         Cell(
-            "small_cnt_sepbn_ftnew",
+            "small_cnt_sepbn_ftlow",
             sepbn,
-            [*small_cnt[:1], _finetune(**{**DEMO_FT, "head_lr": None}), *DEMO_STEPS],
+            [*small_cnt[:1], _finetune(**{**DEMO_FT, "head_lr": 2e-4}), *DEMO_STEPS],
             init_from="small_cnt_sepbn",
         ),
-        # A longer new-default stage 2 from small_cnt_sepbn's stage 1 (its 68-point branch got
+        # A longer one at that rate from small_cnt_sepbn's stage 1 (its 68-point branch got
         # a sixth of stage 1's steps): 9 epochs instead of 3.
         Cell(
-            "small_cnt_sepbn_ft9",
+            "small_cnt_sepbn_ftlow9",
             sepbn,
-            [*small_cnt[:1], _finetune(**{**DEMO_FT, "epochs": 9, "head_lr": None}), *DEMO_STEPS],
+            [*small_cnt[:1], _finetune(**{**DEMO_FT, "epochs": 9, "head_lr": 2e-4}), *DEMO_STEPS],
             init_from="small_cnt_sepbn",
         ),
         Cell("small_cnt_sepbn_protmean", sepbn, [*small_cnt, "optim.protocol_weighting=protocols"]),
@@ -189,6 +188,29 @@ def real_plan() -> list[Cell]:
                     [f"model.norm={norm}", *data],
                 )
             )
+    # Stage 2 as the paper describes it: the branch "adjusted as described above", i.e. the
+    # whole stage-1 schedule again (20 epochs, peak rate, warm-up) with the backbone at 1e-7,
+    # from the same stage 1 as the study config's short stage 2.
+    long_ft = "finetune={targets: [300w], epochs: 20, warmup_epochs: 2, head_lr_scale: 1.0}"
+    for regime, subset in (("full", None), ("small", 300)):
+        data = [] if subset is None else [f"data.train.0.subset={subset}"]
+        for norm in ("bn", "sepbn"):
+            cells.append(
+                Cell(
+                    f"{regime}_cnt_{norm}_ftlong",
+                    "configs/study/300w_mtfl_cnt.yaml",
+                    [f"model.norm={norm}", *data, long_ft],
+                    init_from=f"{regime}_cnt_{norm}",
+                )
+            )
+    # Balanced sampling for the small target (300 faces beside 7650: 4% of stage 1's faces).
+    cells.append(
+        Cell(
+            "small_cnt_sepbn_balanced",
+            "configs/study/300w_mtfl_cnt.yaml",
+            ["model.norm=sepbn", "data.train.0.subset=300", "data.sampling=balanced"],
+        )
+    )
     # The paper's optimizer (Sec. V-A: SGD, momentum 0.9, weight decay 5e-4, warm-up 120 of
     # 500 epochs then cosine to 5e-6) scaled to the budget: warm-up 5 of 20 epochs, peak rate
     # 1e-2 (the paper's 1e-3 is for ~1000x more steps), beside Adam.
@@ -257,7 +279,7 @@ def diagnose_spec() -> dict:
             _pair(
                 "cnt1_bn",
                 "cnt1_bn",
-                "new stage 2 (frozen stats, head lr 2e-3) − stage 1",
+                "default stage 2 (frozen stats, head lr 2e-3) − stage 1",
                 stage_a="stage1",
             ),
             _pair(
@@ -266,7 +288,7 @@ def diagnose_spec() -> dict:
                 "stage 2, frozen stats, head lr 2e-4 − stage 1",
                 stage_a="stage1",
             ),
-            _pair("plain_bn", "cnt1_bn", "one-branch CNT after new stage 2 − plain"),
+            _pair("plain_bn", "cnt1_bn", "one-branch CNT after the default stage 2 − plain"),
             _pair("plain_bn", "merged68_bn", "1500 more 68-point faces, same branch − plain"),
             _pair(
                 "plain_bn",
@@ -292,13 +314,13 @@ def diagnose_spec() -> dict:
             ),
             _pair(
                 "small_single_sepbn",
-                "small_cnt_sepbn_ftnew",
-                "small target: CNT after the new default stage 2 − single",
+                "small_cnt_sepbn_ftlow",
+                "small target: CNT after stage 2 at a tenth of the rate − single",
             ),
             _pair(
                 "small_single_sepbn",
-                "small_cnt_sepbn_ft9",
-                "small target: CNT after a 3x longer new-default stage 2 − single",
+                "small_cnt_sepbn_ftlow9",
+                "small target: CNT after a 3x longer one at a tenth − single",
             ),
             _pair(
                 "small_cnt_sepbn",
@@ -357,6 +379,22 @@ def real_spec() -> dict:
                 test="mtfl_aflw_test",
             ),
         ]
+    for regime in ("full", "small"):
+        for norm in ("bn", "sepbn"):
+            pairs.append(
+                _pair(
+                    f"{regime}_single_{norm}",
+                    f"{regime}_cnt_{norm}_ftlong",
+                    f"{regime}: CNT after the paper-length stage 2 − 300-W alone, {norm}",
+                )
+            )
+    pairs.append(
+        _pair(
+            "small_cnt_sepbn",
+            "small_cnt_sepbn_balanced",
+            "small: CNT+SepBN balanced sampling − by size, after stage 2",
+        )
+    )
     pairs += [
         _pair(
             "full_single_sepbn",

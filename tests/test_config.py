@@ -429,10 +429,7 @@ def test_a_config_from_before_branch_norm_builds_the_old_branch() -> None:
     del old["model"]["branch_norm"]
     assert config_from_dict(upgrade_legacy_config(old)).model.branch_norm is True
     assert ModelConfig().branch_norm is False
-    # ... and their stage 2 restarted the branch at stage 1's peak rate.
-    old["finetune"] = {"targets": ["wflw"]}
-    assert config_from_dict(upgrade_legacy_config(old)).finetune.head_lr_scale == 1.0
-    assert FinetuneConfig().head_lr_scale == 0.1
+    assert FinetuneConfig().head_lr_scale == 1.0  # the paper's rate, what old configs ran
     with pytest.raises(ConfigError, match="head_lr_scale"):
         FinetuneConfig(head_lr_scale=0)
 

@@ -22,10 +22,8 @@ def upgrade_legacy_config(data: Mapping[str, Any], source: str = "") -> dict[str
     a field (and won). Such a config is rewritten to build the same network: ``num_sets``
     becomes ``num_domains`` for ``norm: domain_bn``, ``norm_kwargs`` entries that are fields
     move to the fields, a config without ``model.branch_norm`` (before 0.2) gets ``true`` (its
-    CNT branches had a norm), a ``finetune`` section without ``head_lr_scale`` gets 1.0 (its
-    stage 2 ran at stage 1's peak rate), and the ignored fields go back to their defaults;
-    each change is reported in a warning that starts with ``source``. A current config comes
-    back unchanged.
+    CNT branches had a norm), and the ignored fields go back to their defaults; each change is
+    reported in a warning that starts with ``source``. A current config comes back unchanged.
 
     Args:
         data: A mapping for :func:`config_from_dict`.
@@ -54,10 +52,6 @@ def upgrade_legacy_config(data: Mapping[str, Any], source: str = "") -> dict[str
     if "branch_norm" not in model and "arch" in model:
         # Written before 0.2: CNT branches had a norm after the extra convolution.
         model["branch_norm"] = True
-    finetune = out.get("finetune")
-    if isinstance(finetune, Mapping) and "head_lr_scale" not in finetune:
-        # Written before the field: stage 2's branch restarted at stage 1's peak rate.
-        out["finetune"] = {**finetune, "head_lr_scale": 1.0}
     defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
     unused = [name for name, _ in unused_model_fields(model, defaults)]
     data_section = out.get("data")
