@@ -379,6 +379,29 @@ def real_spec() -> dict:
                 test="mtfl_aflw_test",
             ),
         ]
+    # SepBN's premise is the imbalanced pose sub-domains: its effect per head-pose bin, on
+    # MTFL's AFLW faces (440 profiles) and on 300-W (124 moderate, 12 profile faces).
+    for regime in ("full", "small"):
+        for b in ("frontal", "moderate", "profile"):
+            pairs.append(
+                _pair(
+                    f"{regime}_cnt_bn",
+                    f"{regime}_cnt_sepbn",
+                    f"{regime}: SepBN − BN, CNT stage 1, {b} faces",
+                    stage_a="stage1",
+                    stage_b="stage1",
+                    test="mtfl_aflw_test",
+                    metric=f"nme_pose_{b}",
+                )
+            )
+        pairs.append(
+            _pair(
+                f"{regime}_single_bn",
+                f"{regime}_single_sepbn",
+                f"{regime}: SepBN − BN, 300-W alone, moderate faces",
+                metric="nme_pose_moderate",
+            )
+        )
     for regime in ("full", "small"):
         for norm in ("bn", "sepbn"):
             pairs.append(

@@ -53,6 +53,7 @@ def test_render_study_tables(tmp_path: Path) -> None:
                 "stage_b": "final",
             },
             {"a": "single", "b": "cnt", "label": "stage 1", "stage_b": "stage1"},
+            {"a": "single", "b": "single", "label": "bin", "metric": "nme_pose_frontal"},
         ],
     }
     (tmp_path / "study.json").write_text(json.dumps(spec))
@@ -85,6 +86,8 @@ def test_render_study_tables(tmp_path: Path) -> None:
     # cnt − single per seed: -0.5, -1.0 (percentage points)
     assert "| cnt − single | t | -0.50, -1.00 | -0.75 (-12.5%) |" in text
     assert "| stage 1 | t | +1.00, +1.00 | +1.00 (+16.7%) | [+1.00, +1.00] | yes |" in text
+    # A pair on another metric: the frontal bin, 4.00% in both seeds, against itself.
+    assert "| bin | t, nme_pose_frontal | +0.00, +0.00 | +0.00 (+0.0%) |" in text
 
 
 def test_a_folder_without_study_json_is_one_line(tmp_path: Path) -> None:

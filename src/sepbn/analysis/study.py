@@ -10,7 +10,7 @@ can tell.
 A study folder (written by ``scripts/cnt_study.py``) holds ``study.json``::
 
     {"title": ..., "cells": [names], "pairs": [{"a": cell, "b": cell, "stage_a": "final",
-     "stage_b": "final", "label": ...}], "tests": [test set names]}
+     "stage_b": "final", "label": ..., "test": ..., "metric": "nme"}], "tests": [...]}
 
 and one run directory per cell and seed, ``<cell>/s<seed>/``, with ``eval/summary.json``
 (``"<stage>/<test set>" -> metrics``) and ``<stage>/metrics.jsonl``. ``"final"`` is a run's
@@ -201,11 +201,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return out
 
 
-def _percent(runs: Sequence[StudyRun], stage: str, test: str) -> dict[int, float]:
-    """Seed -> NME in % of the runs that have ``stage`` evaluated on ``test``."""
+def _percent(
+    runs: Sequence[StudyRun], stage: str, test: str, metric: str = "nme"
+) -> dict[int, float]:
+    """Seed -> ``metric`` in % of the runs that have ``stage`` evaluated on ``test``."""
     out = {}
     for run in runs:
-        value = run.value(stage, test, "nme")
+        value = run.value(stage, test, metric)
         if value is not None:
             out[run.seed] = value * 100
     return out
@@ -214,8 +216,9 @@ def _percent(runs: Sequence[StudyRun], stage: str, test: str) -> dict[int, float
 def render_study(root: str | Path) -> str:
     """The study as Markdown: per test set a table of cells (mean ± std over seeds of NME,
     FR@10, AUC@10 and NME per head-pose bin, for stage 1 and the final stage), the attention
-    health per cell, and the paired differences of ``study.json``'s pairs (NME, percentage
-    points, with each seed's difference and the 95% interval)."""
+    health per cell, and the paired differences of ``study.json``'s pairs (NME, or the pair's
+    ``metric`` such as ``nme_pose_profile``, in percentage points, with each seed's difference
+    and the 95% interval)."""
     spec, cells = load_study(root)
     lines = [f"# {spec.get('title', Path(root).name)}", ""]
     for test in spec.get("tests", []):
@@ -280,8 +283,9 @@ def render_study(root: str | Path) -> str:
         a, b = pair["a"], pair["b"]
         test = pair.get("test", (spec.get("tests") or [""])[0])
         stage_a, stage_b = pair.get("stage_a", "final"), pair.get("stage_b", "final")
-        va = _percent(cells.get(a, []), stage_a, test)
-        vb = _percent(cells.get(b, []), stage_b, test)
+        metric = pair.get("metric", "nme")
+        va = _percent(cells.get(a, []), stage_a, test, metric)
+        vb = _percent(cells.get(b, []), stage_b, test, metric)
         if not set(va) & set(vb):
             continue
         d = paired_difference(va, vb)
@@ -294,7 +298,7 @@ def render_study(root: str | Path) -> str:
         pair_rows.append(
             [
                 pair.get("label", f"{b} − {a}"),
-                test,
+                test if metric == "nme" else f"{test}, {metric}",
                 ", ".join(f"{x:+.2f}" for x in d.differences),
                 f"{d.mean:+.2f} ({relative:+.1f}%)",
                 interval,
