@@ -192,3 +192,18 @@ def assert_backward_matches(
 def _atol(atol: float, expected: torch.Tensor, scaled: bool) -> float:
     """``atol``, times ``expected``'s largest magnitude (at least 1) when ``scaled``."""
     return atol * max(1.0, float(expected.abs().max())) if scaled else atol
+
+
+def break_pts_folder(folder: Path) -> Path:
+    """Three of the synthetic faces of a ``write_pts_folder`` folder made bad: ``f0.jpg``
+    undecodable, ``f1.jpg`` a JPEG that libjpeg calls corrupt, ``f2.pts`` with a point at 1e300.
+    """
+    (folder / "f0.jpg").write_bytes(b"\xff\xd8\xff" + b"not a JPEG" * 50 + b"\xff\xd9")
+    data = bytearray((folder / "f1.jpg").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 40] = bytes([0xFF, 0x00] * 20)
+    (folder / "f1.jpg").write_bytes(bytes(data))
+    rows = (folder / "f2.pts").read_text().splitlines()
+    rows[3] = "1e300 1e300"  # the first point; the others are fine
+    (folder / "f2.pts").write_text("\n".join(rows) + "\n")
+    return folder

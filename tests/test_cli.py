@@ -176,7 +176,9 @@ def test_predict_with_box_writes_json_and_drawing(trained: Path, tmp_path: Path)
     out = tmp_path / "pred"
     args = ["predict", str(trained), str(photo), "--box", box, "--out", str(out), "--draw"]
     assert main(args) == 0
-    (result,) = json.loads((out / "landmarks.json").read_text())["records"]
+    from sepbn.inference.writers import read_landmarks
+
+    (result,) = read_landmarks(out).records
     assert result["image"] == str(photo)
     landmarks = np.array([face["landmarks"] for face in result["faces"]])
     assert landmarks.shape == (1, 68, 2) and np.isfinite(landmarks).all()
@@ -318,3 +320,193 @@ def test_prepare_and_eval_list_every_skipped_record(
     with (ev / "pts_per_image.csv").open(newline="") as f:
         sources = [r["source"] for r in csv.DictReader(f)]
     assert sources == [str(folder / "f2.pts"), str(folder / "f3.pts")]
+
+
+# Bad input, round two (issue 22): arguments checked as they are parsed, one line each.
+
+
+def _parse_error(args: list[str], capsys) -> str:
+    """The one error line argparse prints for ``args`` (exit status 2, before any work)."""
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["eval", "c.pt", "--data", "synthetic", "--batch-size", "0"],
+            "--batch-size: expected an integer >= 1, got '0'",
+        ),
+        (
+            ["eval", "c.pt", "--data", "synthetic", "--workers", "-1"],
+            "--workers: expected an integer >= 0, got '-1'",
+        ),
+        (["preview", "--data", "synthetic", "--num", "0"], "--num: expected an integer >= 1"),
+        (
+            ["preview", "--data", "synthetic", "--input-size", "0"],
+            "--input-size: expected an integer >= 1",
+        ),
+        (
+            ["prepare", "--data", "synthetic", "--out", "c", "--input-size", "0"],
+            "--input-size: expected an integer >= 1",
+        ),
+        (
+            ["predict", "c.pt", "x.jpg", "--batch-size", "0"],
+            "--batch-size: expected an integer >= 1",
+        ),
+        (
+            ["analyze", "embedding", "--data", "synthetic", "--max-faces", "0"],
+            "--max-faces: expected an integer >= 1",
+        ),
+        (
+            ["analyze", "embedding", "--data", "synthetic", "--perplexity", "nan"],
+            "--perplexity: expected a finite number > 0",
+        ),
+        (
+            ["preview", "--data", "synthetic", "--seed", str(2**64)],
+            r"--seed: expected an integer in [0, 9223372036854775807]",
+        ),
+        (["demo", "--seed", "-1"], "--seed: expected an integer in [0,"),
+        (["demo", "--epochs", "0"], "--epochs: expected an integer >= 1"),
+        (
+            ["preview", "--data", "synthetic", "--out", "grid.xyz"],
+            "grid.xyz: cannot write an image with suffix '.xyz'; valid: .bmp, .jpeg, .jpg, .png",
+        ),
+        (
+            ["similarity", "c.pt", "--out", "fig.xyz"],
+            "cannot write a figure with suffix '.xyz'; valid: ",
+        ),
+        (
+            ["export", "c.pt", "--out", "m.onnx", "--opset", "17"],
+            "--opset: ONNX opset '17' is not supported; valid: 18 to ",
+        ),
+        (
+            ["export", "c.pt", "--out", "m.onnx", "--opset", "99"],
+            "--opset: ONNX opset '99' is not supported; valid: 18 to ",
+        ),
+    ],
+)
+def test_a_value_no_command_can_use_is_refused_as_it_is_parsed(
+    args: list[str], expected: str, capsys
+) -> None:
+    assert expected in _parse_error(args, capsys)
+
+
+def test_export_help_states_the_opsets_it_accepts(capsys) -> None:
+    from sepbn.cli import build_parser
+    from sepbn.inference.export import MIN_OPSET, onnx_opsets
+
+    pytest.importorskip("onnx")
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert f"ONNX opset, {MIN_OPSET} up to the newest" in " ".join(capsys.readouterr().out.split())
+    newest = str(onnx_opsets()[-1])
+    parsed = build_parser().parse_args(["export", "c.pt", "--out", "m.onnx", "--opset", newest])
+    assert parsed.opset == int(newest)
+
+
+def _writers(tmp: Path) -> list[list[str]]:
+    """Every command that writes, with OUT where its output path goes."""
+    data = ["--data", "synthetic"]
+    return [
+        ["demo", "--out", "OUT"],
+        ["train", "c.yaml", "--run-dir", "OUT"],
+        ["eval", "c.pt", *data, "--out", "OUT"],
+        ["prepare", *data, "--out", "OUT"],
+        ["preview", *data, "--out", "OUT.png"],
+        ["predict", "c.pt", "x.jpg", "--out", "OUT"],
+        ["export", "c.pt", "--out", "OUT.onnx"],
+        ["analyze", "similarity", "c.pt", "--out", "OUT.png"],
+        ["similarity", "c.pt", "--out", "OUT.png"],
+        ["analyze", "attention", "c.pt", *data, "--out", "OUT"],
+        ["analyze", "embedding", *data, "--out", "OUT"],
+        ["report", str(tmp), "--out", "OUT.md"],
+    ]
+
+
+def test_an_output_path_under_an_existing_file_is_refused_by_every_command(
+    tmp_path: Path, capsys
+) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file")
+    for args in _writers(tmp_path):
+        out = str(blocker / "sub" / "result")
+        error = _parse_error([a.replace("OUT", out) for a in args], capsys)
+        assert f"{blocker / 'sub' / 'result'}" in error and f"{blocker} is a file" in error, args
+    for args in _writers(tmp_path):  # the existing file itself, as a folder
+        if args[-1] == "OUT":
+            error = _parse_error([*args[:-1], str(blocker)], capsys)
+            assert f"{blocker} is an existing file, not a folder" in error, args
+    error = _parse_error(["export", "c.pt", "--out", str(tmp_path)], capsys)
+    assert f"{tmp_path} is a folder; give the file to write" in error
+
+
+def test_the_default_run_dir_under_a_file_is_one_line(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    (tmp_path / "runs").write_text("not a folder")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "tiny.yaml"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "sepbn train: error: run directory runs/tiny cannot be created: runs is a file, "
+        "not a folder"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        ("num_faces=abc", "--option: options.num_faces: expected an integer, got 'abc'"),
+        ("num_faces=[", "--option num_faces=[: not valid YAML"),
+        ("seed=-2", "--option: options.seed must be >= 0, got -2"),
+        ("layout=&a [*a]", "refers to the value that holds it"),
+    ],
+)
+def test_a_reader_option_of_the_wrong_type_is_one_line(
+    tmp_path: Path, capsys, option: str, expected: str
+) -> None:
+    args = ["prepare", "--data", "synthetic", "--option", option, "--out", str(tmp_path / "c")]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+
+
+def test_a_hostile_config_file_is_one_line(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "bomb.yaml"
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    # 9**9 values in 400 bytes; line 6 (a5, 9**6 values) is the first above the limit.
+    config.write_text("\n".join(levels) + "\nprotocols: [*a8]\n")
+    assert main(["train", str(config), "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"sepbn train: error: {config}:6: aliases")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_full_disk_while_training_is_one_line_and_leaves_no_temporary(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    def full_disk(obj, f, *args, **kwargs) -> None:
+        f.write(b"the first bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "optim": {**TINY["optim"], "epochs": 1}}))
+    run = tmp_path / "run"
+    assert main(["-q", "train", str(config), "--run-dir", str(run)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    last = run / "stage1" / "last.pt"
+    assert err == [
+        f"sepbn train: error: {last}: cannot write the checkpoint: no space left on device "
+        "(the disk is full)"
+    ]
+    assert not list(run.rglob("*.tmp")) and not last.exists()

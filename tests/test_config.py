@@ -16,11 +16,13 @@ from sepbn.config import (
     NORM_FIELDS,
     Arch,
     ConfigError,
+    DataConfig,
     DatasetConfig,
     ExperimentConfig,
     FinetuneConfig,
     ModelConfig,
     Norm,
+    OptimConfig,
     SepbnPosition,
     apply_overrides,
     config_from_dict,
@@ -438,3 +440,132 @@ def test_a_current_config_is_not_upgraded(recwarn: pytest.WarningsRecorder) -> N
     current = to_dict(ExperimentConfig(model=ModelConfig(norm="domain_bn", num_domains=2)))
     assert upgrade_legacy_config(current) == current
     assert not recwarn.list
+
+
+# Bad input, round two (issue 22): every refusal is one line that names the file and line.
+
+
+def _alias_bomb(levels: int) -> str:
+    """The "billion laughs": each level repeats the one above nine times."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + f"\nprotocols: [*a{levels - 1}]\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "expected"),
+    [
+        (_alias_bomb(6).encode(), 6, r"aliases \(\*name\) expand this value to more than 100000"),
+        (b"name: x\nprotocols: &p [*p]\n", 2, "an alias (.*) refers to the value that holds it"),
+        (b"name: x\nmodel: &m {norm: bn, inner: *m}\n", 2, "refers to the value that holds it"),
+        ("name: café\n".encode("latin-1"), 1, r"not UTF-8 text \(byte 0xe9 at column 10"),
+        (b"name: x\n" + bytes(range(256)), None, "a binary file, not a YAML config"),
+        (b"name: x\noptim:\n  lr: 0.1\n  lr: 0.2\n", 4, r"duplicate key 'lr' \(first at line 3\)"),
+        (b"name: x\nseed: 1\nname: y\n", 3, r"duplicate key 'name' \(first at line 1\)"),
+        (b"name: x\noptim: {lr: 0.1\n", 3, r"not valid YAML: expected ',' or '}'"),
+    ],
+    ids=[
+        "alias-bomb",
+        "self-alias-list",
+        "self-alias-map",
+        "latin-1",
+        "binary",
+        "dup",
+        "dup-top",
+        "bad",
+    ],
+)
+def test_a_hostile_yaml_file_is_one_line_naming_the_file(
+    tmp_path: Path, content: bytes, line: int | None, expected: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}:{line}: " if line else f"{path}: ")
+
+
+def test_a_400_byte_alias_bomb_is_refused_before_it_is_expanded() -> None:
+    from sepbn.config.yaml_reader import parse_yaml
+
+    text = _alias_bomb(9)  # 9**9 values in about 400 bytes
+    assert len(text) < 500
+    with pytest.raises(ConfigError, match="alias bomb"):
+        parse_yaml(text, "bomb.yaml")
+
+
+def test_merge_keys_and_repeated_aliases_are_still_yaml(tmp_path: Path) -> None:
+    text = (
+        "name: x\n"
+        "data: {train: [&syn {kind: synthetic, options: {num_faces: 4}}, *syn]}\n"
+        "optim: {<<: {lr: 0.1, epochs: 3}, lr: 0.2}\n"  # an explicit key overrides a merged one
+    )
+    c = load_config(write(tmp_path / "ok.yaml", text))
+    assert (c.optim.lr, c.optim.epochs, len(c.data.train)) == (0.2, 3, 2)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optim.lr=nan", r"optim\.lr: expected a finite number, got nan"),
+        ("optim.lr=.inf", r"optim\.lr: expected a finite number, got inf"),
+        ("data.box_scale=inf", r"data\.box_scale: expected a finite number"),
+        ("temperature.start=-.inf", r"temperature\.start: expected a finite number"),
+        ("optim.grad_clip=.nan", r"optim\.grad_clip: expected a finite number"),
+        ("model.norm_kwargs.momentum=.nan", r"norm_kwargs\.momentum: expected a finite number"),
+        ("model.norm_kwargs.eps=abc", r"model\.norm_kwargs\.eps: expected a number, got 'abc'"),
+        ("seed=18446744073709551616", r"seed: 18446744073709551616 is out of the 64-bit range"),
+        ("seed=-1", r"seed must be an integer in \[0, 2\*\*63 - 1\]"),
+        ("optim.epochs=99999999999999999999", r"optim\.epochs: .* out of the 64-bit range"),
+        ("data.train.0.subset_seed=-3", r"subset_seed must be an integer in \[0"),
+        ("data.train.0.options.num_faces=abc", r"options\.num_faces: expected an integer"),
+        ("data.train.0.options.num_faces=0", r"options\.num_faces must be >= 1"),
+        ("data.train.0.options.seed=-5", r"options\.seed must be >= 0"),
+        ("data.train.0.options.config={image_size: big}", r"image_size: expected an integer"),
+        ("protocols=[&a [*a]]", "refers to the value that holds it"),
+    ],
+)
+def test_a_value_no_run_can_use_is_refused_when_the_config_is_read(
+    override: str, expected: str
+) -> None:
+    config = ExperimentConfig(data=DataConfig(train=[DatasetConfig(kind="synthetic")]))
+    with pytest.raises(ConfigError, match=expected) as info:
+        apply_overrides(config, [override])
+    assert str(info.value).startswith(f"--set {override}: ")
+
+
+def test_non_finite_numbers_are_refused_in_files_and_in_python(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "name: x\noptim:\n  lr: .nan\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:3: optim\.lr: expected a finite number"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"optim\.lr must be a finite number > 0, got nan"):
+        OptimConfig(lr=float("nan"))
+    with pytest.raises(ConfigError, match=r"data\.box_scale must be a finite number > 0"):
+        DataConfig(box_scale=float("inf"))
+    with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*63 - 1\]"):
+        ExperimentConfig(seed=2**64)
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "expected"),
+    [
+        ("wflw", {"image_root": 5}, r"options\.image_root: expected str \| Path \| null, got 5"),
+        ("wflw", {"check_images": "yes"}, r"options\.check_images: expected true or false"),
+        ("aflw", {"num_train": "many"}, r"options\.num_train: expected an integer"),
+        ("wider5", {"min_size": float("nan")}, r"options\.min_size: expected a finite number"),
+        ("wflw", {"on_error": "skip"}, r"options\.on_error: not an option, set the dataset's"),
+        ("wflw", {"report": None}, r"options\.report: not an option"),
+        ("wflw", {"imag_root": "x"}, r"unknown option .*did you mean 'image_root'"),
+        ("synthetic", {"faces": 3}, r"options\.faces: unknown option .*valid: config, layout"),
+        ("synthetic", {"layout": 68}, r"options\.layout: expected a string"),
+    ],
+)
+def test_dataset_options_are_checked_against_the_reader(
+    kind: str, options: dict, expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        DatasetConfig(kind=kind, path="x", options=options)
+    assert DatasetConfig(kind="wflw", path="x", options={"image_root": "i", "check_images": False})

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sepbn import __version__
+from sepbn import cli_arguments as argtypes
 from sepbn.errors import ConfigError, SepbnError
 
 if TYPE_CHECKING:
@@ -78,24 +79,28 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _dataset_config(args: argparse.Namespace) -> DatasetConfig:
-    import yaml
-
     from sepbn.config import DatasetConfig
+    from sepbn.config.yaml_reader import parse_yaml
 
     options = {}
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--option expects KEY=VALUE, got {item!r}")
-        options[key] = yaml.safe_load(value)
-    return DatasetConfig(
-        kind=args.data,
-        path=args.path,
-        split=args.split,
-        protocol=args.protocol,
-        options=options,
-        on_error=args.on_error,
-    )
+        options[key] = parse_yaml(value, f"--option {item}", lines=False)[0]
+    try:
+        return DatasetConfig(
+            kind=args.data,
+            path=args.path,
+            split=args.split,
+            protocol=args.protocol,
+            options=options,
+            on_error=args.on_error,
+        )
+    except ConfigError as exc:  # an option's type: say it came from --option
+        if not exc.key.startswith("options."):
+            raise
+        raise ConfigError(exc.reason, key=exc.key, source="--option") from None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -104,6 +109,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set)
     run_dir = Path(args.run_dir or Path("runs") / config.name)
+    problem = argtypes.output_path_problem(run_dir, "folder")
+    if problem:  # the default run dir (--run-dir is checked as it is parsed)
+        raise ConfigError(f"run directory {problem}")
     result = train(config, run_dir, resume=args.resume)
     if result.evaluation:
         print(f"\nTest results ({run_dir / 'eval'}):")
@@ -188,7 +196,9 @@ def _cmd_preview(args: argparse.Namespace) -> int:
                 brightness=0.2, contrast=0.3, grayscale_prob=0.2, blur_prob=0.2, occlusion_prob=0.3
             )
     transform = FaceCropTransform(loaded.protocol, args.input_size, DEFAULT_BOX_SCALE, augment)
-    dataset = LandmarkDataset(loaded.records, loaded.protocol, transform, seed=args.seed)
+    dataset = LandmarkDataset(
+        loaded.records, loaded.protocol, transform, seed=args.seed, on_error=args.on_error
+    )
     title = f"{loaded.name}: {'augmented' if augment else 'evaluation'} crops ({len(dataset)})"
     path = save_augmentation_grid(
         dataset, args.out, num=args.num, seed=args.seed, show_index=args.index, title=title
@@ -198,9 +208,12 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    import signal
+
     from tqdm import tqdm
 
     from sepbn.inference import LandmarkDetector, predict_photos
+    from sepbn.inference.stopping import Interrupted
 
     boxes = _predict_boxes(args)
     detector = LandmarkDetector.from_checkpoint(
@@ -210,20 +223,35 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         detector=args.detector,
         batch_size=args.batch_size,
     )
-    summary = predict_photos(
-        detector,
-        args.inputs,
-        args.out,
-        boxes=boxes,
-        fmt=args.format,
-        draw=args.draw,
-        every=args.every,
-        progress=not args.quiet,
-        report=lambda line: tqdm.write(f"sepbn predict: {line}", file=sys.stderr),
-    )
+    try:
+        summary = predict_photos(
+            detector,
+            args.inputs,
+            args.out,
+            boxes=boxes,
+            fmt=args.format,
+            draw=args.draw,
+            every=args.every,
+            progress=not args.quiet,
+            report=lambda line: tqdm.write(f"sepbn predict: {line}", file=sys.stderr),
+            overwrite=args.overwrite,
+            signals=True,
+        )
+    except Interrupted as exc:  # a second Ctrl-C or SIGTERM; records and summary are written
+        print(
+            f"sepbn predict: stopped by {exc}; the results so far are in {args.out}",
+            file=sys.stderr,
+        )
+        return 128 + exc.signum
+    if summary.stopped_by:  # a first signal: the photos in hand were finished
+        print(
+            f"sepbn predict: stopped by {summary.stopped_by}: {summary.format()}", file=sys.stderr
+        )
+        return 128 + int(getattr(signal, summary.stopped_by))
     if summary.ok:
-        if not args.quiet:
-            print(summary.format())
+        if not args.quiet:  # a file name that is not UTF-8 must not fail the last line
+            encoding = sys.stdout.encoding or "utf-8"
+            print(summary.format().encode(encoding, "backslashreplace").decode(encoding))
         return 0
     print(f"sepbn predict: {summary.format()}", file=sys.stderr)
     return 1
@@ -231,30 +259,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _predict_boxes(args: argparse.Namespace) -> np.ndarray | dict[str, np.ndarray] | None:
     """``--box`` (one array for every photo) or ``--boxes FILE`` (per photo), or None."""
-    import json
-
-    import numpy as np
-
+    from sepbn.inference.boxes import parse_boxes, read_boxes_file
     from sepbn.inference.errors import InferenceError
 
     if args.box and args.boxes:
         raise InferenceError("give --box or --boxes, not both")
     if args.box:
-        try:
-            boxes = np.array([[float(v) for v in b.split(",")] for b in args.box])
-        except ValueError:
-            raise InferenceError(f"--box expects x_min,y_min,x_max,y_max, got {args.box}") from None
-        if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise InferenceError(f"--box expects x_min,y_min,x_max,y_max, got {args.box}")
-        return boxes
+        return parse_boxes(args.box)
     if args.boxes:
-        try:
-            table = json.loads(Path(args.boxes).read_text())
-        except (OSError, ValueError) as exc:
-            raise InferenceError(f"--boxes {args.boxes}: not a readable JSON file: {exc}") from None
-        if not isinstance(table, dict):
-            raise InferenceError(f"--boxes {args.boxes}: expected {{image: [[x0,y0,x1,y1], ...]}}")
-        return {str(k): np.asarray(v, dtype=np.float64).reshape(-1, 4) for k, v in table.items()}
+        return read_boxes_file(args.boxes)
     return None
 
 
@@ -423,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("demo", help="BN vs SepBN vs CNT+SepBN on synthetic faces (no download)")
-    p.add_argument("--out", default="demo_output", help="output folder")
+    p.add_argument("--out", default="demo_output", type=argtypes.output_dir, help="output folder")
     p.add_argument("--quick", action="store_true", help="a tiny run (seconds) for smoke tests")
     p.add_argument(
         "--data",
@@ -436,9 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KIND:PATH[:SPLIT]",
         help="test set for --data, e.g. 300w:../shared/data/300W:common",
     )
-    p.add_argument("--epochs", type=int, help="training epochs per model")
+    p.add_argument("--epochs", type=argtypes.positive_int, help="training epochs per model")
     p.add_argument(
-        "--seed", type=int, help="seeds faces, weights and data order (default: the configs', 0)"
+        "--seed",
+        type=argtypes.seed,
+        help="seeds faces, weights and data order (default: the configs', 0)",
     )
     p.add_argument(
         "--config-dir",
@@ -457,49 +472,64 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set optim.lr=0.01 (repeatable)",
     )
-    p.add_argument("--run-dir", help="output folder (default runs/<config name>)")
+    p.add_argument(
+        "--run-dir", type=argtypes.output_dir, help="output folder (default runs/<config name>)"
+    )
     p.add_argument("--resume", action="store_true", help="continue a killed run")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: NME, FR, AUC, CED, per-image CSV")
     p.add_argument("checkpoint")
     _add_data_args(p)
-    p.add_argument("--out", default="eval_output", help="output folder")
+    p.add_argument("--out", default="eval_output", type=argtypes.output_dir, help="output folder")
     p.add_argument("--name", help="file name prefix (default: the dataset name)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=32)
+    p.add_argument(
+        "--workers", type=argtypes.non_negative_int, default=0, help="DataLoader worker processes"
+    )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("prepare", help="pre-crop a dataset into a fast memory-mapped cache")
     _add_data_args(p)
-    p.add_argument("--out", required=True, help="cache folder")
-    p.add_argument("--input-size", type=int, default=128, help="network input size S")
+    p.add_argument("--out", required=True, type=argtypes.output_dir, help="cache folder")
+    p.add_argument(
+        "--input-size", type=argtypes.positive_int, default=128, help="network input size S"
+    )
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("preview", help="save a grid of augmented samples with their landmarks")
     _add_data_args(p)
-    p.add_argument("--out", default="augmentation_grid.png")
-    p.add_argument("--num", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument(
+        "--out",
+        default="augmentation_grid.png",
+        type=argtypes.image_file,
+        help=f"the image to write ({', '.join(argtypes.IMAGE_SUFFIXES)})",
+    )
+    p.add_argument("--num", type=argtypes.positive_int, default=16)
+    p.add_argument("--seed", type=argtypes.seed, default=0)
+    p.add_argument("--input-size", type=argtypes.positive_int, default=128)
     p.add_argument("--no-augment", action="store_true", help="show the evaluation crops")
     p.add_argument("--photometric", action="store_true", help="add photometric augmentation")
     p.add_argument("--index", action="store_true", help="write landmark indices")
     p.set_defaults(func=_cmd_preview)
 
-    from sepbn.inference.export import DEFAULT_OPSET, EXPORT_FORMATS
+    from sepbn.inference.boxes import NUMBERS_ARGUMENT
+    from sepbn.inference.export import DEFAULT_OPSET, EXPORT_FORMATS, MIN_OPSET
     from sepbn.inference.face_detection import DEFAULT_FACE_DETECTOR, FACE_DETECTORS
-    from sepbn.inference.writers import FORMATS
+    from sepbn.inference.writers import FORMAT_ALIASES, FORMATS
 
     p = sub.add_parser(
         "predict", help="landmarks on photos, folders and videos (face detector or --box)"
     )
-    p.add_argument("checkpoint", help="a sepbn checkpoint, or an exported .onnx file")
+    p._negative_number_matcher = NUMBERS_ARGUMENT  # `--box -5,3,120,140` is a value
+    p.add_argument(
+        "checkpoint", help="a sepbn checkpoint, or a file of `sepbn export` (ONNX, TorchScript)"
+    )
     p.add_argument(
         "inputs", nargs="+", help="photo files, folders (searched recursively) and videos"
     )
-    p.add_argument("--out", default="predictions", help="output folder")
+    p.add_argument("--out", default="predictions", type=argtypes.output_dir, help="output folder")
     p.add_argument(
         "--detector",
         default=DEFAULT_FACE_DETECTOR,
@@ -510,18 +540,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--box",
         action="append",
         metavar="X0,Y0,X1,Y1",
-        help="face box in display pixels, used for every photo (repeatable); "
-        "default: the face detector",
+        help="face box in display pixels, used for every photo (repeatable; negative "
+        "numbers as --box -5,3,120,140 or --box=-5,3,120,140); default: the face detector",
     )
     p.add_argument(
         "--boxes", metavar="JSON", help="per-photo boxes: {image path or name: [[x0,y0,x1,y1]]}"
     )
-    p.add_argument("--format", choices=FORMATS, default="json", help="output format")
+    p.add_argument(
+        "--format",
+        choices=[*FORMATS, *FORMAT_ALIASES],
+        default="jsonl",
+        help="landmarks.jsonl (one JSON line per photo; json is the same), landmarks.csv, "
+        "or one .pts file per face",
+    )
     p.add_argument("--draw", action="store_true", help="also write <name>_landmarks.jpg")
-    p.add_argument("--every", type=int, default=1, metavar="N", help="every N-th video frame")
+    p.add_argument(
+        "--every",
+        type=argtypes.positive_int,
+        default=1,
+        metavar="N",
+        help="every N-th video frame",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an --out folder that already holds files (never one holding an input)",
+    )
     p.add_argument("--protocol", help="branch of a cross-protocol checkpoint")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=64, help="face crops per network call")
+    p.add_argument(
+        "--batch-size", type=argtypes.positive_int, default=64, help="face crops per network call"
+    )
     p.add_argument(
         "-q",
         "--quiet",
@@ -534,9 +583,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="the landmark network as one ONNX or TorchScript file")
     p.add_argument("checkpoint")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
-    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--out", required=True, type=argtypes.output_file, help="the file to write")
     p.add_argument("--protocol", help="branch of a cross-protocol checkpoint")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 17)")
+    p.add_argument(
+        "--opset",
+        type=argtypes.onnx_opset,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset, {MIN_OPSET} up to the newest the installed onnx knows "
+        f"(default {DEFAULT_OPSET})",
+    )
     p.set_defaults(func=_cmd_export)
 
     _add_analysis_commands(sub)
@@ -552,7 +607,12 @@ def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
     for parent, help_text in ((kinds, about), (sub, "the same as 'analyze similarity'")):
         p = parent.add_parser("similarity", help=help_text)
         p.add_argument("checkpoint")
-        p.add_argument("--out", default="similarity.png", help="bar chart (PNG)")
+        p.add_argument(
+            "--out",
+            default="similarity.png",
+            type=argtypes.figure_file,
+            help="bar chart (.png, .pdf, .svg)",
+        )
         p.set_defaults(func=_cmd_similarity)
 
     p = kinds.add_parser(
@@ -560,7 +620,12 @@ def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint")
     _add_data_args(p)
-    p.add_argument("--out", default="attention", help="output folder (PNG per layer, CSV)")
+    p.add_argument(
+        "--out",
+        default="attention",
+        type=argtypes.output_dir,
+        help="output folder (PNG per layer, CSV)",
+    )
     p.add_argument(
         "--yaw-edges",
         default="-30,30",
@@ -568,7 +633,7 @@ def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
         help="yaw bin edges in degrees, e.g. --yaw-edges=-60,-30,30,60 (default -30,30: "
         "right profile, near-frontal, left profile)",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=32)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_attention)
 
@@ -577,12 +642,16 @@ def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
     )
     _add_data_args(p)
     p.add_argument("--checkpoint", help="embed this network's backbone features instead")
-    p.add_argument("--out", default="embedding", help="output folder (PNG, CSV)")
+    p.add_argument(
+        "--out", default="embedding", type=argtypes.output_dir, help="output folder (PNG, CSV)"
+    )
     p.add_argument("--yaw-edges", default="-30,30", metavar="DEG,...", help="yaw bin edges")
-    p.add_argument("--max-faces", type=int, default=3000, help="t-SNE on a random subset")
-    p.add_argument("--perplexity", type=float, default=30.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--max-faces", type=argtypes.positive_int, default=3000, help="t-SNE on a random subset"
+    )
+    p.add_argument("--perplexity", type=argtypes.positive_float, default=30.0)
+    p.add_argument("--seed", type=argtypes.seed, default=0)
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=32)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_embedding)
 
@@ -615,7 +684,9 @@ def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
         "differences with 95%% intervals (docs/analysis.md)",
     )
     p.add_argument("--format", choices=("md", "csv", "latex"), default="md")
-    p.add_argument("--out", help="write to this file instead of printing")
+    p.add_argument(
+        "--out", type=argtypes.output_file, help="write to this file instead of printing"
+    )
     p.add_argument("--configs", help="the configs/ folder the rows name (default: the checkout's)")
     p.set_defaults(func=_cmd_report)
 

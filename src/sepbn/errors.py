@@ -14,7 +14,9 @@ else is a bug and keeps its traceback (``sepbn --debug`` shows the traceback of 
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "SepbnError"]
+import errno
+
+__all__ = ["ConfigError", "SepbnError", "os_error_reason"]
 
 
 class SepbnError(Exception):
@@ -38,3 +40,13 @@ class ConfigError(SepbnError, ValueError):
         self.reason = reason
         self.key = key
         self.source = source
+
+
+def os_error_reason(exc: OSError) -> str:
+    """Why a file could not be written, in words: ``"no space left on device (the disk is
+    full)"``, ``"disk quota exceeded"``, or the system's own message."""
+    if exc.errno == errno.ENOSPC:
+        return "no space left on device (the disk is full)"
+    if exc.errno == errno.EDQUOT:
+        return "disk quota exceeded"
+    return exc.strerror or str(exc) or type(exc).__name__

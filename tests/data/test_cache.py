@@ -288,3 +288,80 @@ def test_reading_and_preparing_skips_are_kept_beside_meta_json(tmp_path):
     assert again.fingerprint == cache.fingerprint
     fewer = prepare_cache(recs, tmp_path / "c", "300w", 32, on_error="skip", progress=False)
     assert fewer.fingerprint != cache.fingerprint and len(fewer.skipped) == 1
+
+
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [
+        ([1, 2, 3], "cache metadata must be a JSON object, got list"),
+        ("cache", "cache metadata must be a JSON object, got str"),
+        ({"version": 1, "protocol": "300w"}, "cache metadata 'protocol' has the wrong type (str)"),
+        ("COUNT", "cache metadata 'count' has the wrong type (str)"),
+        ("PROTOCOL", "damaged or incomplete cache"),
+    ],
+)
+def test_a_meta_json_of_the_wrong_shape_is_one_line_naming_it(tmp_path, meta, expected):
+    recs = _records(2)
+    out = tmp_path / "c"
+    prepare_cache(recs, out, "300w", crop_size=32, progress=False)
+    good = json.loads((out / "meta.json").read_text())
+    if meta == "COUNT":
+        meta = {**good, "count": "2"}
+    elif meta == "PROTOCOL":  # the right type, but not a protocol
+        meta = {**good, "protocol": {"name": "300w"}}
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError) as info:
+        FaceCache.open(out)
+    assert str(info.value).startswith(str(out)) and expected in str(info.value)
+    if expected.startswith("cache metadata"):
+        assert str(info.value).startswith(f"{out / 'meta.json'}: ")
+        with pytest.raises(DatasetError, match="cache metadata"):  # not rebuilt over it
+            prepare_cache(recs, out, "300w", crop_size=32, progress=False)
+
+
+def _no_temporaries(folder: Path) -> None:
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+    assert not (folder / "meta.json").exists()  # an unfinished cache never reads as complete
+
+
+def test_a_full_disk_while_preparing_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import errno
+
+    import sepbn.data.cache
+
+    def full_disk(*args, **kwargs) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sepbn.data.cache.np, "savez", full_disk)  # after images.u8.tmp
+    out = tmp_path / "c"
+    with pytest.raises(DatasetError) as info:
+        prepare_cache(_records(3), out, "300w", crop_size=32, progress=False)
+    assert str(info.value) == (
+        f"{out}: cannot write the cache: no space left on device (the disk is full)"
+    )
+    _no_temporaries(out)
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, "bad record"])
+def test_any_failure_while_preparing_removes_the_temporaries(tmp_path, monkeypatch, failure):
+    import sepbn.data.cache
+
+    recs = _records(3, tmp_path=tmp_path)
+    if failure == "bad record":
+        recs[2].image_path = tmp_path / "missing.png"
+        expected: type[BaseException] = DatasetError
+    else:
+        calls = []
+
+        def interrupted(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return crop_for_cache(*args, **kwargs)
+
+        monkeypatch.setattr(sepbn.data.cache, "crop_for_cache", interrupted)
+        expected = KeyboardInterrupt
+    out = tmp_path / "c"
+    with pytest.raises(expected):
+        prepare_cache(recs, out, "300w", crop_size=32, progress=False)
+    _no_temporaries(out)

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from helpers import pts_faces
+from helpers import break_pts_folder, pts_faces
 from sepbn.data.cache import prepare_cache
 from sepbn.data.datasets import (
     LandmarkDataset,
@@ -20,7 +20,7 @@ from sepbn.data.datasets import (
     worker_init_fn,
 )
 from sepbn.data.domains import pose_domain
-from sepbn.data.errors import DatasetError
+from sepbn.data.errors import DatasetError, SkipReport
 from sepbn.data.protocols import get_protocol
 from sepbn.data.records import FaceRecord, box_from_landmarks
 from sepbn.data.transforms import AugmentConfig, FaceCropTransform, apply_affine, invert_affine
@@ -324,3 +324,48 @@ def test_every_sample_carries_its_source_from_records_and_cache(tmp_path):
         assert batch["source"] == [expected[2], expected[0]]
     multi = _multi()
     assert multi[5]["source"] == "300w.txt:1"  # the concatenation keeps each set's own
+
+
+# Bad input, round two (issue 22): one validation path for cached and uncached data.
+
+
+def _bad_pts_folder(folder, write_pts_folder):
+    """Five faces: f0 undecodable, f1 a JPEG libjpeg calls corrupt, f2 with a point at 1e300."""
+    write_pts_folder(folder, 5)
+    return break_pts_folder(folder)
+
+
+def test_cached_and_uncached_datasets_keep_the_same_faces(tmp_path, write_pts_folder):
+    from sepbn.data.formats import read_pts_folder
+
+    folder = _bad_pts_folder(tmp_path / "faces", write_pts_folder)
+    records = read_pts_folder(folder)  # the reader cannot see inside the images
+    assert len(records) == 5
+    transform = FaceCropTransform(P300, 64)
+    with pytest.raises(DatasetError, match=r"f0\.pts \(.*f0\.jpg\): not a decodable image"):
+        LandmarkDataset(records, "300w", transform)
+    skipped = SkipReport()
+    uncached = LandmarkDataset(records, "300w", transform, on_error="skip", report=skipped)
+    cache = prepare_cache(records, tmp_path / "c", "300w", on_error="skip", progress=False)
+    cached = LandmarkDataset(cache, "300w", transform)
+    assert uncached.sources == cached.sources == [str(folder / f"f{i}.pts") for i in (3, 4)]
+    assert uncached.record_index.tolist() == cached.record_index.tolist() == [3, 4]
+    assert [e.category for e in skipped.skipped] == [
+        "not a decodable image",
+        "corrupt JPEG data",
+        "landmarks far outside the image",
+    ]
+    assert [e.category for e in cache.skip_report().skipped] == [
+        e.category for e in skipped.skipped
+    ]
+    for a, b in zip((uncached[i] for i in range(2)), (cached[i] for i in range(2))):
+        np.testing.assert_allclose(a["orig_landmarks"], b["orig_landmarks"])
+    assert all(np.isfinite(uncached.norm)) and all(np.isfinite(cached.norm))
+
+
+def test_no_faces_left_is_one_line(tmp_path):
+    (tmp_path / "f0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" + b"IEND\xaeB`\x82")
+    records = _records(1)
+    records[0].image, records[0].image_path = None, tmp_path / "f0.png"
+    with pytest.raises(DatasetError, match=r"\(.*f0\.png\): not a decodable image; no faces left"):
+        LandmarkDataset(records, "300w", FaceCropTransform(P300, 64), on_error="skip")

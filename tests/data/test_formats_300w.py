@@ -253,3 +253,24 @@ def test_images_without_pts_and_empty_images_are_reported(tmp_path: Path) -> Non
     with pytest.warns(DatasetWarning, match="image without a .pts"):
         assert len(read_300w(tmp_path, "common", report=report)) == 3
     assert [e.source for e in report.skipped] == [str(folder / "c.png")]
+
+
+# Bad input, round two (issue 22).
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_a_pts_starting_with_a_byte_order_mark_is_valid(tmp_path: Path, header: bool) -> None:
+    pts = _face68()
+    path = _write_pts(tmp_path / "a.pts", pts, header=header)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Windows editors save UTF-8
+    np.testing.assert_array_equal(read_pts(path), pts)
+
+
+def test_a_headed_pts_without_points_is_a_skipped_record(tmp_path: Path) -> None:
+    _write_pair(tmp_path, "a", _face68())
+    (tmp_path / "b.pts").write_text("version: 1\nn_points: 0\n{\n}\n")
+    (tmp_path / "b.jpg").write_bytes(b"jpg")
+    with pytest.raises(DatasetError, match=r"b\.pts: 0 landmarks, but protocol '300w' has 68"):
+        read_pts_folder(tmp_path)
+    with pytest.warns(DatasetWarning, match=r"kept 1 record\(s\); skipped 1"):
+        assert len(read_pts_folder(tmp_path, on_error="skip")) == 1

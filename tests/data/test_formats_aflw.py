@@ -212,3 +212,47 @@ def test_real_mmpose_aflw_json(data_root: Path) -> None:
     assert [r.protocol for r in recs] == ["aflw", "aflw"]
     perm = list(get_protocol("aflw").flip_perm)
     assert _mirror_residual(recs, perm) < 0.4 * _mirror_residual(recs, list(range(19)))
+
+
+# Bad input, round two (issue 22): a variable of the wrong MATLAB class is one line.
+
+
+def test_aflw_ra_as_a_string_is_one_line(tmp_path: Path) -> None:
+    info = _aflw_info()
+    path = tmp_path / "AFLWinfo_release.mat"
+    _write_v5(path, {**info, "ra": "3 8 1 5 2 7 4 6"})
+    for on_error in ("raise", "skip"):
+        with pytest.raises(
+            DatasetError, match=r"AFLWinfo_release\.mat\[ra\]: must be a numeric array, got a <U"
+        ):
+            read_aflw(path, "test", num_train=NUM_TRAIN, on_error=on_error)
+    _write_v5(path, {**info, "ra": np.array([[3, 8, 1, 5, 2, 7, 4, 1e300]])})
+    with pytest.raises(DatasetError, match=r"\[ra\]: not a 1-based permutation"):
+        read_aflw(path, "test", num_train=NUM_TRAIN)
+
+
+def test_an_aflw_file_name_of_the_wrong_class_costs_its_face(tmp_path: Path) -> None:
+    info = _aflw_info()
+    names = list(info["nameList"])  # type: ignore[arg-type]
+    _images(tmp_path, names)
+    path = tmp_path / "AFLWinfo_release.mat"
+    cell = np.empty((N, 1), dtype=object)
+    for k, name in enumerate(names):
+        cell[k, 0] = np.array([1.5, 2.5]) if k == 3 else name  # face 4: numbers, not a name
+    scipy.io.savemat(path, {**{k: v for k, v in info.items() if k != "nameList"}, "nameList": cell})
+    with pytest.raises(
+        DatasetError, match=r"\[record 4\]: nameList must be a string, got a float64 array"
+    ):
+        read_aflw(path, "test", num_train=NUM_TRAIN)  # ra puts face 4 in the test part
+    with pytest.warns(DatasetWarning, match=r"kept 2 record\(s\); skipped 1"):
+        assert len(read_aflw(path, "test", num_train=NUM_TRAIN, on_error="skip")) == 2
+
+
+def test_aflw2000_pt2d_of_the_wrong_class_costs_its_file(tmp_path: Path) -> None:
+    for k, pt2d in enumerate(["x" * 21, 100 + 100 * RNG.random((2, 21))], start=1):
+        scipy.io.savemat(tmp_path / f"image0000{k}.mat", {"pt2d": pt2d})
+        (tmp_path / f"image0000{k}.jpg").write_bytes(b"jpg")
+    with pytest.raises(DatasetError, match=r"image00001\.mat\[pt2d\]: must be a numeric array"):
+        read_aflw2000(tmp_path)
+    with pytest.warns(DatasetWarning, match=r"kept 1 record\(s\); skipped 1"):
+        assert len(read_aflw2000(tmp_path, on_error="skip")) == 1

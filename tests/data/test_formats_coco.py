@@ -117,14 +117,32 @@ def test_protocol_option_and_inference(tmp_path: Path) -> None:
     ("ann", "reason"),
     [
         ({"image_id": 9, "keypoints": _kps()}, r"image_id 9 is not in 'images'"),
-        ({"image_id": 7, "keypoints": [*_kps()[:-3], "a", 1, 1]}, "keypoints must all be numbers"),
+        (
+            {"image_id": 7, "keypoints": [*_kps()[:-3], "a", 1, 1]},
+            r"keypoints\[12\] must be a finite number, got 'a'",
+        ),
         (
             {"image_id": 7, "keypoints": [*_kps()[:-3], float("nan"), 1, 1]},
-            "keypoints hold non-finite",
+            r"keypoints\[12\] must be a finite number, got nan",
         ),
-        ({"image_id": 7, "keypoints": _kps(), "bbox": [1, 2, 3]}, r"bbox must be 4 numbers"),
+        (
+            {"image_id": 7, "keypoints": _kps(), "bbox": [1, 2, 3]},
+            r"bbox must be a list of 4 numbers, got \[1, 2, 3\]",
+        ),
         ({"image_id": 7, "keypoints": _kps(), "bbox": [40, 40, 0, 30]}, "degenerate box"),
         ({"image_id": 7, "keypoints": _kps(v=0)}, "no valid"),
+        # Issue 22: each of these was a traceback, also under on_error="skip".
+        ({"image_id": 7, "keypoints": None}, "expected 15 keypoint values .* got None"),
+        ({"image_id": 7, "keypoints": 7}, "expected 15 keypoint values .* got 7"),
+        (
+            {"image_id": 7, "keypoints": _kps(), "domain": "left"},
+            r"domain must be an integer >= -1, got 'left'",
+        ),
+        ({"image_id": 7, "keypoints": _kps(), "domain": 1.5}, "domain must be an integer"),
+        ({"image_id": 7, "keypoints": _kps(), "bbox": "1234"}, "bbox must be a list of 4"),
+        ({"image_id": 7, "keypoints": _kps(), "bbox": [1, 2, 10**400, 4]}, r"bbox\[2\] must"),
+        ({"image_id": [7], "keypoints": _kps()}, "image_id must be an integer or a string"),
+        ({"image_id": 7, "keypoints": _kps(), "attributes": {"pose": "yes"}}, "attributes.pose"),
     ],
 )
 def test_bad_annotations_are_named(tmp_path: Path, ann: dict, reason: str) -> None:
@@ -135,6 +153,68 @@ def test_bad_annotations_are_named(tmp_path: Path, ann: dict, reason: str) -> No
     report = SkipReport()
     with pytest.warns(DatasetWarning, match=r"kept 2 record\(s\); skipped 1"):
         assert len(read_coco(path, protocol="wider5", on_error="skip", report=report)) == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("width", "abc", "width must be an integer >= 1, got 'abc'"),
+        ("width", None, "width must be an integer >= 1, got None"),
+        ("height", 0, "height must be an integer >= 1, got 0"),
+        ("height", 1e400, "height must be an integer >= 1, got inf"),
+        ("file_name", 12, "file_name must be a non-empty string"),
+        ("file_name", "a\x00.png", "file_name must be a non-empty string without NUL"),
+    ],
+)
+def test_bad_image_entries_cost_their_faces(
+    tmp_path: Path, field: str, value: object, reason: str
+) -> None:
+    images = [
+        {"id": 7, "file_name": "a.png", "height": 120, "width": 100},
+        {"id": 8, "file_name": "a.png", "height": 120, "width": 100, field: value},
+    ]
+    good = {"image_id": 7, "keypoints": _kps()}
+    path = _json(tmp_path, [good, {"image_id": 8, "keypoints": _kps()}, good], images)
+    with pytest.raises(DatasetError, match=rf"ann\.json\[image 2\]: {reason}") as info:
+        read_coco(path, protocol="wider5")
+    assert "\n" not in str(info.value)
+    report = SkipReport()
+    with pytest.warns(DatasetWarning, match=r"kept 2 record\(s\); skipped 1"):
+        assert len(read_coco(path, protocol="wider5", on_error="skip", report=report)) == 2
+    (skipped,) = report.skipped
+    assert skipped.source.endswith("ann.json[annotation 2]")
+    assert f"its image entry {path}[image 2]: {reason}" in skipped.reason
+
+
+def test_an_image_entry_without_id_is_reported_once_under_skip(tmp_path: Path) -> None:
+    images = [{"id": 7, "file_name": "a.png"}, {"file_name": "b.png"}, ["not", "an", "entry"]]
+    path = _json(tmp_path, [{"image_id": 7, "keypoints": _kps()}], images)
+    with pytest.raises(DatasetError, match=r"\[image 2\]: image entry needs 'id'"):
+        read_coco(path)
+    report = SkipReport()
+    with pytest.warns(DatasetWarning):
+        assert len(read_coco(path, on_error="skip", report=report)) == 1
+    assert [e.source.rsplit("[", 1)[1] for e in report.skipped] == ["image 2]", "image 3]"]
+
+
+def test_json_nested_too_deeply_or_not_coco_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    for on_error in ("raise", "skip"):
+        with pytest.raises(DatasetError, match=r"deep\.json: invalid JSON: nested too deeply"):
+            read_coco(path, on_error=on_error)
+    path.write_text('{"images": {"id": 1}, "annotations": []}')
+    with pytest.raises(DatasetError, match=r"'images' must be a list, got \{'id': 1\}"):
+        read_coco(path)
+    path.write_text('{"images": [], "annotations": [], "info": {"sepbn_protocol": "p9"}}')
+    with pytest.raises(DatasetError, match=r"deep\.json\[info\]: unknown landmark protocol 'p9'"):
+        read_coco(path)
+
+
+def test_a_byte_order_mark_is_allowed(tmp_path: Path) -> None:
+    path = _json(tmp_path, [{"image_id": 7, "keypoints": _kps()}])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert len(read_coco(path)) == 1
 
 
 def test_file_level_errors(tmp_path: Path) -> None:
@@ -149,7 +229,7 @@ def test_file_level_errors(tmp_path: Path) -> None:
     pts = [500.0, 30.0, 1, *_kps(4)]
     path = _json(tmp_path, [{"image_id": 7, "keypoints": pts, "bbox": [20, 20, 480, 60]}])
     with pytest.raises(
-        DatasetError, match=r"\[0\] lie more than 0.5 x the box size .* 100x120 image"
+        DatasetError, match=r"\[0\] lie more than 0.5 x .* outside the 100x120 image"
     ):
         read_coco(path)
     images = [{"id": 7, "file_name": "gone.png", "height": 120, "width": 100}]

@@ -193,3 +193,97 @@ def test_real_cofw68_matches_real_cofw29(data_root: Path) -> None:
             (mirrored_id - mirrored_id.mean(0)) - (pts - pts.mean(0)), axis=1
         ).mean()
         assert err < 0.3 * err_id
+
+
+# Bad input, round two (issue 22): a variable of the wrong MATLAB class is one line.
+
+
+def _cell(*items: object) -> np.ndarray:
+    cell = np.empty((len(items), 1), dtype=object)
+    for i, item in enumerate(items):
+        cell[i, 0] = item
+    return cell
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("phisT", "not numbers", r"\[phisT\]: must be a numeric array, got a <U11 array"),
+        ("bboxesT", _cell(1.0, 2.0), r"\[bboxesT\]: must be a numeric array, got a cell array"),
+        ("phisT", {"x": 1.0}, r"\[phisT\]: must be a numeric array"),
+        ("IsT", np.ones((2, 2)), r"\[IsT\]: unreadable \(TypeError: expected a cell array"),
+    ],
+)
+def test_cofw_variables_of_the_wrong_class(
+    tmp_path: Path, key: str, value: object, reason: str
+) -> None:
+    images, phis, boxes = _part(2)
+    path = tmp_path / "COFW_test_color.mat"
+    cell = np.empty((2, 1), dtype=object)
+    cell[0, 0], cell[1, 0] = images
+    scipy.io.savemat(path, {"IsT": cell, "phisT": phis, "bboxesT": boxes, key: value})
+    for on_error in ("raise", "skip"):  # the file's arrays are shared by all faces
+        with pytest.raises(DatasetError, match=rf"COFW_test_color\.mat{reason}") as info:
+            read_cofw(path, on_error=on_error)
+        assert "\n" not in str(info.value)
+
+
+def test_a_cofw_image_of_the_wrong_class_costs_its_face(tmp_path: Path) -> None:
+    images, phis, boxes = _part(3)
+    path = tmp_path / "COFW_test_color.mat"
+    scipy.io.savemat(
+        path, {"IsT": _cell(images[0], "pixels?", images[2]), "phisT": phis, "bboxesT": boxes}
+    )
+    with pytest.raises(DatasetError, match=r"\[record 2\]: image must be H x W or H x W x 3"):
+        read_cofw(path)
+    with pytest.warns(DatasetWarning, match=r"kept 2 record\(s\); skipped 1"):
+        assert len(read_cofw(path, on_error="skip")) == 2
+
+
+@pytest.mark.parametrize(
+    ("variables", "reason"),
+    [
+        ({"Points": "x", "Occ": np.zeros((1, 68))}, r"\[Points\]: must be a numeric array"),
+        ({"Points": np.ones((68, 2)), "Occ": _cell("a")}, r"\[Occ\]: must be a numeric array"),
+        ({"Points": np.ones((68, 2)) + 1j, "Occ": 0}, r"\[Points\]: must be a numeric array"),
+    ],
+)
+def test_cofw68_fields_of_the_wrong_class_cost_their_face(
+    tmp_path: Path, variables: dict, reason: str
+) -> None:
+    faces = [25.0 + 30.0 * RNG.random((68, 2)) for _ in range(3)]
+    folder = _cofw68_layout(tmp_path, faces)
+    scipy.io.savemat(folder / "test_annotations" / "2_points.mat", variables)
+    with pytest.raises(DatasetError, match=rf"2_points\.mat{reason}"):
+        read_cofw68(folder)
+    with pytest.warns(DatasetWarning, match=r"kept 2 record\(s\); skipped 1"):
+        assert len(read_cofw68(folder, on_error="skip")) == 2
+    scipy.io.savemat(folder / "cofw68_test_bboxes.mat", {"bboxes": "20 21 40 42"})
+    with pytest.raises(DatasetError, match=r"bboxes\.mat\[bboxes\]: must be a numeric array"):
+        read_cofw68(folder, on_error="skip")
+
+
+def test_cofw68_index_zero_and_bad_box_rows_are_named(tmp_path: Path) -> None:
+    faces = [25.0 + 30.0 * RNG.random((68, 2)) for _ in range(2)]
+    folder = _cofw68_layout(tmp_path, faces)
+    boxes = np.array([[20, 21, 40, 42], [20, 21, np.nan, 42]])
+    scipy.io.savemat(folder / "cofw68_test_bboxes.mat", {"bboxes": boxes})
+    scipy.io.savemat(folder / "test_annotations" / "0_points.mat", {"Points": faces[0], "Occ": 0})
+    report = SkipReport()
+    with pytest.warns(DatasetWarning, match=r"kept 1 record\(s\); skipped 2"):
+        assert len(read_cofw68(folder, on_error="skip", report=report)) == 1
+    assert report.skipped[0].reason.startswith("test indices start at 1")
+    assert report.skipped[1].source.endswith("cofw68_test_bboxes.mat[bboxes row 2]")
+
+
+def test_a_mat_file_that_would_crash_scipy_is_one_line(tmp_path: Path) -> None:
+    """A flipped byte in a data-type code made scipy's v5 reader segfault (scipy#25349)."""
+    path = tmp_path / "cofw68_test_bboxes.mat"
+    scipy.io.savemat(path, {"bboxes": np.ones((3, 4))})
+    data = bytearray(path.read_bytes())
+    tag = data.index(b"bboxes") + 8  # the tag of the array data follows the padded name
+    assert data[tag] == 9  # miDOUBLE
+    data[tag] = 8  # no such data type: scipy looked it up in a table of pointers, found NULL
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"not a readable MATLAB \.mat file .*data type code 8"):
+        read_cofw(path)

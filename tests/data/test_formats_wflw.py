@@ -242,3 +242,18 @@ def test_real_flip_permutation_mirrors_faces(data_root: Path) -> None:
     eyes_unswapped = list(proto.flip_perm)
     eyes_unswapped[60:76] = list(range(60, 76))
     assert good < 0.8 * residual(eyes_unswapped)
+
+
+def test_a_nul_in_an_image_name_costs_its_line(tmp_path: Path) -> None:
+    """Issue 22: Python's open() raises ValueError on such a path; it is a bad line."""
+    f = _bad_file(tmp_path, _rect_line(_points(), [90, 90, 190, 190], [0] * 6, "e/a\x00.jpg"))
+    with pytest.raises(DatasetError, match=r"train\.txt:2 \(.*\): image file unreadable"):
+        read_wflw(f)
+    with pytest.warns(DatasetWarning, match=r"kept 2 record\(s\); skipped 1"):
+        assert len(read_wflw(f, on_error="skip")) == 2
+
+
+def test_a_list_starting_with_a_byte_order_mark_is_valid(tmp_path: Path) -> None:
+    f = _bad_file(tmp_path, _rect_line(_points(), [90, 90, 190, 190], [0] * 6, "e/a.jpg"))
+    f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+    assert len(read_wflw(f)) == 3

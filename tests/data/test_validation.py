@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sepbn.data.errors import DatasetError
-from sepbn.data.records import FaceRecord
+from sepbn.data.records import FaceRecord, box_from_landmarks
 from sepbn.data.validation import validate_record
 
 
@@ -134,3 +134,33 @@ def test_shape_errors() -> None:
         validate_record(_face(occluded=np.zeros(4, bool)))
     with pytest.raises(ValueError, match="image_shape"):
         validate_record(_face(), image_shape=(300,))
+
+
+# Bad input, round two (issue 22).
+
+
+@pytest.mark.parametrize("domain", ["left", 1.0, True, -2, 2**40])
+def test_domain_must_be_an_integer_label(domain: object) -> None:
+    with pytest.raises(DatasetError, match=r"domain must be None or an integer in -1\.\.") as info:
+        validate_record(_face(domain=domain))
+    assert info.value.category == "bad domain"
+    for good in (None, -1, 0, 2, np.int64(1)):
+        validate_record(_face(domain=good))
+
+
+def test_a_huge_box_does_not_stretch_the_border_allowance() -> None:
+    # Points spread to +-1e300 make a box so large that half of it covered any image.
+    rec = _face()
+    rec.landmarks[0] = (1e300, 1e300)
+    rec.landmarks[1] = (-1e300, -1e300)
+    rec.box = box_from_landmarks(rec.landmarks)
+    validate_record(rec)  # without the image nothing says the box is wrong
+    with pytest.raises(DatasetError, match=r"\[0, 1\] lie more than 0.5 x the image's larger side"):
+        validate_record(rec, image_shape=(300, 300, 3))
+
+
+def test_a_box_far_from_its_image_is_refused() -> None:
+    rec = _face()
+    rec.box = np.array([-5000.0, -5000.0, 5000.0, 5000.0])  # holds the points, dwarfs the image
+    with pytest.raises(DatasetError, match="lies outside the 300x300 image or is more than 2 x"):
+        validate_record(rec, image_shape=(300, 300, 3))

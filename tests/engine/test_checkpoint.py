@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 from pathlib import Path
 
@@ -171,3 +173,77 @@ def test_cuda_without_cuda_names_the_devices_before_loading(tmp_path: Path, monk
         ValueError, match=r"device 'cuda': CUDA is not available.*available: \['cpu"
     ):
         load_checkpoint(path, map_location="cuda")
+
+
+class _DiskFullAfter:
+    """A file that takes ``room`` bytes, then fails as a full disk does (inside torch's C++
+    writer, which turns the OSError into a RuntimeError)."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+    def __enter__(self) -> _DiskFullAfter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+
+@pytest.mark.parametrize("where", ["torch.save", "file.write"])
+def test_a_full_disk_is_one_line_and_keeps_the_old_checkpoint(
+    tmp_path: Path, monkeypatch, where: str
+) -> None:
+    path = save_checkpoint(tmp_path / "last.pt", _state(1.0))
+    if where == "torch.save":
+
+        def full_disk(obj, f, *args, **kwargs) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(torch, "save", full_disk)
+    else:
+        real_fdopen = os.fdopen
+        monkeypatch.setattr(
+            os, "fdopen", lambda fd, mode: _DiskFullAfter(real_fdopen(fd, mode), 64)
+        )
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(path, _state(2.0))
+    monkeypatch.undo()
+    assert str(info.value) == (
+        f"{path}: cannot write the checkpoint: no space left on device (the disk is full); "
+        "the previous one is kept"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+
+
+def test_a_folder_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match=r"file/run/last\.pt: cannot write the checkpoint"):
+        save_checkpoint(tmp_path / "file" / "run" / "last.pt", _state())
+
+
+@pytest.mark.parametrize(
+    ("entry", "value", "expected"),
+    [
+        ("model_info", [1, 2], "'model_info' must be a mapping, got list"),
+        ("config", "wflw.yaml", "'config' must be a mapping, got str"),
+        ("model", [torch.ones(1)], "'model' must be a mapping, got list"),
+        ("model", {"w": 1.0}, "'model' must map parameter names to tensors, got 'w': float"),
+    ],
+)
+def test_a_hand_made_checkpoint_of_the_wrong_shape_is_one_line(
+    tmp_path: Path, entry: str, value: object, expected: str
+) -> None:
+    path = save_checkpoint(tmp_path / "hand.pt", {**_state(), entry: value})
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"{path}: {expected}")

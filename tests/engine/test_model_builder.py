@@ -118,3 +118,53 @@ def test_a_checkpoint_config_from_before_num_domains_still_loads(tmp_path: Path)
     assert config.model == model_config
     domains = {m.num_domains for m in rebuilt.modules() if isinstance(m, DomainBatchNorm2d)}
     assert domains == {2}
+
+
+@pytest.mark.parametrize(
+    ("info", "expected"),
+    [
+        (
+            {"kind": "single", "num_points": "68"},
+            r"'num_points' must be a positive integer \(L\), got '68'",
+        ),
+        (
+            {"kind": "single", "num_points": -3},
+            r"'num_points' must be a positive integer \(L\), got -3",
+        ),
+        ({"kind": "single", "num_points": True}, r"'num_points' must be a positive integer"),
+        ({"kind": "single"}, r"'num_points' must be a positive integer \(L\), got None"),
+        (
+            {"kind": "cross", "heads": [98, 29]},
+            r"'heads' must map protocol names to landmark counts",
+        ),
+        ({"kind": "cross", "heads": {"wflw": "98"}}, r"'heads' must map protocol names"),
+        ({"kind": "cross", "heads": {}}, r"'heads' must map protocol names"),
+        ({"kind": ["single"]}, r"unknown model kind \['single'\]"),
+    ],
+)
+def test_a_hand_made_model_info_of_the_wrong_type_names_the_file(
+    tmp_path: Path, info: dict, expected: str
+) -> None:
+    config = to_dict(ExperimentConfig(model=_tiny_model_config()))
+    path = save_checkpoint(tmp_path / "m.pt", {"model": {}, "model_info": info, "config": config})
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'm.pt'}: (model_info )?{expected}"):
+        load_model_from_checkpoint(path)
+
+
+def test_a_hand_made_config_of_the_wrong_type_names_the_file(tmp_path: Path) -> None:
+    config = to_dict(ExperimentConfig(model=_tiny_model_config()))
+    info = {"kind": "single", "num_points": 5}
+    cases = [
+        ({**config, "model": {**config["model"], "norm": ["sepbn"]}}, "model.norm: ['sepbn']"),
+        ({**config, "data": 5}, "data: expected a mapping of DataConfig fields, got 5"),
+        ({**config, "seed": -1}, "seed must be an integer in [0, 2**63 - 1]"),
+        ({**config, "optim": {"lr": float("nan")}}, "optim.lr: expected a finite number"),
+    ]
+    for i, (bad, expected) in enumerate(cases):
+        path = save_checkpoint(
+            tmp_path / f"m{i}.pt", {"model": {}, "model_info": info, "config": bad}
+        )
+        with pytest.raises(CheckpointError) as error:
+            load_model_from_checkpoint(path)
+        message = str(error.value)
+        assert message.startswith(f"{path} (embedded config): ") and expected in message

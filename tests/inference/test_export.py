@@ -15,7 +15,8 @@ from sepbn.data.protocols import get_protocol
 from sepbn.engine.checkpoint import save_checkpoint
 from sepbn.engine.model_builder import build_model_from_config, model_info
 from sepbn.inference import LandmarkDetector
-from sepbn.inference.export import MIN_OPSET, export_checkpoint
+from sepbn.inference.errors import InferenceError
+from sepbn.inference.export import MIN_OPSET, export_checkpoint, onnx_opsets
 from sepbn.nn import SepBatchNorm2d
 
 ort = pytest.importorskip("onnxruntime")
@@ -121,8 +122,35 @@ def test_landmark_detector_runs_the_onnx_file(tmp_path: Path) -> None:
         assert abs(x.quality - y.quality) < 1e-3
 
 
-def test_an_opset_below_the_minimum_is_refused(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("opset", [MIN_OPSET - 1, 99, "eighteen"])
+def test_an_opset_the_exporter_cannot_write_is_refused_as_it_is_parsed(
+    tmp_path: Path, capsys, opset: object
+) -> None:
+    args = ["export", "any.pt", "--opset", str(opset), "--out", str(tmp_path / "m.onnx")]
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    newest = onnx_opsets()[-1]
+    assert info.value.code == 2 and newest >= 20  # 18, 19 and 20 export with onnx >= 1.15
+    err = capsys.readouterr().err
+    assert f"ONNX opset '{opset}' is not supported; valid: {MIN_OPSET} to {newest}" in err
     path, _ = _checkpoint(tmp_path, "vanilla_cnn", num_points=68)
-    args = ["export", str(path), "--opset", str(MIN_OPSET - 1), "--out", str(tmp_path / "m.onnx")]
-    assert main(args) == 1
-    assert f">= {MIN_OPSET}" in capsys.readouterr().err
+    with pytest.raises(InferenceError, match=f"valid: {MIN_OPSET} to {newest}"):
+        export_checkpoint(path, tmp_path / "m.onnx", opset=newest + 1)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_file_of_another_opset_than_asked_is_never_written(tmp_path: Path, monkeypatch) -> None:
+    import onnx
+
+    path, _ = _checkpoint(tmp_path, "vanilla_cnn", num_points=68)
+    graph = onnx.helper.make_graph([], "g", [], [])
+
+    class Program:  # what torch returns when its converter gives up: its own opset 18
+        model_proto = onnx.helper.make_model(
+            graph, opset_imports=[onnx.helper.make_opsetid("", 18)]
+        )
+
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: Program())
+    with pytest.raises(InferenceError, match="produced ONNX opset 18, not the 20 asked"):
+        export_checkpoint(path, tmp_path / "m.onnx", opset=20)
+    assert not (tmp_path / "m.onnx").exists()

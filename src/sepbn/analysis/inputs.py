@@ -3,7 +3,8 @@
 Shared by ``sepbn analyze attention`` and ``sepbn analyze embedding``: the checkpoint is
 rebuilt without a config file (a cross-protocol model is cut to the branch of the data's
 protocol), and the faces are cropped as for evaluation (no augmentation, no cache), in the
-order of the records, so that sample ``i`` of the loader is record ``i``.
+order of the records, so that sample ``i`` of the loader is record ``i``. Records whose image
+fails the checks a dataset applies are dropped (or raise) before either is used.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from torch.utils.data import DataLoader
 
 from sepbn.config import DatasetConfig, ExperimentConfig
 from sepbn.data.datasets import LandmarkDataset, collate_landmarks
+from sepbn.data.errors import DatasetError
 from sepbn.data.transforms import FaceCropTransform
+from sepbn.data.validation import check_records
 from sepbn.engine.checkpoint import CheckpointError
 from sepbn.engine.data_builder import LoadedSet, load_records
 from sepbn.engine.model_builder import load_model_from_checkpoint
@@ -36,6 +39,11 @@ def load_model_and_faces(
     """
     model, config = load_model_from_checkpoint(checkpoint, map_location=device)
     loaded = load_records(data, config.seed)
+    kept = check_records(loaded.records, data.on_error, loaded.cache_skipped)
+    if not kept:
+        first = loaded.cache_skipped.skipped[0]
+        raise DatasetError(first.source, f"{first.reason}; no faces left", "no faces left")
+    loaded.records = [loaded.records[i] for i in kept]
     protocol = loaded.protocol.name
     if is_cross_protocol(model):
         if protocol not in model.protocols:

@@ -43,6 +43,7 @@ import yaml
 
 from sepbn.analysis.pose_bins import pose_bin_keys
 from sepbn.config import config_from_dict, load_config, to_dict
+from sepbn.config.yaml_reader import read_yaml_file
 from sepbn.engine.run_config import RESUMABLE_CHANGES
 from sepbn.errors import SepbnError
 
@@ -244,9 +245,7 @@ def load_run(run_dir: str | Path) -> RunResult:
             raise ReportError(f"{root} is not a finished run: {path} is missing")
     try:
         # Through the config classes, so defaults added since the run are filled in.
-        config = to_dict(
-            config_from_dict(yaml.safe_load(config_path.read_text()), str(config_path))
-        )
+        config = to_dict(config_from_dict(read_yaml_file(config_path)[0], str(config_path)))
         summary = json.loads(summary_path.read_text())
     except (ValueError, yaml.YAMLError) as exc:
         raise ReportError(f"{root}: {exc}") from exc

@@ -33,16 +33,19 @@ The package, one step per module:
   and the errors for a field that does not apply;
 - :mod:`~sepbn.config.conversion`: plain mappings to dataclasses (every value checked against
   its annotation) and back;
-- :mod:`~sepbn.config.loading`: YAML files, ``base:`` inheritance, the file and line of each key;
+- :mod:`~sepbn.config.yaml_reader`: YAML read strictly (UTF-8, no duplicate key, no alias
+  bomb), every error one line with the file and line;
+- :mod:`~sepbn.config.loading`: YAML files, ``base:`` inheritance, the file and line of each key,
+  and :func:`config_from_dict` for a mapping already read;
 - :mod:`~sepbn.config.overrides`: ``--set`` overrides;
 - :mod:`~sepbn.config.legacy`: configs from checkpoints of an older sepbn;
 - :mod:`~sepbn.config.messages`: how the errors name keys and suggest choices.
 """
 
-from sepbn.config.conversion import config_from_dict, to_dict
+from sepbn.config.conversion import to_dict
 from sepbn.config.fields import ARCH_FIELDS, NORM_FIELDS, Arch, Norm, SepbnPosition
 from sepbn.config.legacy import upgrade_legacy_config
-from sepbn.config.loading import deep_merge, load_config, save_config
+from sepbn.config.loading import config_from_dict, deep_merge, load_config, save_config
 from sepbn.config.overrides import apply_overrides
 from sepbn.config.schema import (
     DataConfig,

@@ -1,6 +1,6 @@
 """Plain mappings to config dataclasses and back: every value checked against its annotation.
 
-:func:`config_from_dict` walks the annotations of :class:`~sepbn.config.ExperimentConfig`: a
+:func:`build_dataclass` walks the annotations of a config dataclass: a
 ``Literal`` must be one of its choices, a ``list[X]`` a list of ``X``, a dataclass a mapping of
 its fields (an unknown key is an error listing the valid ones), and so on down. The
 dataclasses' own checks then run; every :class:`ConfigError` names the key path.
@@ -8,19 +8,19 @@ dataclasses' own checks then run; every :class:`ConfigError` names the key path.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeGuard, Union, get_args, get_origin, get_type_hints
 
 from sepbn.config.messages import did_you_mean, join_key, unknown_key_error
-from sepbn.config.schema import ExperimentConfig
 from sepbn.errors import ConfigError
 
 __all__ = [
     "build_dataclass",
-    "config_from_dict",
     "convert",
     "is_dataclass_type",
     "to_dict",
@@ -60,6 +60,7 @@ def convert(value: Any, tp: Any, path: str) -> Any:
     """Check ``value`` against annotation ``tp`` and build dataclasses; ``path`` names it."""
     origin = get_origin(tp)
     if tp is Any:
+        _check_finite(value, path)
         return value
     if origin in (Union, types.UnionType):
         args = get_args(tp)
@@ -115,22 +116,54 @@ def convert(value: Any, tp: Any, path: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: expected an integer, got {value!r}", key=path)
+        _check_int64(value, path)
         return value
     if tp is float:
         # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number it means.
+        number = value
         if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:  # not a number: reported below
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            with contextlib.suppress(ValueError):  # not a number: reported below
+                number = float(value)
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}", key=path)
-        return float(value)
+        if isinstance(number, int):
+            _check_int64(number, path)
+        _check_finite(number, path)
+        return float(number)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}", key=path)
         return value
+    if tp is Path:  # a reader's path option: YAML writes it as a string
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{path}: expected a path (a string), got {value!r}", key=path)
+        return value
     raise TypeError(f"{path}: unsupported annotation {tp!r}")
+
+
+_INT64 = 2**63
+
+
+def _check_int64(value: int, path: str) -> None:
+    # torch, NumPy and the seeds take 64-bit integers; Python's are unbounded.
+    if not -_INT64 <= value < _INT64:
+        raise ConfigError(
+            f"{path}: {value} is out of the 64-bit range [-2**63, 2**63 - 1]", key=path
+        )
+
+
+def _check_finite(value: Any, path: str) -> None:
+    """No NaN or infinity anywhere in ``value`` (a number, or lists and mappings of them):
+    YAML reads ``.nan`` and ``.inf``, and ``nan`` / ``inf`` as strings that a float field
+    takes, but no setting means them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: expected a finite number, got {value!r}", key=path)
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_finite(v, join_key(path, str(k)))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, join_key(path, i))
 
 
 def build_dataclass(cls: type, value: Any, path: str) -> Any:
@@ -181,22 +214,3 @@ def to_dict(config: Any) -> Any:
     if isinstance(config, Path):
         return str(config)
     return config
-
-
-def config_from_dict(data: Mapping[str, Any], source: str = "") -> ExperimentConfig:
-    """Build and validate an :class:`ExperimentConfig` from a plain mapping.
-
-    Args:
-        data: The mapping (``base`` keys must already be resolved).
-        source: Where it came from, prefixed to error messages.
-
-    Raises:
-        ConfigError: On an unknown key, a missing required key, a value of the wrong type or out
-            of range, or a field that does not apply; the message names the key path.
-    """
-    try:
-        return build_dataclass(ExperimentConfig, data, "")
-    except ConfigError as exc:
-        if not source:
-            raise
-        raise ConfigError(exc.reason, key=exc.key, source=source) from None

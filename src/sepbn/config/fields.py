@@ -8,9 +8,11 @@ Under a norm layer or architecture that does not use a field, that field must ke
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from sepbn.config.conversion import convert
 from sepbn.config.messages import did_you_mean
 from sepbn.errors import ConfigError
 
@@ -79,6 +81,8 @@ def unused_model_fields(
         defaults: Every :class:`ModelConfig` field name to its default, in field order.
     """
     norm, arch = values.get("norm", "sepbn"), values.get("arch", "vanilla_cnn")
+    if not isinstance(norm, str) or not isinstance(arch, str):
+        return []  # not a choice at all: the conversion of the field reports it
     norm_fields = {f for fields in NORM_FIELDS.values() for f in fields}
     arch_fields = {f for fields in ARCH_FIELDS.values() for f in fields}
     out = []
@@ -109,6 +113,7 @@ def check_norm_kwargs(norm: str, norm_kwargs: Mapping[str, Any]) -> None:
     layer = NORM_LAYERS[norm]
     own = NORM_FIELDS[norm]
     params = inspect.signature(layer).parameters
+    hints = typing.get_type_hints(layer.__init__)
     valid = [p for p in params if p not in own and p not in _NOT_NORM_KWARGS]
     for name in norm_kwargs:
         key = f"model.norm_kwargs.{name}"
@@ -122,6 +127,8 @@ def check_norm_kwargs(norm: str, norm_kwargs: Mapping[str, Any]) -> None:
                 f"{did_you_mean(name, valid)}; valid: {', '.join(valid)}",
                 key=key,
             )
+        # The constructor's annotation says what the argument takes (eps: float).
+        convert(norm_kwargs[name], hints.get(name, Any), key)
 
 
 def branch_kernel_unused(kernel: object, finetune: object, train: object) -> bool:

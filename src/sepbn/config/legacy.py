@@ -43,7 +43,7 @@ def upgrade_legacy_config(data: Mapping[str, Any], source: str = "") -> dict[str
         model["num_domains"] = model.pop("num_sets")
         notes.append(f"model.num_sets={model['num_domains']!r} read as model.num_domains")
     kwargs = model.get("norm_kwargs")
-    if isinstance(kwargs, Mapping) and norm in NORM_FIELDS:
+    if isinstance(kwargs, Mapping) and isinstance(norm, str) and norm in NORM_FIELDS:
         kwargs = dict(kwargs)
         for name in [k for k in kwargs if k in NORM_FIELDS[norm]]:
             model[name] = kwargs.pop(name)

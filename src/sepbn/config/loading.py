@@ -19,9 +19,10 @@ from sepbn.config.conversion import build_dataclass, to_dict
 from sepbn.config.messages import join_key
 from sepbn.config.overrides import apply_overrides_with_origin
 from sepbn.config.schema import ExperimentConfig
+from sepbn.config.yaml_reader import read_yaml_file
 from sepbn.errors import ConfigError
 
-__all__ = ["Locations", "deep_merge", "load_config", "save_config"]
+__all__ = ["Locations", "config_from_dict", "deep_merge", "load_config", "save_config"]
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,12 +87,7 @@ def _read_yaml(
     if not path.is_file():
         inherited = f" (the base of {chain[-1]})" if chain else ""
         raise ConfigError(f"config file not found: {path}{inherited}")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader) if locations is not None else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", source=str(path)) from None
+    data, node = read_yaml_file(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -99,7 +95,7 @@ def _read_yaml(
             f"the top level must be a mapping, got {type(data).__name__}", source=str(path)
         )
     own: Locations = {}
-    if node is not None:
+    if node is not None and locations is not None:
         _node_locations(node, "", path, own)
     bases = data.pop("base", None)
     if bases is None:
@@ -167,6 +163,25 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     return apply_overrides_with_origin(
         config, overrides, lambda key: _located(key, locations, path)
     )
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "") -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from a plain mapping.
+
+    Args:
+        data: The mapping (``base`` keys must already be resolved).
+        source: Where it came from, prefixed to error messages.
+
+    Raises:
+        ConfigError: On an unknown key, a missing required key, a value of the wrong type or out
+            of range, or a field that does not apply; the message names the key path.
+    """
+    try:
+        return build_dataclass(ExperimentConfig, data, "")
+    except ConfigError as exc:
+        if not source:
+            raise
+        raise ConfigError(exc.reason, key=exc.key, source=source) from None
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> Path:

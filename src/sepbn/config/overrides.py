@@ -6,8 +6,6 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any, Union, get_args, get_origin
 
-import yaml
-
 from sepbn.config.conversion import (
     build_dataclass,
     convert,
@@ -18,6 +16,7 @@ from sepbn.config.conversion import (
 )
 from sepbn.config.messages import join_key, unknown_key_error
 from sepbn.config.schema import ExperimentConfig
+from sepbn.config.yaml_reader import parse_yaml
 from sepbn.errors import ConfigError
 
 __all__ = ["apply_overrides", "apply_overrides_with_origin"]
@@ -28,10 +27,7 @@ def _parse_override(override: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {override!r} must look like section.field=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {override!r}: value is not valid YAML: {exc}") from None
+    value = parse_yaml(raw, f"--set {override}", lines=False)[0] if raw.strip() else None
     return key.split("."), value
 
 

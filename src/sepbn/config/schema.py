@@ -10,9 +10,11 @@ naming the key; how a YAML file becomes these objects is :mod:`sepbn.config.conv
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sepbn.config.dataset_options import check_dataset_options
 from sepbn.config.fields import (
     NORM_FIELDS,
     Arch,
@@ -29,6 +31,7 @@ from sepbn.data.transforms import DEFAULT_BOX_SCALE, AugmentConfig
 from sepbn.errors import ConfigError
 
 __all__ = [
+    "MAX_SEED",
     "DataConfig",
     "DatasetConfig",
     "ExperimentConfig",
@@ -40,11 +43,25 @@ __all__ = [
 ]
 
 
+#: The largest seed: seeds are 64-bit integers (``torch.manual_seed``), and a run adds the
+#: epoch and the stage to its seed.
+MAX_SEED = 2**63 - 1
+
+
 def _positive(section: str, name: str, value: float, *, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
+    # Written so that NaN fails too (every comparison with NaN is false).
+    if not (math.isfinite(value) and (value > 0 or (allow_zero and value == 0))):
         bound = ">= 0" if allow_zero else "> 0"
         key = f"{section}.{name}"
-        raise ConfigError(f"{key} must be {bound}, got {value!r}", key=key)
+        finite = "" if math.isfinite(value) else "a finite number "
+        raise ConfigError(f"{key} must be {finite}{bound}, got {value!r}", key=key)
+
+
+def _seed(key: str, value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(
+            f"{key} must be an integer in [0, 2**63 - 1] (a 64-bit seed), got {value}", key=key
+        )
 
 
 @dataclass
@@ -84,6 +101,7 @@ class DatasetConfig:
     def __post_init__(self) -> None:
         if self.subset is not None:
             _positive("data", "subset", self.subset)
+        _seed("subset_seed", self.subset_seed)
         if self.kind != "synthetic" and self.kind not in READERS:
             kinds = [*READERS, "synthetic"]
             raise ConfigError(
@@ -91,6 +109,7 @@ class DatasetConfig:
                 f"valid: {', '.join(repr(k) for k in kinds)}",
                 key="kind",
             )
+        check_dataset_options(self.kind, self.options)
 
     @property
     def display_name(self) -> str:
@@ -464,6 +483,7 @@ class ExperimentConfig:
     protocols: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        _seed("seed", self.seed)
         # Check user protocols when the file is read, not when the data is.
         for i, spec in enumerate(self.protocols):
             try:

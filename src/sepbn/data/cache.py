@@ -18,11 +18,13 @@ Files in ``out_dir``:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,6 @@ import numpy as np
 from tqdm import tqdm
 
 from sepbn.data.errors import DatasetError, OnError, SkipReport
-from sepbn.data.image_io import load_image
 from sepbn.data.protocols import LandmarkProtocol, get_protocol
 from sepbn.data.records import FaceRecord
 from sepbn.data.transforms import (
@@ -41,7 +42,8 @@ from sepbn.data.transforms import (
     crop_matrix,
     invert_affine,
 )
-from sepbn.data.validation import validate_record
+from sepbn.data.validation import checked_image
+from sepbn.errors import os_error_reason
 
 logger = logging.getLogger(__name__)
 
@@ -116,13 +118,47 @@ def cache_fingerprint(
     return h.hexdigest()
 
 
+# The type of each meta.json entry (``skipped`` may be absent).
+_META_TYPES: dict[str, type | tuple[type, ...]] = {
+    "version": int,
+    "protocol": dict,
+    "crop_size": int,
+    "margin": (int, float),
+    "count": int,
+    "fingerprint": str,
+    "skipped": list,
+}
+
+
 def _read_meta(root: Path) -> dict[str, Any] | None:
+    """``meta.json`` of ``root``, None when absent; its entries checked when its version is
+    this one's (another version is refused by the caller, naming the version)."""
+    path = root / _META
     try:
-        return json.loads((root / _META).read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, json.JSONDecodeError) as e:
-        raise DatasetError(str(root / _META), f"unreadable cache metadata: {e}") from None
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DatasetError(str(path), f"unreadable cache metadata: {e}") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(
+            str(path),
+            f"cache metadata must be a JSON object, got {type(meta).__name__}; delete the "
+            "folder or run prepare into another one",
+        )
+    if meta.get("version") != CACHE_VERSION:
+        return meta
+    for key, types in _META_TYPES.items():
+        value = meta.get(key)
+        if key == "skipped" and value is None:
+            continue
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise DatasetError(
+                str(path),
+                f"cache metadata {key!r} has the wrong type ({type(value).__name__}); "
+                "delete the folder or run prepare into another one",
+            )
+    return meta
 
 
 def crop_for_cache(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
@@ -234,7 +270,13 @@ class FaceCache:
                 f"cache format version {meta.get('version')!r}, expected {CACHE_VERSION}; "
                 "run prepare again",
             )
-        cache = cls(root, meta)
+        try:
+            cache = cls(root, meta)
+        except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as e:
+            # A hand-edited protocol, or an index.npz that is missing or damaged.
+            raise DatasetError(
+                str(root), f"damaged or incomplete cache ({e}); run prepare again"
+            ) from None
         if protocol is not None:
             want = get_protocol(protocol) if isinstance(protocol, str) else protocol
             if want != cache.protocol:
@@ -304,11 +346,10 @@ def prepare_cache(
 ) -> FaceCache:
     """Crop every face once into a memory-mapped cache, or reuse an up-to-date one.
 
-    Each image is decoded once (:func:`~sepbn.data.image_io.load_image`, or the
-    record's in-memory ``image``), the record is checked with
-    :func:`~sepbn.data.validation.validate_record` against the image shape, and a
-    square window of side ``margin * max(w, h)`` around the box centre is resized to
-    ``crop_size``.
+    Each image is decoded once and the record checked against it with
+    :func:`~sepbn.data.validation.checked_image` (the rule a dataset without a cache
+    applies too), and a square window of side ``margin * max(w, h)`` around the box
+    centre is resized to ``crop_size``.
 
     Args:
         records: Faces, all of ``protocol``.
@@ -327,9 +368,37 @@ def prepare_cache(
         The opened cache.
 
     Raises:
-        DatasetError: A bad record under ``on_error="raise"``, or ``out_dir`` holds a
-            cache prepared for a different protocol.
+        DatasetError: A bad record under ``on_error="raise"``, ``out_dir`` holds a
+            cache prepared for a different protocol, or a file cannot be written (a full
+            disk). Whatever stops a build, its temporary files are removed.
     """
+    try:
+        return _prepare_cache(
+            records, out_dir, protocol, crop_size, margin, on_error, progress, skipped
+        )
+    except BaseException as exc:
+        root = Path(out_dir)
+        for name in (_IMAGES + ".tmp", _META + ".tmp"):
+            with contextlib.suppress(OSError):
+                (root / name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # without meta.json the folder reads as no cache
+            raise DatasetError(
+                str(root), f"cannot write the cache: {os_error_reason(exc)}"
+            ) from exc
+        raise
+
+
+def _prepare_cache(
+    records: Sequence[FaceRecord],
+    out_dir: str | Path,
+    protocol: LandmarkProtocol | str,
+    crop_size: int,
+    margin: float,
+    on_error: OnError,
+    progress: bool,
+    skipped: SkipReport | None,
+) -> FaceCache:
+    """:func:`prepare_cache`, which removes the temporary files when this fails."""
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -341,10 +410,12 @@ def prepare_cache(
     crop_size, margin = int(crop_size), float(margin)
 
     old = _read_meta(root)
-    if old is not None and old.get("protocol", {}).get("name") != protocol.name:
+    old_protocol = old.get("protocol") if old is not None else None
+    old_name = old_protocol.get("name") if isinstance(old_protocol, dict) else None
+    if old is not None and old_name != protocol.name:
         raise DatasetError(
             str(root),
-            f"holds a cache for protocol {old.get('protocol', {}).get('name')!r}, not "
+            f"holds a cache for protocol {old_name!r}, not "
             f"{protocol.name!r}; delete it or choose another folder",
         )
     fingerprint = cache_fingerprint(records, protocol, crop_size, margin, skipped)
@@ -380,13 +451,7 @@ def prepare_cache(
                         rec.source or f"record {i}",
                         f"protocol {rec.protocol!r}, but the cache is for {protocol.name!r}",
                     )
-                if rec.image is not None:
-                    image = rec.image
-                elif rec.image_path is not None:
-                    image = load_image(rec.image_path, rec.source)
-                else:
-                    raise DatasetError(rec.source or f"record {i}", "no image_path and no image")
-                validate_record(rec, image.shape)
+                image = checked_image(rec)
             except DatasetError as e:
                 report.handle(e, on_error)
                 continue

@@ -26,6 +26,7 @@ augmentation (evaluation) nothing is permuted.
 from __future__ import annotations
 
 import bisect
+import logging
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -36,11 +37,14 @@ from torch.utils.data import Dataset
 
 from sepbn.data.cache import FaceCache
 from sepbn.data.domains import UNKNOWN_DOMAIN, mirror_domain, pose_domain
-from sepbn.data.errors import DatasetError
+from sepbn.data.errors import DatasetError, OnError, SkipReport
 from sepbn.data.image_io import load_image
 from sepbn.data.protocols import LandmarkProtocol, get_protocol
 from sepbn.data.records import FaceRecord
 from sepbn.data.transforms import FaceCropTransform, compose_affine, is_mirrored, required_margin
+from sepbn.data.validation import check_records
+
+logger = logging.getLogger(__name__)
 
 Sample = dict[str, Any]
 
@@ -55,7 +59,10 @@ class LandmarkDataset(Dataset):
     Args:
         source: Face records, or a :class:`~sepbn.data.cache.FaceCache`. From a cache the
             sample's matrix is the augmentation matrix composed with the cache matrix,
-            so it still maps ORIGINAL image pixels to the crop.
+            so it still maps ORIGINAL image pixels to the crop. Records are checked as
+            :func:`~sepbn.data.cache.prepare_cache` checks them
+            (:func:`~sepbn.data.validation.check_records`: every image is decoded once, the
+            record checked against it), so a run without a cache keeps the same faces.
         protocol: The records' protocol (object or key).
         transform: Crop/augmentation; its protocol must be ``protocol``.
         protocol_id: Id of this protocol in a multi-protocol model (set again by
@@ -63,9 +70,18 @@ class LandmarkDataset(Dataset):
         seed: Base seed of the augmentation.
         mirror_domains: Swap pose domains 1 and 2 of flipped samples (a mirrored left
             profile is a right profile). Turn off for domain labels of another kind.
+        on_error: For records: ``"raise"`` at the first that fails the checks, or ``"skip"``
+            it (collected in ``report`` and logged).
+        report: Collects the records skipped by the checks.
+
+    Attributes:
+        record_index: ``(N,)`` int64 position of each face in the records it came from
+            (the records given, or those the cache was prepared from); differs from the
+            face's index where records were skipped.
 
     Raises:
-        DatasetError: A record of another protocol or with the wrong number of points.
+        DatasetError: A record of another protocol or with the wrong number of points, a
+            record that fails the checks under ``on_error="raise"``, or no face left.
         ValueError: Mismatched transform protocol, or a cache window smaller than the
             transform's evaluation crop.
     """
@@ -76,6 +92,7 @@ class LandmarkDataset(Dataset):
     boxes: np.ndarray  # (N, 4)
     domains: np.ndarray  # (N,)
     sources: list[str]
+    record_index: np.ndarray  # (N,)
 
     def __init__(
         self,
@@ -85,6 +102,8 @@ class LandmarkDataset(Dataset):
         protocol_id: int = 0,
         seed: int = 0,
         mirror_domains: bool = True,
+        on_error: OnError = "raise",
+        report: SkipReport | None = None,
     ) -> None:
         self.protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
         if transform.protocol != self.protocol:
@@ -101,7 +120,7 @@ class LandmarkDataset(Dataset):
         if isinstance(source, FaceCache):
             self._init_from_cache(source)
         else:
-            self._init_from_records(source)
+            self._init_from_records(source, on_error, report)
         self.norm = self.protocol.normalizer(self.orig_landmarks, self.boxes)  # (N,) Eq. 8 d
         estimated = pose_domain(self.orig_landmarks, self.protocol, self.valid)
         self.domains = np.where(self.domains >= 0, self.domains, estimated)
@@ -125,14 +144,25 @@ class LandmarkDataset(Dataset):
                 f"reach {needed:.3f}; the most extreme crops get black borders",
                 stacklevel=3,
             )
+        if len(cache) == 0 and cache.skipped:
+            source, reason = cache.skipped[0][:2]
+            raise DatasetError(
+                source,
+                f"{reason}; no faces left: all {len(cache.skipped)} record(s) were skipped "
+                f"(listed in {cache.root / 'skipped.csv'})",
+                "no faces left",
+            )
         self.orig_landmarks = cache.orig_landmarks
         self.valid = cache.valid
         self.boxes = cache.boxes
         self.domains = cache.domain.astype(np.int64)
         self.sources = [s or p for s, p in zip(cache.sources, cache.image_paths)]
+        self.record_index = cache.record_index
         self._cache_boxes = cache.crop_boxes()
 
-    def _init_from_records(self, records: Sequence[FaceRecord]) -> None:
+    def _init_from_records(
+        self, records: Sequence[FaceRecord], on_error: OnError, report: SkipReport | None
+    ) -> None:
         num_points = self.protocol.num_points
         for i, r in enumerate(records):
             where = r.source or f"record {i}"
@@ -146,6 +176,22 @@ class LandmarkDataset(Dataset):
                 )
             if r.image is None and r.image_path is None:
                 raise DatasetError(where, "no image_path and no image")
+        report = SkipReport() if report is None else report
+        start = len(report)
+        kept = check_records(records, on_error, report)
+        if len(report) > start:
+            logger.warning("%s", SkipReport(report.skipped[start:]).summary())
+            if not kept:
+                first = report.skipped[start]
+                raise DatasetError(
+                    first.source,
+                    f"{first.reason}; no faces left: all {len(records)} {self.protocol.name} "
+                    "record(s) failed the checks (listed above)",
+                    "no faces left",
+                )
+            records = [records[i] for i in kept]
+            self.source = records
+        self.record_index = np.asarray(kept, dtype=np.int64)
         n = len(records)
         self.orig_landmarks = (
             np.stack([r.landmarks for r in records]) if n else np.zeros((0, num_points, 2))

@@ -47,6 +47,8 @@ def image_file_problem(path: str | Path) -> tuple[str, str] | None:
         return "image file not found", "image file not found"
     except OSError as e:
         return "image file unreadable", f"image file unreadable: {e.strerror or e}"
+    except ValueError as e:  # a NUL character in the path
+        return "image file unreadable", f"image file unreadable: {e}"
     return _content_problem(head, tail)
 
 
@@ -75,7 +77,7 @@ def load_image(
     source: str = "",
     *,
     exif_orientation: bool = False,
-    strict: bool = False,
+    strict: bool = True,
 ) -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` uint8 RGB (grayscale is expanded to 3 channels).
 
@@ -88,10 +90,12 @@ def load_image(
             are what a photo viewer shows (phone photos). Off for datasets, whose
             annotations refer to the stored pixels.
         strict: Treat a JPEG that libjpeg decodes only with a "Corrupt JPEG data" warning
-            (its lower part comes out grey) as undecodable.
+            (its lower part comes out grey) as undecodable. On by default, so that
+            ``predict``, ``prepare``, ``train`` and ``eval`` refuse the same files.
 
     Raises:
-        DatasetError: The file is missing, empty, truncated or not a decodable image.
+        DatasetError: The file is missing, empty, truncated, corrupt, too large for OpenCV
+            or not a decodable image.
     """
     path = Path(path)
     where = f"{source} ({path})" if source else str(path)
@@ -105,6 +109,8 @@ def load_image(
         raise DatasetError(
             where, f"image file unreadable: {e.strerror or e}", "image file unreadable"
         ) from None
+    except ValueError as e:  # a NUL character in the path
+        raise DatasetError(where, f"image file unreadable: {e}", "image file unreadable") from None
     problem = _content_problem(data[:8], data[-64:])
     if problem is not None:
         category, reason = problem
@@ -112,12 +118,19 @@ def load_image(
     # IMREAD_UNCHANGED ignores the EXIF orientation; ANYCOLOR | ANYDEPTH applies it and
     # still keeps 16 bits and grayscale (it drops alpha, which is dropped below anyway).
     flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if exif_orientation else cv2.IMREAD_UNCHANGED
-    if strict and data[:3] == _JPEG_SOI:
-        img, warning = _decode_capturing_stderr(data, flags)
-        if img is not None and "corrupt" in warning.lower():
-            raise DatasetError(where, f"corrupt JPEG data ({warning.splitlines()[0]})")
-    else:
-        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    try:
+        if strict and data[:3] == _JPEG_SOI:
+            img, warning = _decode_capturing_stderr(data, flags)
+            if img is not None and "corrupt" in warning.lower():
+                reason = f"corrupt JPEG data ({warning.splitlines()[0]})"
+                raise DatasetError(where, reason, "corrupt JPEG data")
+        else:
+            img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except cv2.error as e:  # e.g. more pixels than OpenCV's CV_IO_MAX_IMAGE_PIXELS
+        detail = " ".join(str(e).split())
+        raise DatasetError(
+            where, f"not a decodable image ({detail})", "not a decodable image"
+        ) from None
     if img is None:
         raise DatasetError(where, "not a decodable image")
     if img.dtype == np.uint16:

@@ -151,9 +151,15 @@ def write_jpeg(path: str | Path, image: np.ndarray, quality: int = 90) -> Path:
 
 
 def _write(path: Path, image: np.ndarray, params: list[int]) -> Path:
+    # Encoded by OpenCV, written by Python: cv2.imwrite crashes on a file name not in UTF-8.
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params):
-        raise OSError(f"could not write {path}")
+    try:
+        ok, data = cv2.imencode(path.suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise OSError(f"could not write {path}: OpenCV cannot encode {path.suffix!r} images")
+    path.write_bytes(data.tobytes())
     return path
 
 

@@ -32,6 +32,7 @@ import os
 import pickle
 import random
 import re
+import reprlib
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -43,7 +44,7 @@ import torch
 
 from sepbn import __version__
 from sepbn.engine.distributed import check_device
-from sepbn.errors import SepbnError
+from sepbn.errors import SepbnError, os_error_reason
 
 if TYPE_CHECKING:
     from torch import nn
@@ -86,16 +87,25 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
 
     Returns:
         ``path``.
+
+    Raises:
+        CheckpointError: The file cannot be written (a full disk, no permission); nothing
+            is left behind but the previous checkpoint, if any.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "sepbn_version": __version__,
         **state,
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CheckpointError(
+            f"{path}: cannot write the checkpoint: {os_error_reason(exc)}"
+        ) from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -104,11 +114,28 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        failed = _os_error_in(exc)
+        if failed is not None:  # a full disk: one line, the old checkpoint kept
+            kept = "; the previous one is kept" if path.exists() else ""
+            raise CheckpointError(
+                f"{path}: cannot write the checkpoint: {os_error_reason(failed)}{kept}"
+            ) from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``: ``exc`` itself, or the one that torch's C++ writer turned
+    into a RuntimeError ("unexpected pos ...") when a write into the file failed."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -138,7 +165,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Raises:
         CheckpointError: The file is missing, empty, truncated or damaged, not a PyTorch
             file, holds pickled code (refused: loading it could run that code), is not a
-            sepbn checkpoint, or was written by a newer format version.
+            sepbn checkpoint, was written by a newer format version, or its ``model``,
+            ``model_info`` or ``config`` entry has the wrong type.
         ValueError: ``map_location`` is a device this machine lacks (checked before loading).
     """
     path = Path(path)
@@ -164,6 +192,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in ("model", "model_info", "config") if k not in state]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}")
+    for key in ("model", "model_info", "config"):
+        if not isinstance(state[key], Mapping):
+            raise CheckpointError(
+                f"{path}: {key!r} must be a mapping, got {type(state[key]).__name__} "
+                "(a hand-made or edited checkpoint?)"
+            )
+    for name, value in state["model"].items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{path}: 'model' must map parameter names to tensors, got "
+                f"{reprlib.repr(name)}: {type(value).__name__} (a hand-made or edited checkpoint?)"
+            )
     return state
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from sepbn.config import DatasetConfig, ExperimentConfig
+from sepbn.config.dataset_options import SYNTHETIC_OPTIONS
 from sepbn.data.cache import FaceCache, cache_crop_size, prepare_cache
 from sepbn.data.datasets import LandmarkDataset, MultiProtocolDataset, worker_init_fn
 from sepbn.data.errors import DatasetError, SkipReport, write_skip_csv
@@ -46,8 +47,6 @@ __all__ = [
     "write_skip_list",
 ]
 
-_SYNTHETIC_OPTIONS = ("num_faces", "start_index", "seed", "config", "layout")
-
 
 @dataclass
 class LoadedSet:
@@ -59,7 +58,8 @@ class LoadedSet:
         protocol: Their landmark protocol.
         records: The faces.
         read_skipped: What the reader skipped (and noted) while reading them.
-        cache_skipped: What preparing their face cache skipped (undecodable images, ...).
+        cache_skipped: What preparing their face cache skipped (undecodable images, ...),
+            or without a cache what the dataset's same checks skipped.
     """
 
     config: DatasetConfig
@@ -169,11 +169,11 @@ def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
     name = ds.display_name
     skipped = SkipReport()
     if ds.kind == "synthetic":
-        unknown = sorted(set(ds.options) - set(_SYNTHETIC_OPTIONS))
+        unknown = sorted(set(ds.options) - set(SYNTHETIC_OPTIONS))
         if unknown:
             raise ConfigError(
                 f"dataset {name!r}: unknown synthetic option(s) {unknown}; "
-                f"valid: {list(_SYNTHETIC_OPTIONS)}"
+                f"valid: {list(SYNTHETIC_OPTIONS)}"
             )
         options = dict(ds.options)
         if isinstance(options.get("config"), dict):
@@ -293,7 +293,17 @@ def _dataset(
         augment=config.data.augment if train else None,
     )
     source = _cache_source(loaded, config, is_main)
-    return LandmarkDataset(source, loaded.protocol, transform, protocol_id, seed=config.seed)
+    if not isinstance(source, FaceCache):  # the dataset checks the records as prepare_cache does
+        loaded.cache_skipped = SkipReport()
+    return LandmarkDataset(
+        source,
+        loaded.protocol,
+        transform,
+        protocol_id,
+        seed=config.seed,
+        on_error=loaded.config.on_error,
+        report=loaded.cache_skipped,
+    )
 
 
 def make_train_set(

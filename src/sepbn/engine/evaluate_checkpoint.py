@@ -97,8 +97,9 @@ def evaluate_checkpoint(
             f"{checkpoint} is a {model.num_points}-point model; {loaded.name} is "
             f"{protocol!r} data with {loaded.protocol.num_points} points"
         )
+    dataset = make_eval_set(loaded, config)
     loader = DataLoader(
-        make_eval_set(loaded, config),
+        dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -117,8 +118,10 @@ def evaluate_checkpoint(
     paths = result.save(out, prefix, skipped={**skipped.summary_counts(), "file": listing.name})
     paths["skipped"] = listing
     attributes: dict[str, LandmarkMetrics] = {}
-    if any(r.attributes for r in loaded.records):
-        attributes = attribute_table(result, loaded.records)
+    # The faces in dataset order: records that failed the checks are not in the dataset.
+    faces = [loaded.records[i] for i in dataset.record_index.tolist()]
+    if any(r.attributes for r in faces):
+        attributes = attribute_table(result, faces)
         paths["attributes"] = out / f"{prefix}_attributes.json"
         paths["attributes"].write_text(
             json.dumps({k: v.to_dict() for k, v in attributes.items()}, indent=2)

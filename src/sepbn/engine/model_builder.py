@@ -9,6 +9,7 @@ the three together for ``sepbn eval``, ``predict`` and ``similarity``.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -110,14 +111,37 @@ def build_model_from_info(
         source: The checkpoint, for error messages.
 
     Raises:
-        CheckpointError: An unknown model kind.
+        CheckpointError: An unknown model kind, or a point count or head that is not a
+            positive integer.
     """
     kind = info.get("kind")
     if kind == "cross":
-        return build_model_from_config(config, heads=dict(info["heads"]), pretrained=False)
+        heads = info.get("heads")
+        if not (
+            isinstance(heads, Mapping)
+            and heads
+            and all(isinstance(k, str) and _is_count(v) for k, v in heads.items())
+        ):
+            raise CheckpointError(
+                f"{source}: model_info 'heads' must map protocol names to landmark counts "
+                f"(positive integers), got {reprlib.repr(heads)}"
+            )
+        return build_model_from_config(config, heads=dict(heads), pretrained=False)
     if kind == "single":
-        return build_model_from_config(config, num_points=int(info["num_points"]), pretrained=False)
-    raise CheckpointError(f"{source}: unknown model kind {kind!r}; valid: {list(MODEL_KINDS)}")
+        num_points = info.get("num_points")
+        if not _is_count(num_points):
+            raise CheckpointError(
+                f"{source}: model_info 'num_points' must be a positive integer (L), "
+                f"got {reprlib.repr(num_points)}"
+            )
+        return build_model_from_config(config, num_points=num_points, pretrained=False)
+    raise CheckpointError(
+        f"{source}: unknown model kind {reprlib.repr(kind)}; valid: {list(MODEL_KINDS)}"
+    )
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def load_model_from_checkpoint(
@@ -143,11 +167,13 @@ def load_model_from_checkpoint(
     """
     state = load_checkpoint(path, map_location=map_location)
     if config is None:
+        source = f"{path} (embedded config)"
         try:
-            source = f"{path} (embedded config)"
             config = config_from_dict(upgrade_legacy_config(state["config"], source), source)
         except ValueError as exc:
             raise CheckpointError(str(exc)) from exc
+        except TypeError as exc:  # a value of a type no config holds, met before its check
+            raise CheckpointError(f"{source}: not a config sepbn writes ({exc})") from exc
     model = build_model_from_info(config.model, state["model_info"], path)
     load_model_state(model, state["model"], str(path))
     model.to(map_location).eval()

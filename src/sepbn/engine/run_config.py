@@ -15,9 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sepbn.config import ExperimentConfig, save_config, to_dict
+from sepbn.config.yaml_reader import read_yaml_file
 from sepbn.errors import SepbnError
 
 __all__ = [
@@ -109,7 +108,7 @@ def write_run_config(config: ExperimentConfig, run_dir: Path, resume: bool) -> N
     path = run_dir / "config.yaml"
     if resume:
         if path.is_file():
-            check_resume_config(yaml.safe_load(path.read_text()) or {}, config, path)
+            check_resume_config(read_yaml_file(path)[0] or {}, config, path)
         elif not any(run_dir.glob("*/last.pt")):
             logger.warning("--resume: %s holds no run to resume; starting from scratch", run_dir)
     save_config(config, path)

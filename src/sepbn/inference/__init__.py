@@ -4,6 +4,7 @@ from sepbn.inference.detector import Face, LandmarkDetector
 from sepbn.inference.errors import InferenceError
 from sepbn.inference.face_detection import FaceDetectorError, HaarFaceDetector
 from sepbn.inference.photos import PredictSummary, predict_photos
+from sepbn.inference.writers import LandmarksFile, read_landmarks
 
 __all__ = [
     "Face",
@@ -11,6 +12,8 @@ __all__ = [
     "HaarFaceDetector",
     "InferenceError",
     "LandmarkDetector",
+    "LandmarksFile",
     "PredictSummary",
     "predict_photos",
+    "read_landmarks",
 ]

@@ -1,13 +1,16 @@
-"""What runs the landmark network on a batch of crops: eager PyTorch or onnxruntime.
+"""What runs the landmark network on a batch of crops: eager PyTorch, onnxruntime, TorchScript.
 
-Both take the crops as the data pipeline makes them, ``(N, S, S, 3)`` uint8 RGB, and return
+All take the crops as the data pipeline makes them, ``(N, S, S, 3)`` uint8 RGB, and return
 ``(N, L, 2)`` coordinates divided by S, so :class:`sepbn.inference.LandmarkDetector` does
-not care which one it holds.
+not care which one it holds. The ONNX and TorchScript files are those ``sepbn export``
+writes; their metadata gives the protocol, S and the box scale.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,7 +23,15 @@ from sepbn.errors import ConfigError
 from sepbn.inference.errors import InferenceError
 from sepbn.models import to_model_input
 
-__all__ = ["LandmarkBackend", "OnnxBackend", "TorchBackend", "resolve_device"]
+__all__ = [
+    "LandmarkBackend",
+    "OnnxBackend",
+    "TorchBackend",
+    "TorchScriptBackend",
+    "check_finite_weights",
+    "is_torchscript",
+    "resolve_device",
+]
 
 
 class LandmarkBackend(Protocol):
@@ -109,6 +120,85 @@ class OnnxBackend:
         batch = np.ascontiguousarray(crops.transpose(0, 3, 1, 2))  # (N, 3, S, S) uint8
         (out,) = self.session.run(None, {self._input: batch})
         return np.asarray(out, dtype=np.float64)
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (``torch.jit.save``), not a ``torch.save`` file.
+
+    Both are zip archives; only TorchScript's hold the compiled ``code/`` and ``constants.pkl``.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return any("/code/" in name or name.endswith("/constants.pkl") for name in names)
+
+
+class TorchScriptBackend:
+    """A file written by ``sepbn export --format torchscript``.
+
+    Args:
+        path: The TorchScript file; its ``sepbn.json`` gives the protocol, S and box scale.
+        device: Where it runs.
+
+    Attributes:
+        metadata: The file's ``sepbn.json``, parsed.
+
+    Raises:
+        InferenceError: The file does not load, or lacks sepbn's metadata.
+    """
+
+    def __init__(self, path: str | Path, device: torch.device) -> None:
+        self.path = Path(path)
+        self.device = device
+        extra = {"sepbn.json": ""}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation
+                self.module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        except Exception as exc:  # torch.jit raises untyped C++ errors
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InferenceError(
+                f"{path}: a TorchScript file that does not load: {first}"
+            ) from None
+        try:
+            meta = json.loads(extra["sepbn.json"] or "null")
+        except ValueError:
+            meta = None
+        needed = {"protocol", "num_points", "input_size", "box_scale"}
+        if not isinstance(meta, dict) or not needed <= meta.keys():
+            raise InferenceError(
+                f"{path} is a TorchScript file without sepbn's metadata (sepbn.json with "
+                f"{', '.join(sorted(needed))}); predict runs sepbn checkpoints and the files "
+                "`sepbn export` writes"
+            )
+        self.metadata: dict[str, Any] = meta
+        self.num_points = int(meta["num_points"])
+        self.module.eval()
+
+    @torch.inference_mode()
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S) uint8
+        out = self.module(batch.to(self.device))  # (N, L, 2)
+        return out.float().cpu().numpy().astype(np.float64)
+
+
+def check_finite_weights(model: nn.Module, source: object) -> None:
+    """Refuse a network whose parameters or buffers hold NaN or inf (a diverged run).
+
+    Raises:
+        InferenceError: Naming ``source``, how many tensors are affected and the first.
+    """
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    bad = [
+        name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise InferenceError(
+            f"{source}: {len(bad)} weight tensor(s) hold NaN or inf (first: {bad[0]}); the "
+            "run that saved it diverged: use an earlier checkpoint"
+        )
 
 
 def _parse(value: str) -> Any:

@@ -39,6 +39,9 @@ from sepbn.inference.backends import (
     LandmarkBackend,
     OnnxBackend,
     TorchBackend,
+    TorchScriptBackend,
+    check_finite_weights,
+    is_torchscript,
     model_num_points,
     resolve_device,
 )
@@ -222,31 +225,39 @@ class LandmarkDetector:
         """Load a ``sepbn train`` checkpoint (its embedded config gives size and crop).
 
         Args:
-            path: The checkpoint (``last.pt`` or ``best.pt``), or with ``backend="onnx"``
-                a file written by ``sepbn export --format onnx``.
+            path: The checkpoint (``last.pt`` or ``best.pt``), or a file written by
+                ``sepbn export`` (ONNX or TorchScript).
             protocol: Needed for a cross-protocol (CNT stage 1) checkpoint with several
                 branches; otherwise the model's only protocol (it is checked against the
                 model's point count).
             device: Where the model runs; ``None`` = CUDA when available, else the CPU.
             refine_steps: See the class docstring.
             detector: The face detector (a registry name or an instance), see the class.
-            backend: ``"torch"`` or ``"onnx"``; ``None`` = ``"onnx"`` for a ``.onnx`` file.
+            backend: ``"torch"``, ``"onnx"`` or ``"torchscript"``; ``None``: ``"onnx"`` for a
+                ``.onnx`` file, ``"torchscript"`` for a TorchScript archive, else ``"torch"``.
             batch_size: Crops per network call.
 
         Raises:
             CheckpointError: The file is missing, not a sepbn checkpoint, or corrupt.
-            InferenceError: A protocol that does not fit the model, a missing device.
+            InferenceError: A protocol that does not fit the model, a missing device, weights
+                that hold NaN or inf.
         """
-        backend = backend or ("onnx" if Path(path).suffix.lower() == ".onnx" else "torch")
-        if backend == "onnx":
-            onnx = OnnxBackend(path)
-            meta = onnx.metadata
+        if backend is None:
+            backend = "onnx" if Path(path).suffix.lower() == ".onnx" else "torch"
+            backend = "torchscript" if backend == "torch" and is_torchscript(path) else backend
+        if backend in ("onnx", "torchscript"):
+            exported: OnnxBackend | TorchScriptBackend = (
+                OnnxBackend(path)
+                if backend == "onnx"
+                else TorchScriptBackend(path, resolve_device(device))
+            )
+            meta = exported.metadata
             if protocol is not None and protocol != meta["protocol"]:
                 raise InferenceError(
                     f"{path} was exported for protocol {meta['protocol']!r}, not {protocol!r}"
                 )
             return cls(
-                onnx,
+                exported,
                 meta["protocol"],
                 int(meta["input_size"]),
                 float(meta["box_scale"]),
@@ -255,11 +266,14 @@ class LandmarkDetector:
                 batch_size=batch_size,
             )
         if backend != "torch":
-            raise InferenceError(f"unknown backend {backend!r}; valid: ['torch', 'onnx']")
+            raise InferenceError(
+                f"unknown backend {backend!r}; valid: ['torch', 'onnx', 'torchscript']"
+            )
         from sepbn.engine.model_builder import load_model_from_checkpoint
 
         resolved = resolve_device(device)  # before loading, so a bad device fails fast
         model, config = load_model_from_checkpoint(path, map_location="cpu")
+        check_finite_weights(model, path)
         protocol = checkpoint_protocol(model, config, protocol, path)
         return cls(
             model,
@@ -360,21 +374,25 @@ class LandmarkDetector:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(F, L, 2)`` landmarks and ``(F,)`` quality (NaN without) of all boxes, in order."""
         owner = np.repeat(np.arange(len(images)), [len(b) for b in boxes])  # (F,) image index
-        current = np.concatenate([np.reshape(b, (-1, 4)) for b in boxes]).astype(np.float64)
+        given = np.concatenate([np.reshape(b, (-1, 4)) for b in boxes]).astype(np.float64)
+        current = given
         num_faces = len(current)
         if num_faces == 0:
             return np.zeros((0, self.protocol.num_points, 2)), np.zeros(0)
-        for step in range(self.refine_steps + 1):
-            if step == self.refine_steps and with_quality:  # the final pass and its jitter
-                out = self._predict_crops(
-                    images,
-                    np.concatenate([owner, owner]),
-                    np.concatenate([current, _jitter(current)]),
-                )
-                landmarks, moved = out[:num_faces], out[num_faces:]
-                return landmarks, _quality(landmarks, moved)
-            landmarks = self._predict_crops(images, owner, current)
-            current = _tight_boxes(landmarks)
+        with np.errstate(all="ignore"):  # a box beyond float range: _check_finite says so
+            for step in range(self.refine_steps + 1):
+                if step == self.refine_steps and with_quality:  # the final pass and its jitter
+                    out = self._predict_crops(
+                        images,
+                        np.concatenate([owner, owner]),
+                        np.concatenate([current, _jitter(current)]),
+                    )
+                    _check_finite(out, np.concatenate([given, given]))
+                    landmarks, moved = out[:num_faces], out[num_faces:]
+                    return landmarks, _quality(landmarks, moved)
+                landmarks = self._predict_crops(images, owner, current)
+                _check_finite(landmarks, given)  # else the next crop is made from a NaN box
+                current = _tight_boxes(landmarks)
         return landmarks, np.full(num_faces, np.nan)
 
     def _predict_crops(
@@ -430,6 +448,21 @@ def checkpoint_protocol(model: nn.Module, config: Any, protocol: str | None, pat
 
 def _protocols_with(num_points: int) -> list[str]:
     return [name for name, p in PROTOCOLS.items() if p.num_points == num_points]
+
+
+def _check_finite(landmarks: np.ndarray, boxes: np.ndarray) -> None:
+    """Raise for the first face whose ``(F, L, 2)`` landmarks hold NaN or inf.
+
+    Raises:
+        InferenceError: Naming the face's given box.
+    """
+    bad = ~np.isfinite(landmarks).all(axis=(1, 2))
+    if bad.any():
+        box = ",".join(f"{v:g}" for v in boxes[int(np.argmax(bad))])
+        raise InferenceError(
+            f"the face box {box} gives landmarks that are not finite (NaN or inf): a box far "
+            "larger than the photo, or a network that outputs NaN"
+        )
 
 
 def _tight_boxes(landmarks: np.ndarray) -> np.ndarray:

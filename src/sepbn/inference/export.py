@@ -17,8 +17,10 @@ JSON value: ``protocol``, ``num_points`` (L), ``flip_perm`` (the protocol's 0-ba
 horizontal-flip permutation), ``input_size`` (S), ``box_scale``, ``input`` and ``output``
 (the descriptions above), ``arch``, ``norm``, ``sepbn_version``.
 
-**ONNX opset.** At least :data:`MIN_OPSET` (18, PyTorch's ``torch.export``-based exporter,
-which this module uses). ONNX has no adaptive max pooling, so while exporting, SepBN's
+**ONNX opset.** :func:`onnx_opsets`: from :data:`MIN_OPSET` (18, the opset of PyTorch's
+``torch.export``-based exporter, which this module uses) to the newest the installed ``onnx``
+knows (28 with onnx 1.23); the exporter converts its graph to the opset asked, and the written
+file is checked to carry that opset. ONNX has no adaptive max pooling, so while exporting, SepBN's
 attention pools with slices and maxima over its T×T bands (static, since S is);
 a SepBN layer in eval form then needs ``Slice``, ``ReduceMax`` / ``Max``, ``Concat``,
 ``Conv`` (the 1×1 reduction), ``Gemm`` (the MLP), ``Relu``, ``Softmax``, ``Reshape``,
@@ -50,6 +52,7 @@ __all__ = [
     "export_checkpoint",
     "export_metadata",
     "export_model",
+    "onnx_opsets",
 ]
 
 EXPORT_FORMATS = ("onnx", "torchscript")
@@ -57,6 +60,24 @@ MIN_OPSET = 18
 DEFAULT_OPSET = 18
 INPUT_DESCRIPTION = "images: (N, 3, S, S) uint8 RGB, 0-255; /255 and ImageNet mean/std inside"
 OUTPUT_DESCRIPTION = "landmarks: (N, L, 2) float32, x, y in crop pixels / S"
+
+
+def onnx_opsets() -> range:
+    """The ONNX opsets :func:`export_model` writes: :data:`MIN_OPSET` up to the newest opset of
+    the installed ``onnx``, the range its version converter targets (torch hands its graph to
+    that converter when the opset asked differs from its own, and with a newer opset than the
+    converter knows writes its own opset instead).
+
+    Raises:
+        InferenceError: ``onnx`` is not installed.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise InferenceError(
+            "ONNX export needs onnx and onnxscript: pip install onnx onnxscript"
+        ) from None
+    return range(MIN_OPSET, onnx.defs.onnx_opset_version() + 1)
 
 
 class ExportableLandmarkNet(nn.Module):
@@ -117,10 +138,11 @@ def export_model(
         fmt: ``"onnx"`` or ``"torchscript"``.
         input_size: S.
         metadata: From :func:`export_metadata`.
-        opset: ONNX opset, at least :data:`MIN_OPSET`.
+        opset: ONNX opset, one of :func:`onnx_opsets`.
 
     Raises:
-        InferenceError: An unknown format, or an opset below :data:`MIN_OPSET`.
+        InferenceError: An unknown format, an opset outside :func:`onnx_opsets`, or an
+            exporter that wrote another opset than ``opset``.
     """
     if fmt not in EXPORT_FORMATS:
         raise InferenceError(f"unknown export format {fmt!r}; valid: {list(EXPORT_FORMATS)}")
@@ -139,8 +161,12 @@ def export_model(
             traced = torch.jit.trace(net, example, check_trace=False)
             torch.jit.save(traced, str(out), _extra_files={"sepbn.json": _json_of(metadata)})
         return out
-    if opset < MIN_OPSET:
-        raise InferenceError(f"ONNX opset {opset} is too old; sepbn needs >= {MIN_OPSET}")
+    opsets = onnx_opsets()
+    if opset not in opsets:
+        raise InferenceError(
+            f"ONNX opset {opset} is not supported; valid: {opsets[0]} to {opsets[-1]} "
+            f"(sepbn needs >= {MIN_OPSET}; the installed onnx knows up to {opsets[-1]})"
+        )
     return _export_onnx(net, example, out, metadata, opset)
 
 
@@ -170,6 +196,11 @@ def _export_onnx(
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:  # never a file of another opset than asked
+        raise InferenceError(
+            f"the exporter produced ONNX opset {written}, not the {opset} asked; nothing written"
+        )
     onnx.checker.check_model(proto)
     onnx.save(proto, str(out))
     return out

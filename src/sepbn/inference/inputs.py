@@ -1,12 +1,15 @@
 """``sepbn predict``'s inputs: files, folders (recursive) and videos -> a stream of frames.
 
 Each yielded :class:`Frame` is one photo or one video frame, decoded, or carrying the reason
-it could not be (a missing, empty, truncated, corrupt or non-image file), so the caller
-reports it in one line and carries on with the rest.
+it could not be (a missing, empty, truncated, corrupt or non-image file, an image larger than
+OpenCV decodes, a symbolic link loop, a video that ends before the frame count its header
+declares), so the caller reports it in one line and carries on with the rest.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sepbn.data.errors import DatasetError
-from sepbn.inference.errors import InferenceError
+from sepbn.inference.errors import InferenceError, error_reason
 from sepbn.inference.image_input import as_rgb
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "Frame", "collect_inputs", "count_frames", "frames"]
@@ -48,10 +50,15 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
+def collect_inputs(paths: Sequence[str | Path], exclude: Path | None = None) -> list[Path]:
     """Files as given, folders expanded to their images (recursively, sorted by path).
 
     A path that does not exist is kept: reading it yields a frame with that error.
+
+    Args:
+        paths: Files and folders.
+        exclude: A folder whose images a folder search skips (the output folder, so that a
+            second run does not read the first run's drawings as photos).
 
     Raises:
         InferenceError: No input at all, or a folder without any image.
@@ -59,8 +66,15 @@ def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, paths):
         if item.is_dir():
+            skip = None
+            if exclude is not None and _strictly_inside(exclude, item):
+                skip = os.path.abspath(exclude)
             found = sorted(
-                p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                p
+                for p in item.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES
+                and p.is_file()
+                and not (skip and Path(os.path.abspath(p)).is_relative_to(skip))
             )
             if not found:
                 suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
@@ -73,8 +87,15 @@ def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def _strictly_inside(path: Path, folder: Path) -> bool:
+    inner, outer = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return inner != outer and inner.is_relative_to(outer)
+
+
 def count_frames(paths: Sequence[Path], every: int) -> int:
     """How many frames :func:`frames` yields (for a progress bar); videos by their header."""
+    if every < 1:
+        raise InferenceError(f"--every must be >= 1, got {every}")
     total = 0
     for path in paths:
         if is_video(path):
@@ -96,21 +117,38 @@ def frames(paths: Sequence[Path], every: int = 1) -> Iterator[Frame]:
             yield from _video_frames(path, every)
             continue
         try:
-            yield Frame(path, None, as_rgb(path))
-        except DatasetError as exc:
-            yield Frame(path, None, None, exc.reason)
+            image = as_rgb(path)
+        except Exception as exc:  # any failure is this photo's, not the run's
+            yield Frame(path, None, None, _link_problem(path) or error_reason(exc))
+        else:
+            yield Frame(path, None, image)
+
+
+def _link_problem(path: Path) -> str | None:
+    """Why a symbolic link cannot be read (a loop, a missing target), or None."""
+    if not path.is_symlink() or path.exists():
+        return None
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop so
+        return "a symbolic link loop"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+    return f"a symbolic link to {os.readlink(path)}, which does not exist"
 
 
 def _video_frames(path: Path, every: int) -> Iterator[Frame]:
     if not path.is_file():
-        yield Frame(path, None, None, "video file not found")
+        yield Frame(path, None, None, _link_problem(path) or "video file not found")
         return
     capture = cv2.VideoCapture(str(path))
+    index = 0
     try:
         if not capture.isOpened():
             yield Frame(path, None, None, "not a video OpenCV can open")
             return
-        index = 0
+        declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         while True:
             if index % every:
                 if not capture.grab():  # skipped frames are not decoded
@@ -121,7 +159,18 @@ def _video_frames(path: Path, every: int) -> Iterator[Frame]:
                     break
                 yield Frame(path, index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
             index += 1
-        if index == 0:
-            yield Frame(path, None, None, "the video has no readable frame")
+    except Exception as exc:  # a decoder error ends this video, not the run
+        yield Frame(path, index, None, f"frame {index} cannot be read: {error_reason(exc)}")
+        return
     finally:
         capture.release()
+    if index == 0:
+        yield Frame(path, None, None, "the video has no readable frame")
+    elif index < declared - max(2, declared // 100):  # counts estimated from the duration err
+        yield Frame(
+            path,
+            None,
+            None,
+            f"the video ends after {index} of the {declared} frames its header declares "
+            "(a cut or damaged file?); the frames before are kept",
+        )

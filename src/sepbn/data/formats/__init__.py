@@ -6,7 +6,10 @@ that each referenced image file exists, and follows ``on_error``: ``"raise"`` st
 first bad line or record with a :class:`~sepbn.data.errors.DatasetError` naming the file and
 line (or record); ``"skip"`` drops it, collects it in ``report`` (a
 :class:`~sepbn.data.errors.SkipReport`, pass your own to keep it) and warns with the summary
-at the end. Nothing is dropped silently.
+at the end. Nothing is dropped silently. A field of the wrong type (text where a number
+belongs, a MATLAB cell where an array belongs) is a bad record like any other; a problem
+shared by every record of a file (not JSON, an array of the wrong class) raises under both
+policies, since no record is left to keep.
 
 Example:
     >>> report = SkipReport()

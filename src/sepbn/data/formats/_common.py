@@ -1,7 +1,15 @@
-"""Helpers shared by the format readers: error policy, number parsing, image lookup."""
+"""Helpers shared by the format readers: error policy, field checks, number parsing, images.
+
+Every value a reader takes from a file passes one of the ``*_field`` checks (or
+:func:`parse_rows` for text columns) before it is used, so a value of the wrong type gives
+one :class:`DatasetError` naming the file, the record and the field, never a traceback from
+deep inside numpy or ``int()``; under ``on_error="skip"`` that record is skipped and reported.
+"""
 
 from __future__ import annotations
 
+import math
+import reprlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -96,10 +104,152 @@ class ErrorPolicy:
         return records
 
 
-def read_lines(path: Path) -> list[str]:
-    """The lines of a text annotation file, with a :class:`DatasetError` for I/O problems."""
+def _short_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict = 2, 4, 4, 3
+    r.maxstring = r.maxother = r.maxlong = 40
+    return r
+
+
+_SHORT_REPR = _short_repr()
+
+
+def show(value: object) -> str:
+    """A value as a short one-line repr for messages, however long or deep it is."""
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return _SHORT_REPR.repr(value)
+    except RecursionError:  # a self-referencing container, or one nested beyond reprlib
+        return f"<deeply nested {type(value).__name__}>"
+
+
+def _bad(source: str, name: str, expected: str, value: object) -> DatasetError:
+    return DatasetError(source, f"{name} must be {expected}, got {show(value)}", f"bad {name}")
+
+
+def _is_real(value: object) -> bool:
+    """An int or float of Python or numpy; bool is not a number here."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def int_field(
+    value: object, source: str, name: str, *, low: int | None = None, high: int | None = None
+) -> int:
+    """An integer field of a record: an int, or a float holding one (as some writers store it).
+
+    Args:
+        value: The value read from the file.
+        source: The record, for the error (``"file[annotation 3]"``).
+        name: The field, for the error and the category (``"bad <name>"``).
+        low: Smallest valid value, if any.
+        high: Largest valid value, if any.
+
+    Raises:
+        DatasetError: A bool, string, null, non-integer or out-of-range value.
+    """
+    if low is not None and high is not None:
+        expected = f"an integer in {low}..{high}"
+    elif low is not None:
+        expected = f"an integer >= {low}"
+    else:
+        expected = "an integer"
+    integral = isinstance(value, (int, np.integer)) or (
+        isinstance(value, (float, np.floating)) and math.isfinite(value) and value == int(value)
+    )
+    if not integral or isinstance(value, (bool, np.bool_)):
+        raise _bad(source, name, expected, value)
+    result = int(value)  # type: ignore[call-overload]  # integral: an int or a whole float
+    if (low is not None and result < low) or (high is not None and result > high):
+        raise _bad(source, name, expected, value)
+    return result
+
+
+def number_field(value: object, source: str, name: str) -> float:
+    """A finite real number (int or float, not bool or string).
+
+    Raises:
+        DatasetError: Naming ``source`` and ``name``.
+    """
+    if _is_real(value):
+        try:
+            number = float(value)  # type: ignore[arg-type]  # _is_real: int or float
+        except OverflowError:  # an int beyond float range
+            number = math.inf
+        if math.isfinite(number):
+            return number
+    raise _bad(source, name, "a finite number", value)
+
+
+def numbers_field(value: object, source: str, name: str, length: int | None = None) -> np.ndarray:
+    """A list of finite real numbers, e.g. a JSON array of coordinates.
+
+    Args:
+        value: The value read from the file.
+        source: The record, for the error.
+        name: The field; a bad element is named ``name[i]`` (0-based).
+        length: The required number of elements, if fixed.
+
+    Returns:
+        ``(length,)`` float64.
+
+    Raises:
+        DatasetError: Not a list (or tuple), the wrong length, or an element that is not a
+            finite number.
+    """
+    expected = "a list of numbers" if length is None else f"a list of {length} numbers"
+    if not isinstance(value, (list, tuple)) or (length is not None and len(value) != length):
+        raise _bad(source, name, expected, value)
+    if all(type(v) is float or type(v) is int for v in value):
+        try:
+            out = np.array(value, dtype=np.float64)
+        except OverflowError:  # an int beyond float range: found below
+            out = None
+        if out is not None and np.isfinite(out).all():
+            return out
+    for i, v in enumerate(value):
+        number_field(v, source, f"{name}[{i}]")
+    raise AssertionError("unreachable: some element failed number_field")  # pragma: no cover
+
+
+def text_field(value: object, source: str, name: str) -> str:
+    """A non-empty string without NUL characters (e.g. an image file name).
+
+    Raises:
+        DatasetError: Naming ``source`` and ``name``.
+    """
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise _bad(source, name, "a non-empty string without NUL characters", value)
+    return value
+
+
+def flag_field(value: object, source: str, name: str) -> bool:
+    """A yes/no field: a bool, or the number 0 or 1.
+
+    Raises:
+        DatasetError: Naming ``source`` and ``name``.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if _is_real(value) and value in (0, 1):
+        return bool(value)
+    raise _bad(source, name, "true, false, 0 or 1", value)
+
+
+def is_key(value: object) -> bool:
+    """Whether ``value`` can be a record id: an int, a finite float or a string."""
+    if isinstance(value, (str, int, np.integer)):
+        return not isinstance(value, (bool, np.bool_))
+    return isinstance(value, (float, np.floating)) and math.isfinite(value)
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text annotation file, with a :class:`DatasetError` for I/O problems.
+
+    A leading byte-order mark (as Windows editors write) is dropped.
+    """
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise DatasetError(str(path), "annotation file not found") from None
     except IsADirectoryError:

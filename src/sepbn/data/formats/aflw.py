@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from sepbn.data.errors import DatasetError, SkipReport
-from sepbn.data.formats._common import ErrorPolicy, check_split
-from sepbn.data.formats._matlab import MatFile
+from sepbn.data.formats._common import ErrorPolicy, check_split, text_field
+from sepbn.data.formats._matlab import MatFile, cell_string
 from sepbn.data.records import FaceRecord, box_from_landmarks
 
 NUM_POINTS = 19
@@ -71,11 +71,11 @@ def read_aflw(
     check_split("aflw", split, AFLW_SPLITS)
     path = Path(path)
     with MatFile(path) as mat:
-        bbox = mat.array("bbox").astype(np.float64)
-        data = mat.array("data").astype(np.float64)
-        mask = mat.array("mask_new")
-        names = mat.strings("nameList")
-        ra = mat.array("ra").reshape(-1)
+        bbox = mat.numbers("bbox")
+        data = mat.numbers("data")
+        mask = mat.numbers("mask_new")
+        names = mat.cell("nameList")  # checked per record: one bad name costs one face
+        ra = mat.numbers("ra").reshape(-1)
     n = len(names)
     for key, arr, cols in (
         ("bbox", bbox, 4),
@@ -86,8 +86,10 @@ def read_aflw(
             raise DatasetError(
                 f"{path}[{key}]", f"expected shape ({n}, {cols}) for {n} faces, got {arr.shape}"
             )
-    if sorted(ra.astype(np.int64).tolist()) != list(range(1, n + 1)) or not np.all(
-        ra == np.round(ra)
+    if (
+        not np.all((ra >= 1) & (ra <= n))  # also False for NaN
+        or not np.all(ra == np.round(ra))
+        or sorted(ra.astype(np.int64).tolist()) != list(range(1, n + 1))
     ):
         raise DatasetError(f"{path}[ra]", f"not a 1-based permutation of 1..{n}")
     if not 0 < num_train < n:
@@ -107,7 +109,11 @@ def read_aflw(
     records = []
     for i in rows.tolist():
         source = f"{path}[record {i + 1}]"
-        image = root / names[i]
+        try:
+            image = root / text_field(cell_string(names[i], source, "nameList"), source, "nameList")
+        except DatasetError as e:
+            policy.report.handle(e, policy.on_error)
+            continue
         if check_images and not policy.check_image(image, source):
             continue
         record = FaceRecord(
@@ -175,7 +181,7 @@ def read_aflw2000(
         image = f.with_suffix(".jpg")
         try:
             with MatFile(f) as mat:
-                pt2d = mat.array("pt2d")
+                pt2d = mat.numbers("pt2d")
             if pt2d.shape != (2, 21):
                 reason = f"pt2d must be 2 x 21, got {pt2d.shape}"
                 raise DatasetError(source, reason, "pt2d of wrong shape")

@@ -23,6 +23,7 @@ import json
 import os
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,25 +31,97 @@ import cv2
 import numpy as np
 
 from sepbn.data.errors import DatasetError, SkipReport
-from sepbn.data.formats._common import ErrorPolicy, check_split
+from sepbn.data.formats._common import (
+    ErrorPolicy,
+    check_split,
+    flag_field,
+    int_field,
+    is_key,
+    numbers_field,
+    show,
+    text_field,
+)
 from sepbn.data.protocols import get_protocol, protocol_for_num_points
 from sepbn.data.records import FaceRecord, box_from_landmarks
 
 
 def _load_json(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DatasetError(str(path), "annotation file not found") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(str(path), f"annotation file unreadable: {e}") from None
+        reason = f"annotation file unreadable: {' '.join(str(e).split())}"
+        raise DatasetError(str(path), reason, "annotation file unreadable") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}:{e.lineno}", f"invalid JSON: {e.msg}") from None
+        raise DatasetError(f"{path}:{e.lineno}", f"invalid JSON: {e.msg}", "invalid JSON") from None
+    except RecursionError:
+        raise DatasetError(str(path), "invalid JSON: nested too deeply", "invalid JSON") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise DatasetError(str(path), f"invalid JSON: {e}", "invalid JSON") from None
     if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations")):
         raise DatasetError(str(path), "not a COCO keypoint file: needs 'images' and 'annotations'")
+    for key in ("images", "annotations"):
+        if not isinstance(data[key], list):
+            reason = f"'{key}' must be a list, got {show(data[key])}"
+            raise DatasetError(str(path), reason, "not a COCO keypoint file")
     return data
+
+
+@dataclass(frozen=True)
+class _Image:
+    """An entry of ``images``: the file and, when the entry gives it, ``(H, W)``."""
+
+    file_name: str
+    shape: tuple[int, int] | None
+
+
+def _parse_image(img: Any, source: str) -> tuple[Any, _Image]:
+    """``(id, entry)`` of one ``images`` element, every field checked."""
+    if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
+        raise DatasetError(source, "image entry needs 'id' and 'file_name'", "bad image entry")
+    if not is_key(img["id"]):
+        raise DatasetError(
+            source, f"id must be an integer or a string, got {show(img['id'])}", "bad id"
+        )
+    name = text_field(img["file_name"], source, "file_name")
+    size = {k: int_field(img[k], source, k, low=1) for k in ("height", "width") if k in img}
+    shape = (size["height"], size["width"]) if len(size) == 2 else None
+    return img["id"], _Image(name, shape)
+
+
+def _read_images(
+    entries: list[Any], path: Path, policy: ErrorPolicy
+) -> dict[Any, _Image | DatasetError]:
+    """``images`` by id. A bad entry is reported where it stands under ``on_error="raise"``;
+    under ``"skip"`` it is kept as its error, so that each face on it is skipped with it
+    (an entry without a usable id, which no face can refer to, is reported on its own).
+    """
+    images: dict[Any, _Image | DatasetError] = {}
+    for i, img in enumerate(entries, start=1):
+        source = f"{path}[image {i}]"
+        try:
+            image_id, entry = _parse_image(img, source)
+        except DatasetError as e:
+            image_id = img.get("id") if isinstance(img, dict) else None
+            if policy.on_error == "raise" or not is_key(image_id):
+                policy.report.handle(e, policy.on_error)
+            if is_key(image_id):
+                images[image_id] = e
+            continue
+        images[image_id] = entry
+    return images
+
+
+def _file_protocol(info: dict[str, Any], path: Path) -> str:
+    """The protocol written by :func:`write_coco` into ``info.sepbn_protocol``."""
+    name = text_field(info["sepbn_protocol"], f"{path}[info]", "sepbn_protocol")
+    try:
+        return get_protocol(name).name
+    except ValueError as e:
+        raise DatasetError(f"{path}[info]", str(e), "unknown landmark protocol") from None
 
 
 def read_coco(
@@ -70,13 +143,19 @@ def read_coco(
             written by :func:`write_coco`, else inferred from the point count
             (68 -> 300w, 98 -> wflw, 29 -> cofw, 19 -> aflw, 5 -> wider5).
         image_root: Folder ``file_name`` is relative to; default: the JSON's folder.
-        on_error: ``"raise"`` or ``"skip"`` bad annotations and missing images.
+        on_error: ``"raise"`` or ``"skip"`` bad annotations, bad image entries and missing
+            images.
         report: Collects skipped records.
         check_images: Check that every referenced image file exists.
 
     Returns:
         One record per annotation, in file order; the box is ``bbox`` (or the landmark box
         when absent); ``source`` is ``"file[annotation i]"`` (1-based).
+
+    Raises:
+        DatasetError: The file is not a COCO keypoint JSON, or (with ``on_error="raise"``)
+            a field of an annotation or image entry has the wrong type or value, naming
+            ``file[annotation i]`` or ``file[image i]`` and the field.
     """
     check_split("coco", split, (None,))
     path = Path(path)
@@ -86,10 +165,13 @@ def read_coco(
         info = {}
     ours = info.get("sepbn_protocol") is not None
     anns = data["annotations"]
+    keypoint_lists = [
+        a["keypoints"] for a in anns if isinstance(a, dict) and isinstance(a.get("keypoints"), list)
+    ]
     if protocol is None and ours:
-        protocol = str(info["sepbn_protocol"])
+        protocol = _file_protocol(info, path)
     if protocol is None:
-        counts = {len(a.get("keypoints", [])) // 3 for a in anns if isinstance(a, dict)}
+        counts = {len(kps) // 3 for kps in keypoint_lists}
         if len(counts) > 1:
             raise DatasetError(
                 str(path),
@@ -102,15 +184,9 @@ def read_coco(
             raise DatasetError(str(path), str(e)) from None
     proto = get_protocol(protocol)
     root = Path(image_root) if image_root is not None else path.parent
-    images: dict[Any, dict[str, Any]] = {}
-    for i, img in enumerate(data["images"], start=1):
-        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
-            raise DatasetError(f"{path}[image {i}]", "image entry needs 'id' and 'file_name'")
-        images[img["id"]] = img
-    coco_visibility = ours or any(
-        2 in a.get("keypoints", [])[2::3] for a in anns if isinstance(a, dict)
-    )
+    coco_visibility = ours or any(2 in kps[2::3] for kps in keypoint_lists)
     policy = ErrorPolicy.create(on_error, report, path)
+    images = _read_images(data["images"], path, policy)
     records = []
     for i, ann in enumerate(anns, start=1):
         source = f"{path}[annotation {i}]"
@@ -131,39 +207,38 @@ def read_coco(
 
 
 def _parse_annotation(
-    ann: Any, images: dict[Any, dict[str, Any]], root: Path, num_points: int, source: str
+    ann: Any, images: dict[Any, _Image | DatasetError], root: Path, num_points: int, source: str
 ) -> tuple[FaceRecord, tuple[int, int] | None]:
+    """One ``annotations`` element as a record, every field checked (see :func:`read_coco`)."""
     if not isinstance(ann, dict):
-        raise DatasetError(source, "annotation is not an object")
-    img = images.get(ann.get("image_id"))
+        raise DatasetError(
+            source, f"annotation must be an object, got {show(ann)}", "bad annotation"
+        )
+    image_id = ann.get("image_id")
+    if not is_key(image_id):
+        reason = f"image_id must be an integer or a string, got {show(image_id)}"
+        raise DatasetError(source, reason, "bad image_id")
+    img = images.get(image_id)
     if img is None:
         raise DatasetError(
-            source, f"image_id {ann.get('image_id')!r} is not in 'images'", "unknown image_id"
+            source, f"image_id {show(image_id)} is not in 'images'", "unknown image_id"
         )
+    if isinstance(img, DatasetError):  # the face is lost with its bad image entry
+        raise DatasetError(source, f"its image entry {img.source}: {img.reason}", img.category)
     kps = ann.get("keypoints")
     if not isinstance(kps, list) or len(kps) != 3 * num_points:
-        got = len(kps) if isinstance(kps, list) else type(kps).__name__
+        got = len(kps) if isinstance(kps, list) else show(kps)
         raise DatasetError(
             source,
-            f"expected {3 * num_points} keypoint values (x, y, v), got {got}",
+            f"expected {3 * num_points} keypoint values (x, y, v) in a list, got {got}",
             "wrong number of keypoints",
         )
-    try:
-        kp = np.array(kps, dtype=np.float64).reshape(num_points, 3)
-    except (TypeError, ValueError):
-        raise DatasetError(source, "keypoints must all be numbers") from None
-    if not np.isfinite(kp).all():
-        raise DatasetError(source, "keypoints hold non-finite values")
+    kp = numbers_field(kps, source, "keypoints").reshape(num_points, 3)
     valid = kp[:, 2] > 0
     pts = np.where(valid[:, None], kp[:, :2], 0.0)
     bbox = ann.get("bbox")
     if bbox is not None:
-        try:
-            x, y, w, h = (float(v) for v in bbox)
-        except (TypeError, ValueError):
-            raise DatasetError(
-                source, f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}", "bad bbox"
-            ) from None
+        x, y, w, h = numbers_field(bbox, source, "bbox", 4).tolist()
         box = np.array([x, y, x + w, y + h])
     elif valid.any():
         box = box_from_landmarks(pts, valid)
@@ -172,24 +247,23 @@ def _parse_annotation(
     attributes = ann.get("attributes", {})
     if not isinstance(attributes, dict):
         raise DatasetError(
-            source, f"attributes must be an object, got {attributes!r}", "bad attributes"
+            source, f"attributes must be an object, got {show(attributes)}", "bad attributes"
         )
     domain = ann.get("domain")
     record = FaceRecord(
-        image_path=root / str(img["file_name"]),
+        image_path=root / img.file_name,
         landmarks=pts,
         box=box,
         protocol="",
         valid=valid,
         occluded=valid & (kp[:, 2] == 1),
-        attributes={str(k): bool(v) for k, v in attributes.items()},
+        attributes={
+            str(k): flag_field(v, source, f"attributes.{k}") for k, v in attributes.items()
+        },
         source=source,
-        domain=None if domain is None else int(domain),
+        domain=None if domain is None else int_field(domain, source, "domain", low=-1),
     )
-    shape = None
-    if "height" in img and "width" in img:
-        shape = (int(img["height"]), int(img["width"]))
-    return record, shape
+    return record, img.shape
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -59,7 +59,8 @@ def to_rgb(image: np.ndarray, source: str) -> np.ndarray:
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     """``(N, 4)`` ``x, y, w, h`` boxes as ``x_min, y_min, x_max, y_max``."""
     b = np.asarray(boxes, dtype=np.float64)
-    return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:4]], axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):  # validate_record reports non-finite boxes
+        return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:4]], axis=1)
 
 
 def _split_of(mat: MatFile, split: str | None) -> str:
@@ -111,8 +112,8 @@ def read_cofw(
     with MatFile(path) as mat:
         part = _split_of(mat, split)
         img_key, phis_key, box_key = _KEYS[part]
-        phis = mat.array(phis_key).astype(np.float64)
-        boxes = mat.array(box_key).astype(np.float64)
+        phis = mat.numbers(phis_key)
+        boxes = mat.numbers(box_key)
         images = mat.cell(img_key)
     n = len(images)
     if phis.shape != (n, 3 * NUM_POINTS):
@@ -200,7 +201,7 @@ def read_cofw68(
     if not files:
         raise DatasetError(str(ann_dir), "no <i>_points.mat files found")
     with MatFile(box_file) as mat:
-        boxes = mat.array("bboxes").astype(np.float64)
+        boxes = mat.numbers("bboxes")
     if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) < max(files):
         raise DatasetError(
             f"{box_file}[bboxes]",
@@ -221,9 +222,16 @@ def read_cofw68(
     for i in sorted(files):
         source = str(files[i])
         try:
+            if i == 0:
+                reason = "test indices start at 1 (MATLAB), this file says 0"
+                raise DatasetError(source, reason, "test index 0")
+            x, y, w, h = boxes[i - 1].tolist()
+            if not (np.isfinite([x, y]).all() and 1 < w < np.inf and 1 < h < np.inf):
+                reason = f"box must be finite x y w h with w, h > 1, got {[x, y, w, h]}"
+                raise DatasetError(f"{box_file}[bboxes row {i}]", reason, "bad box")
             with MatFile(files[i]) as mat:
-                pts = mat.array("Points").astype(np.float64)
-                occ = mat.array("Occ").reshape(-1) > 0
+                pts = mat.numbers("Points")
+                occ = mat.numbers("Occ").reshape(-1) > 0
             if pts.shape != (68, 2) or occ.shape != (68,):
                 raise DatasetError(
                     source,

@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from sepbn.data.errors import DatasetError, SkipReport
 from sepbn.data.formats._common import (
@@ -38,6 +37,7 @@ from sepbn.data.formats._common import (
     number_problem,
     read_lines,
 )
+from sepbn.data.formats._matlab import load_v5
 from sepbn.data.protocols import get_protocol
 from sepbn.data.records import FaceRecord, box_from_landmarks
 from sepbn.errors import ConfigError
@@ -127,11 +127,10 @@ def read_box_file(path: str | Path, kind: str = "detector") -> dict[str, np.ndar
     boxes: dict[str, np.ndarray] = {}
     if path.suffix.lower() == ".mat":
         try:
-            mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+            mat = load_v5(path, squeeze_me=True, struct_as_record=False)
         except Exception as e:  # scipy raises many types for corrupt files
-            raise DatasetError(
-                str(path), f"not a readable .mat file ({type(e).__name__}: {e})"
-            ) from None
+            reason = " ".join(f"not a readable .mat file ({type(e).__name__}: {e})".split())
+            raise DatasetError(str(path), reason, "not a readable .mat file") from None
         if "bounding_boxes" not in mat:
             raise DatasetError(str(path), "no 'bounding_boxes' variable (iBUG box file layout)")
         field = "bb_detector" if kind == "detector" else "bb_ground_truth"
@@ -140,7 +139,8 @@ def read_box_file(path: str | Path, kind: str = "detector") -> dict[str, np.ndar
                 name = str(entry.imgName)
                 box = np.asarray(getattr(entry, field), dtype=np.float64).reshape(4)
             except (AttributeError, ValueError, TypeError) as e:
-                raise DatasetError(f"{path}[record {i}]", f"not an iBUG box entry ({e})") from None
+                reason = " ".join(f"not an iBUG box entry ({e})".split())
+                raise DatasetError(f"{path}[record {i}]", reason, "not an iBUG box entry") from None
             boxes[name] = box - 1.0  # MATLAB 1-based pixel centres
         return boxes
     for lineno, line in enumerate(read_lines(path), start=1):
@@ -201,8 +201,10 @@ def _pts_records(
                 reason = f"image not in the box file {box_source}"
                 policy.fail(f"{source} ({image.name})", reason, "image not in the box file")
                 continue
-        else:
+        elif len(pts):
             box = box_from_landmarks(pts)
+        else:  # a headed file without points: validate_record names the point count
+            box = np.full(4, np.nan)
         record = FaceRecord(
             image_path=image, landmarks=pts, box=box, protocol=protocol, source=source
         )
