@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import itertools
 import json
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+import sepbn.cli
 from sepbn.cli import main
 from sepbn.data.synthetic import make_synthetic_records
 from sepbn.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -510,3 +512,24 @@ def test_a_full_disk_while_training_is_one_line_and_leaves_no_temporary(
         "(the disk is full)"
     ]
     assert not list(run.rglob("*.tmp")) and not last.exists()
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "runs/x/config.yaml"), "disk is full"),
+        (PermissionError(errno.EACCES, "Permission denied", "out/report.md"), "Permission denied"),
+    ],
+)
+def test_a_file_that_cannot_be_written_is_one_line(
+    monkeypatch, capsys, error: OSError, reason: str
+) -> None:
+    # Whatever write no lower layer caught (run log, summary, export, report --out).
+    def fail(args) -> int:
+        raise error
+
+    monkeypatch.setattr(sepbn.cli, "_cmd_report", fail)
+    assert main(["report", "--all"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"sepbn report: error: {error.filename}: ")
+    assert reason in err and "\n" not in err

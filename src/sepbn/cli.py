@@ -29,6 +29,7 @@ traceback. Any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING
 
 from sepbn import __version__
 from sepbn import cli_arguments as argtypes
-from sepbn.errors import ConfigError, SepbnError
+from sepbn.errors import ConfigError, SepbnError, os_error_reason
 
 if TYPE_CHECKING:
     import numpy as np
@@ -725,6 +726,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sepbn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A file the command could not write or read (a full disk, a quota, no permission)
+        # that no lower layer turned into a SepbnError: one line naming it, not a traceback.
+        if exc.filename is None and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if args.debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"sepbn {args.command}: error: {where}{os_error_reason(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
