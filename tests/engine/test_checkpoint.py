@@ -247,3 +247,10 @@ def test_a_hand_made_checkpoint_of_the_wrong_shape_is_one_line(
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     assert str(info.value).startswith(f"{path}: {expected}")
+
+
+def test_a_torchscript_file_is_named_as_one(tmp_path: Path) -> None:
+    path = tmp_path / "model.torchscript.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    with pytest.raises(CheckpointError, match=r"a TorchScript file .*sepbn predict. runs it"):
+        load_checkpoint(path)

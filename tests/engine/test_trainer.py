@@ -28,7 +28,7 @@ from sepbn.config import (
 )
 from sepbn.data import protocols as protocols_module
 from sepbn.engine import data_builder
-from sepbn.engine.checkpoint import load_checkpoint
+from sepbn.engine.checkpoint import CheckpointError, load_checkpoint
 from sepbn.engine.data_builder import load_records
 from sepbn.engine.experiment import train
 from sepbn.engine.model_builder import load_model_from_checkpoint
@@ -769,3 +769,19 @@ def test_a_run_without_validation_logs_health_and_pose_bins(tmp_path: Path) -> N
     assert sum(counts) == summary["num_images"] == 4
     assert all(f"attn/{n}/dependence" in summary for n in health)  # on the test faces
     assert result.evaluation["stage1/t"] == summary
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("rng", "not a state"), ("epoch", [1]), ("temperature", None), ("optimizer", 7)],
+)
+def test_a_hand_made_resume_state_is_one_line(tmp_path: Path, key: str, value: object) -> None:
+    config = toy_config()
+    config.optim.epochs = 3
+    with pytest.raises(Kill):
+        toy_trainer(config, tmp_path / "a", callbacks=[_kill_at(2)]).fit()
+    state = load_checkpoint(tmp_path / "a" / "last.pt")
+    state[key] = value
+    torch.save(state, tmp_path / "a" / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last\.pt: (the resume state|optimizer state)"):
+        toy_trainer(config, tmp_path / "a").fit(resume=True)

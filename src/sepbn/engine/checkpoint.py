@@ -207,6 +207,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def is_torchscript(path: str | Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (``torch.jit.save``), not a ``torch.save`` file.
+
+    Both are zip archives; only TorchScript's hold the compiled ``code/`` and ``constants.pkl``.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return any("/code/" in name or name.endswith("/constants.pkl") for name in names)
+
+
 def _load_failure(path: Path, exc: Exception) -> str:
     """Why ``torch.load(path, weights_only=True)`` raised ``exc``, in plain words."""
     with path.open("rb") as f:
@@ -224,6 +237,12 @@ def _load_failure(path: Path, exc: Exception) -> str:
             f"refused for safety: the file holds pickled Python code ({refused.group(1)}), "
             "which loading would run. sepbn checkpoints hold only tensors and plain values; "
             "load only files written by sepbn, or re-create this one from its source"
+        )
+    if head.startswith(_ZIP_MAGIC) and is_torchscript(path):
+        return (
+            "a TorchScript file (sepbn export --format torchscript), not a training "
+            "checkpoint: `sepbn predict` runs it; eval, export, resume and the analyses need "
+            "the .pt checkpoint that training wrote"
         )
     if head.startswith(_ZIP_MAGIC):
         if not zipfile.is_zipfile(path):

@@ -394,15 +394,23 @@ class Trainer:
         try:
             run.optimizer.load_state_dict(state["optimizer"])
             run.scheduler.load_state_dict(state["scheduler"])
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             raise CheckpointError(f"{self.last_path}: optimizer state does not fit: {exc}") from exc
-        if state.get("scaler") is not None and run.scaler.is_enabled():
-            run.scaler.load_state_dict(state["scaler"])
-        run.epoch, run.global_step = int(state["epoch"]), int(state["global_step"])
-        run.best, run.best_epoch = state.get("best_metric"), state.get("best_epoch")
-        run.last_saved = run.epoch
-        run.tau = float(state["temperature"]["tau"])
-        restore_rng_state(state["rng"])
+        # The rest of the resume state: any wrong type in a hand-made or edited file is one
+        # line naming it, not a traceback from deep inside torch.
+        try:
+            if state.get("scaler") is not None and run.scaler.is_enabled():
+                run.scaler.load_state_dict(state["scaler"])
+            run.epoch, run.global_step = int(state["epoch"]), int(state["global_step"])
+            run.best, run.best_epoch = state.get("best_metric"), state.get("best_epoch")
+            run.last_saved = run.epoch
+            run.tau = float(state["temperature"]["tau"])
+            restore_rng_state(state["rng"])
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{self.last_path}: the resume state (epoch, scaler, temperature or random "
+                f"generators) is damaged or hand-made: {type(exc).__name__}: {exc}"
+            ) from exc
         run.log.restore(run.epoch)
         logger.info("%s: resumed from %s after epoch %d", self.stage, self.last_path, run.epoch)
 

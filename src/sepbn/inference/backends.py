@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sepbn.engine.checkpoint import is_torchscript
 from sepbn.engine.distributed import check_device
 from sepbn.errors import ConfigError
 from sepbn.inference.errors import InferenceError
@@ -120,19 +120,6 @@ class OnnxBackend:
         batch = np.ascontiguousarray(crops.transpose(0, 3, 1, 2))  # (N, 3, S, S) uint8
         (out,) = self.session.run(None, {self._input: batch})
         return np.asarray(out, dtype=np.float64)
-
-
-def is_torchscript(path: str | Path) -> bool:
-    """Whether ``path`` is a TorchScript archive (``torch.jit.save``), not a ``torch.save`` file.
-
-    Both are zip archives; only TorchScript's hold the compiled ``code/`` and ``constants.pkl``.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
-    return any("/code/" in name or name.endswith("/constants.pkl") for name in names)
 
 
 class TorchScriptBackend:
