@@ -84,7 +84,7 @@ from sepbn.engine.trainer import (
 )
 from sepbn.errors import ConfigError
 from sepbn.models import is_cross_protocol
-from sepbn.nn.attention_health import collapsed_layers
+from sepbn.nn.attention_health import collapse_warning
 
 logger = logging.getLogger(__name__)
 
@@ -159,16 +159,9 @@ def _evaluate_stage(
         results[f"{stage.name}/{test.name}"] = result.summary()
         logger.info("%s on %s: %s", stage.name, test.name, result.metrics.format())
         logger.info("%s", format_pose_bins(result.pose))
-        collapsed = collapsed_layers(result.attention_health)
-        if collapsed:
-            logger.warning(
-                "%s on %s: SepBN attention collapsed on the test faces in %d of %d layers (%s)",
-                stage.name,
-                test.name,
-                len(collapsed),
-                len(result.attention_health),
-                ", ".join(collapsed),
-            )
+        warning = collapse_warning(result.attention_health, f"{stage.name} on {test.name}")
+        if warning is not None:
+            logger.warning("%s", warning)
     return results
 
 

@@ -79,13 +79,7 @@ from sepbn.engine.schedules import build_lr_scheduler
 from sepbn.errors import SepbnError
 from sepbn.models import is_cross_protocol, to_model_input
 from sepbn.nn import TemperatureSchedule, domain_routing, num_model_domains, set_temperature
-from sepbn.nn.attention_health import (
-    COLLAPSE_DEPENDENCE,
-    COLLAPSE_ENTROPY,
-    AttentionHealth,
-    AttentionRecorder,
-    collapsed_layers,
-)
+from sepbn.nn.attention_health import AttentionHealth, AttentionRecorder, collapse_warning
 
 logger = logging.getLogger(__name__)
 
@@ -298,19 +292,9 @@ class Trainer:
         )
 
     def _warn_if_collapsed(self) -> None:
-        collapsed = collapsed_layers(self.attention_health)
-        if collapsed:
-            logger.warning(
-                "%s: SepBN attention collapsed in %d of %d layers (%s): nearly one-hot "
-                "(entropy < %g) and the same for every face (input dependence < %g), so "
-                "these layers act as BN with one chosen set; see docs/analysis.md",
-                self.stage,
-                len(collapsed),
-                len(self.attention_health),
-                ", ".join(collapsed),
-                COLLAPSE_ENTROPY,
-                COLLAPSE_DEPENDENCE,
-            )
+        warning = collapse_warning(self.attention_health, self.stage)
+        if warning is not None:
+            logger.warning("%s", warning)
 
     def _health_due(self, done: int) -> bool:
         """Whether the epoch that completes ``done`` epochs validates or, without a

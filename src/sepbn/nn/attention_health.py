@@ -40,6 +40,7 @@ __all__ = [
     "AttentionHealth",
     "AttentionRecorder",
     "attention_health",
+    "collapse_warning",
     "collapsed_layers",
 ]
 
@@ -180,3 +181,23 @@ class AttentionRecorder:
 def collapsed_layers(health: dict[str, AttentionHealth]) -> list[str]:
     """The names of the collapsed layers (see the module docstring), in model order."""
     return [name for name, h in health.items() if h.collapsed]
+
+
+def collapse_warning(health: dict[str, AttentionHealth], where: str) -> str | None:
+    """The one warning line for ``health``'s collapsed layers, or ``None`` when none is.
+
+    Args:
+        health: Layer name -> its statistics (of a validation, the training batches or a
+            test set).
+        where: What the statistics are of, starting the line (``"stage1"``,
+            ``"stage1 on 300w_common"``).
+    """
+    collapsed = collapsed_layers(health)
+    if not collapsed:
+        return None
+    return (
+        f"{where}: SepBN attention collapsed in {len(collapsed)} of {len(health)} layers "
+        f"({', '.join(collapsed)}): nearly one-hot (entropy < {COLLAPSE_ENTROPY:g}) and the "
+        f"same for every face (input dependence < {COLLAPSE_DEPENDENCE:g}), so these layers "
+        "act as BN with one chosen set; see docs/analysis.md"
+    )
