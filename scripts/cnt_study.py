@@ -465,31 +465,23 @@ def run_cell(cell: Cell, seed: int, out: Path) -> str:
 def warm_caches(cells: list[Cell], out: Path) -> None:
     """Prepare every crop cache of the plan before runs start in parallel: one tiny run (one
     step, then the test sets) per distinct config and data override, one after the other, so
-    that no two runs write the same cache at once. Synthetic data (no ``cache_dir``) costs
-    nothing here."""
+    that no two runs write the same cache at once. Configs without ``data.cache_dir``
+    (synthetic faces) have nothing to prepare and are left out."""
+    from sepbn.config import apply_overrides, load_config
+
     seen: set[tuple[str, ...]] = set()
     for cell in cells:
-        if cell.init_from is not None:
-            continue
         key = (cell.config, *(s for s in cell.sets if s.startswith(("data.", "protocols="))))
-        if key in seen:
+        if cell.init_from is not None or key in seen:
             continue
         seen.add(key)
-        warm = Cell(
-            f"_warm/{len(seen)}",
-            cell.config,
-            [
-                *cell.sets,
-                "optim.epochs=1",
-                "optim.warmup_epochs=0",
-                "train.steps_per_epoch=1",
-                "finetune.epochs=1",
-            ],
-        )
-        if "finetune" not in Path(ROOT / cell.config).read_text() and not any(
-            s.startswith("finetune=") for s in cell.sets
-        ):
-            warm.sets.remove("finetune.epochs=1")
+        config = apply_overrides(load_config(ROOT / cell.config), cell.sets)
+        if config.data.cache_dir is None:
+            continue
+        tiny = ["optim.epochs=1", "optim.warmup_epochs=0", "train.steps_per_epoch=1"]
+        if config.finetune is not None:
+            tiny.append("finetune.epochs=1")
+        warm = Cell(f"_warm/{len(seen)}", cell.config, [*cell.sets, *tiny])
         print(run_cell(warm, 0, out), flush=True)
     shutil.rmtree(out / "_warm", ignore_errors=True)
 

@@ -50,3 +50,18 @@ def test_a_finished_run_is_not_run_again(tmp_path: Path) -> None:
     (done / "summary.json").write_text("{}")
     cell = driver.Cell("cell", "configs/demo/bn.yaml")
     assert driver.run_cell(cell, 4, tmp_path) == "cell s4: done before"
+
+
+def test_caches_are_warmed_once_per_cached_data_setting(tmp_path: Path, monkeypatch) -> None:
+    driver = _driver()
+    warmed: list = []
+    monkeypatch.setattr(driver, "run_cell", lambda cell, seed, out: warmed.append(cell) or "")
+    driver.warm_caches(driver.diagnose_plan(), tmp_path)
+    assert warmed == []  # synthetic faces: no cache_dir, nothing to prepare
+    driver.warm_caches(driver.real_plan(), tmp_path)
+    # 300-W alone and CNT, each with all faces and the 300-face subset, and balanced CNT.
+    assert len(warmed) == 5
+    for cell in warmed:
+        config = apply_overrides(load_config(REPO / cell.config), cell.sets)
+        assert config.train.steps_per_epoch == 1 and config.optim.epochs == 1
+        assert config.finetune is None or config.finetune.epochs == 1
