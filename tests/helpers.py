@@ -207,3 +207,23 @@ def break_pts_folder(folder: Path) -> Path:
     rows[3] = "1e300 1e300"  # the first point; the others are fine
     (folder / "f2.pts").write_text("\n".join(rows) + "\n")
     return folder
+
+
+def aflw_points_and_boxes(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` and ``bbox`` of AFLWinfo_release.mat for ``n`` random faces: 19 x then 19 y
+    per row, and each face's points' box grown by 5 px as ``[x0, x1, y0, y1]``.
+
+    Shape:
+        - output: ``(n, 38)``, ``(n, 4)``
+    """
+    data = np.concatenate([100 + 80 * rng.random((n, 19)), 120 + 90 * rng.random((n, 19))], 1)
+    bbox = np.stack(
+        [
+            data[:, :19].min(1) - 5,
+            data[:, :19].max(1) + 5,
+            data[:, 19:].min(1) - 5,
+            data[:, 19:].max(1) + 5,
+        ],
+        axis=1,
+    )
+    return data, bbox

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.io
 
+from helpers import aflw_points_and_boxes
 from sepbn.data.errors import DatasetError, SkipReport
 from sepbn.data.formats import DatasetWarning, read_aflw, read_aflw2000, read_coco
 from sepbn.data.formats.aflw import AFLW21_TO_19
@@ -21,16 +22,7 @@ NUM_TRAIN = 5
 
 
 def _aflw_info() -> dict[str, np.ndarray | list[str]]:
-    data = np.concatenate([100 + 80 * RNG.random((N, 19)), 120 + 90 * RNG.random((N, 19))], axis=1)
-    bbox = np.stack(
-        [
-            data[:, :19].min(1) - 5,
-            data[:, :19].max(1) + 5,
-            data[:, 19:].min(1) - 5,
-            data[:, 19:].max(1) + 5,
-        ],
-        axis=1,
-    )
+    data, bbox = aflw_points_and_boxes(RNG, N)
     mask = np.ones((N, 19))
     mask[[1, 6], 4] = 0  # face 2 (train or test) and face 7 have one invisible point
     ra = np.array([[3, 8, 1, 5, 2, 7, 4, 6]], dtype=np.float64)  # 1-based permutation

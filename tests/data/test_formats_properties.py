@@ -22,6 +22,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import scipy.io
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import aflw_points_and_boxes
 from sepbn.data.errors import DatasetError, SkipReport
 from sepbn.data.formats import DatasetWarning, read_records
 from sepbn.data.records import FaceRecord
@@ -98,14 +100,15 @@ def _check_records(records: list[FaceRecord]) -> None:
 
 
 def _holds(
-    read: Callable[[str, SkipReport], list[FaceRecord]],
+    read: Callable[..., list[FaceRecord]],
     mutated: Path,
     *,
     record_level: bool,
     originals: int,
     also: tuple[str, ...] = (),
 ) -> None:
-    """The contract of the module docstring for one mutated dataset.
+    """The contract of the module docstring for one mutated dataset, read by
+    ``read(on_error=..., report=...)``.
 
     ``also``: other names an error may give instead of the mutated file's, where a record
     joins several files (its source names the one it is kept under).
@@ -115,12 +118,12 @@ def _holds(
         warnings.simplefilter("error", RuntimeWarning)
         warnings.simplefilter("ignore", DatasetWarning)
         try:
-            _check_records(read("raise", SkipReport()))
+            _check_records(read(on_error="raise", report=SkipReport()))
         except DatasetError as e:
             _check_error(e, names)
         report = SkipReport()
         try:
-            records = read("skip", report)
+            records = read(on_error="skip", report=report)
         except DatasetError as e:
             assert not record_level, f"one bad record ended the reading under skip: {e}"
             _check_error(e, names)
@@ -190,10 +193,7 @@ def test_wflw_list(tmp_path: Path, data: st.DataObject) -> None:
     path = root / "list_98pt_rect_attr_test.txt"
     record_level = _mutated_text(path, "\n".join(lines), data)
 
-    def read(on_error: str, report: SkipReport) -> list[FaceRecord]:
-        return read_records(
-            "wflw", path, on_error=on_error, report=report, image_root=root / "images"
-        )
+    read = partial(read_records, "wflw", path, image_root=root / "images")
 
     _holds(read, path, record_level=record_level, originals=3)
 
@@ -213,8 +213,7 @@ def test_pts_folder(tmp_path: Path, data: st.DataObject, headed: bool) -> None:
     mutated = data.draw(st.sampled_from(files))
     _mutated_text(mutated, mutated.read_text(), data)
 
-    def read(on_error: str, report: SkipReport) -> list[FaceRecord]:
-        return read_records("pts_folder", root, on_error=on_error, report=report)
+    read = partial(read_records, "pts_folder", root)
 
     # Each .pts is a record of its own, whatever happens to its bytes.
     _holds(read, mutated, record_level=True, originals=3)
@@ -236,8 +235,7 @@ def test_wider5_label(tmp_path: Path, data: st.DataObject) -> None:
     path = root / "label.txt"
     record_level = _mutated_text(path, "\n".join(lines), data)
 
-    def read(on_error: str, report: SkipReport) -> list[FaceRecord]:
-        return read_records("wider5", path, on_error=on_error, report=report)
+    read = partial(read_records, "wider5", path)
 
     # Faces whose box becomes 80 px or less are a selection (logged), not an error.
     _holds(read, path, record_level=record_level, originals=0)
@@ -258,8 +256,7 @@ def test_mtfl_list(tmp_path: Path, data: st.DataObject, attributes: bool) -> Non
     path = root / "training.txt"
     record_level = _mutated_text(path, "\n".join(lines), data)
 
-    def read(on_error: str, report: SkipReport) -> list[FaceRecord]:
-        return read_records("mtfl", path, on_error=on_error, report=report)
+    read = partial(read_records, "mtfl", path)
 
     _holds(read, path, record_level=record_level, originals=3)
 
@@ -324,9 +321,8 @@ def test_coco_json(tmp_path: Path, data: st.DataObject) -> None:
         path.write_bytes(_mutate_bytes(json.dumps(coco, indent=1).encode(), data))
         record_level = False
 
-    def read(on_error: str, report: SkipReport) -> list[FaceRecord]:
-        # The protocol is given: inferring it from point counts is a whole-file question.
-        return read_records("coco", path, on_error=on_error, report=report, protocol="wider5")
+    # The protocol is given: inferring it from point counts is a whole-file question.
+    read = partial(read_records, "coco", path, protocol="wider5")
 
     _holds(read, path, record_level=record_level, originals=3)
 
@@ -413,8 +409,7 @@ def test_cofw_mat(tmp_path: Path, data: st.DataObject) -> None:
     if choice == "bytes":
         path.write_bytes(_mutate_bytes(path.read_bytes(), data))
 
-    def read(on_error: str, report: SkipReport) -> list[FaceRecord]:
-        return read_records("cofw", path, on_error=on_error, report=report)
+    read = partial(read_records, "cofw", path)
 
     _holds(read, path, record_level=record_level, originals=3)
 
@@ -443,25 +438,14 @@ def test_cofw68_folder(tmp_path: Path, data: st.DataObject) -> None:
         mutated.write_bytes(_mutate_bytes(mutated.read_bytes(), data))
         record_level = mutated.name != "cofw68_test_bboxes.mat"
 
-    def read(on_error: str, report: SkipReport) -> list[FaceRecord]:
-        return read_records("cofw68", root, on_error=on_error, report=report)
+    read = partial(read_records, "cofw68", root)
 
     # A box that does not fit its points is reported under the points file.
     _holds(read, mutated, record_level=record_level, originals=3, also=("_points.mat",))
 
 
 def _aflw_info(n: int = 4) -> dict[str, Any]:
-    rng = _rng()
-    data = np.concatenate([100 + 80 * rng.random((n, 19)), 120 + 90 * rng.random((n, 19))], 1)
-    bbox = np.stack(
-        [
-            data[:, :19].min(1) - 5,
-            data[:, :19].max(1) + 5,
-            data[:, 19:].min(1) - 5,
-            data[:, 19:].max(1) + 5,
-        ],
-        axis=1,
-    )
+    data, bbox = aflw_points_and_boxes(_rng(), n)
     names = np.empty((n, 1), dtype=object)
     for k in range(n):
         names[k, 0] = f"img{k}.jpg"
@@ -489,10 +473,7 @@ def test_aflw_info_mat(tmp_path: Path, data: st.DataObject) -> None:
     if choice == "bytes":
         path.write_bytes(_mutate_bytes(path.read_bytes(), data))
 
-    def read(on_error: str, report: SkipReport) -> list[FaceRecord]:
-        return read_records(
-            "aflw", path, "test", on_error=on_error, report=report, num_train=2, image_root=root
-        )
+    read = partial(read_records, "aflw", path, "test", num_train=2, image_root=root)
 
     _holds(read, path, record_level=record_level, originals=2)
 
@@ -514,8 +495,7 @@ def test_aflw2000_folder(tmp_path: Path, data: st.DataObject) -> None:
     if data.draw(st.booleans()):
         mutated.write_bytes(_mutate_bytes(mutated.read_bytes(), data))
 
-    def read(on_error: str, report: SkipReport) -> list[FaceRecord]:
-        return read_records("aflw2000", root, on_error=on_error, report=report)
+    read = partial(read_records, "aflw2000", root)
 
     _holds(read, mutated, record_level=True, originals=3)
 
