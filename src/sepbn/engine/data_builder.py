@@ -22,7 +22,6 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from sepbn.config import DatasetConfig, ExperimentConfig
-from sepbn.config.dataset_options import SYNTHETIC_OPTIONS
 from sepbn.data.cache import FaceCache, cache_crop_size, prepare_cache
 from sepbn.data.datasets import LandmarkDataset, MultiProtocolDataset, worker_init_fn
 from sepbn.data.errors import DatasetError, SkipReport, write_skip_csv
@@ -169,12 +168,8 @@ def load_records(ds: DatasetConfig, seed: int) -> LoadedSet:
     name = ds.display_name
     skipped = SkipReport()
     if ds.kind == "synthetic":
-        unknown = sorted(set(ds.options) - set(SYNTHETIC_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"dataset {name!r}: unknown synthetic option(s) {unknown}; "
-                f"valid: {list(SYNTHETIC_OPTIONS)}"
-            )
+        # The options' names and types were checked when the DatasetConfig was built
+        # (sepbn.config.dataset_options).
         options = dict(ds.options)
         if isinstance(options.get("config"), dict):
             fields: dict[str, Any] = {
