@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from scipy import stats as scipy_stats
 
 from sepbn.errors import SepbnError
-from sepbn.nn.attention_health import COLLAPSE_DEPENDENCE, COLLAPSE_ENTROPY
+from sepbn.nn.attention_health import AttentionHealth, collapsed_layers
 
 __all__ = [
     "PairedDifference",
@@ -135,24 +136,24 @@ def _health(stage_dir: Path) -> dict[str, float]:
         row = json.loads(line) if line.strip() else {}
         if any(k.startswith("attn/") for k in row):
             last = row
-    layers: dict[str, dict[str, float]] = {}
-    for key, value in last.items():
-        m = re.fullmatch(r"attn/(.+)/(entropy|dependence)", key)
-        if m:
-            layers.setdefault(m.group(1), {})[m.group(2)] = float(value)
-    if not layers:
+    # The row's attn/<layer>/entropy and /dependence (as_row writes both for each layer).
+    names = [m.group(1) for key in last if (m := re.fullmatch(r"attn/(.+)/entropy", key))]
+    if not names:
         return {}
-    collapsed = sum(
-        1
-        for h in layers.values()
-        if h.get("entropy", 1.0) < COLLAPSE_ENTROPY
-        and h.get("dependence", 1.0) < COLLAPSE_DEPENDENCE
-    )
+    layers = {
+        name: AttentionHealth(
+            entropy=float(last[f"attn/{name}/entropy"]),
+            usage=np.empty(0),
+            dependence=float(last[f"attn/{name}/dependence"]),
+            num_samples=0,
+        )
+        for name in names
+    }
     return {
         "layers": float(len(layers)),
-        "collapsed": float(collapsed),
-        "entropy": statistics.fmean(h.get("entropy", math.nan) for h in layers.values()),
-        "dependence": statistics.fmean(h.get("dependence", math.nan) for h in layers.values()),
+        "collapsed": float(len(collapsed_layers(layers))),
+        "entropy": statistics.fmean(h.entropy for h in layers.values()),
+        "dependence": statistics.fmean(h.dependence for h in layers.values()),
     }
 
 
