@@ -11,7 +11,11 @@ for one layer or the other, which swamps the ratio (``--keep-malloc`` to measure
 
 ``--compiled`` adds ``torch.compile`` (inductor, ``dynamic=False``) of both layers, train
 fwd+bwd, at the three largest maps (on CPU the compiled SepBN graph holds the C++ ops of
-``sepbn.nn.native`` as opaque calls; inductor fuses the compiled BN itself).
+``sepbn.nn.native`` as opaque calls; inductor fuses the compiled BN itself); with
+``--path plain`` inductor compiles SepBN's plain implementation instead, which is what a
+``torch.compile`` user gets where the C++ op does not run (CUDA).
+``--libgomp-default`` leaves ``OMP_WAIT_POLICY`` unset (libgomp's spinning default, what a
+user's own training script gets) instead of setting ``PASSIVE`` as the ``sepbn`` command does.
 ``--channels-last`` gives both layers channels-last inputs in the eager table (SepBN's
 NHWC kernels). ``--device cuda`` and ``--dtype bfloat16`` (autocast, float32 parameters)
 time the same on a GPU; :func:`layer_ratios` is what
@@ -21,6 +25,7 @@ Usage:
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_layers.py [--repeats 15]
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_layers.py --compiled
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_layers.py --channels-last
+    .venv/bin/python benchmarks/bench_layers.py --libgomp-default
 """
 
 from __future__ import annotations
@@ -29,17 +34,22 @@ import argparse
 import ctypes
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Read by OpenMP when torch loads, so decided before the import.
+if "--libgomp-default" in sys.argv:
+    os.environ.pop("OMP_WAIT_POLICY", None)
+else:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 from torch import nn
 
 from sepbn.nn import SepBatchNorm2d
-from sepbn.nn.dispatch import PATHS, sepbn_path
+from sepbn.nn.dispatch import PATHS, sepbn_path, use_native
 
 # (C, H=W) of the Vanilla CNN's BN inputs, Table I.
 VANILLA_SHAPES: tuple[tuple[int, int], ...] = (
@@ -142,6 +152,7 @@ def layer_ratios(
     repeats: int,
     work: float = 2e6,
     backend: str = "inductor",
+    path: str = "auto",
 ) -> list[dict[str, float | str]]:
     """Train fwd+bwd time of ``nn.BatchNorm2d`` and ``SepBatchNorm2d`` per (C, H=W).
 
@@ -154,6 +165,7 @@ def layer_ratios(
         repeats: Alternating repeats; each times about ``work / (N·C·H·W)`` calls.
         work: See ``repeats``.
         backend: ``torch.compile`` backend.
+        path: SepBN implementation (:func:`sepbn.nn.sepbn_path`); compiled, the one traced.
 
     Returns:
         One row per shape: ``shape``, ``bn_ms``, ``sepbn_ms``, ``ratio``.
@@ -172,7 +184,7 @@ def layer_ratios(
         number = max(1, int(work // x.numel()))
         bn_s, sep_s = _compare(
             _train_step(fns[0], bn, x, grad, dtype),
-            _train_step(fns[1], sep, x, grad, dtype),
+            _train_step(fns[1], sep, x, grad, dtype, path),
             repeats,
             number,
             device,
@@ -207,8 +219,12 @@ def main() -> None:
         "--path",
         choices=PATHS,
         default="auto",
-        help="SepBN implementation for the eager table (sepbn.nn.dispatch; auto: native "
-        "C++ kernels on CPU)",
+        help="SepBN implementation (sepbn.nn.dispatch; auto: the C++ op on CPU)",
+    )
+    parser.add_argument(
+        "--libgomp-default",
+        action="store_true",
+        help="leave OMP_WAIT_POLICY unset (libgomp's default) instead of PASSIVE",
     )
     args = parser.parse_args()
     if args.threads > 0:
@@ -217,7 +233,8 @@ def main() -> None:
     torch.manual_seed(0)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU, "
-        f"malloc trimming {'off' if steady else 'as is'}"
+        f"malloc trimming {'off' if steady else 'as is'}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset (libgomp default)')}"
     )
     print("SepBatchNorm2d(C, num_sets=3, num_groups=2, pool_size=3) vs nn.BatchNorm2d(C)")
     if args.channels_last:
@@ -227,11 +244,17 @@ def main() -> None:
         _eager_table(args)
     if args.compiled or args.compiled_only:
         print()
-        print(f"torch.compile (inductor, dynamic=False), train fwd+bwd, batch {args.batch}:")
+        print(
+            f"torch.compile (inductor, dynamic=False), train fwd+bwd, batch {args.batch}, "
+            f"SepBN path {args.path}:"
+        )
         print()
         print("| C×H×W | compiled BN (ms) | compiled SepBN (ms) | ratio |")
         print("|---|---|---|---|")
-        for row in layer_ratios(LARGE_SHAPES, args.batch, CPU, torch.float32, True, args.repeats):
+        rows = layer_ratios(
+            LARGE_SHAPES, args.batch, CPU, torch.float32, True, args.repeats, path=args.path
+        )
+        for row in rows:
             print(
                 f"| {row['shape']} | {row['bn_ms']:.3f} | {row['sepbn_ms']:.3f} "
                 f"| {row['ratio']:.2f} |",
@@ -255,7 +278,7 @@ def _eager_table(args: argparse.Namespace) -> None:
         grad = torch.randn_like(x)
         number = max(1, int(2e6 // x.numel()))
         with sepbn_path(args.path):
-            train_path = sep._choose_path(x)
+            train_path = "native" if use_native(sep, x) else "plain"
         train_bn, train_sep = _compare(
             _train_step(bn, bn, x, grad),
             _train_step(sep, sep, x, grad, path=args.path),
@@ -266,7 +289,7 @@ def _eager_table(args: argparse.Namespace) -> None:
         sep.eval()
         x1 = torch.randn(1, channels, size, size).contiguous(memory_format=layout)
         with torch.no_grad(), sepbn_path(args.path):
-            eval_path = sep._choose_path(x1)
+            eval_path = "native" if use_native(sep, x1) else "plain"
         number = max(5, int(1e6 // x1.numel()))
         eval_bn, eval_sep = _compare(
             _eval_step(bn, x1), _eval_step(sep, x1, args.path), args.repeats, number

@@ -14,6 +14,7 @@ Commands::
     sepbn predict CHECKPOINT INPUTS... --out DIR [--detector D] [--format json|csv|pts]
                                     [--draw] [--every N] [--box x0,y0,x1,y1]
     sepbn export CHECKPOINT --format onnx|torchscript --out FILE [--protocol P]
+    sepbn build-kernels             build SepBN's C++ CPU kernels now (else at first use)
     sepbn analyze similarity CHECKPOINT --out fig4.png Eq. 2 / Fig. 4 (alias: sepbn similarity)
     sepbn analyze attention CHECKPOINT --data K --path P --out DIR   π by yaw bin / attribute
     sepbn analyze embedding --data K --path P [--checkpoint C] --out DIR   t-SNE as in Fig. 3
@@ -279,6 +280,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
         args.checkpoint, args.out, fmt=args.format, protocol=args.protocol, opset=args.opset
     )
     print(f"wrote {path}")
+    return 0
+
+
+def _cmd_build_kernels(args: argparse.Namespace) -> int:
+    from sepbn.nn import native
+
+    native.available(required=True)  # raises NativeBuildError (one line) if it cannot
+    print(f"sepbn: C++ CPU kernels built and loaded from {native.SOURCE.name}")
     return 0
 
 
@@ -594,6 +603,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_OPSET})",
     )
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "build-kernels",
+        help="build SepBN's C++ CPU kernels ahead of time (otherwise the first SepBN call does)",
+    )
+    p.set_defaults(func=_cmd_build_kernels)
 
     _add_analysis_commands(sub)
     return parser

@@ -25,7 +25,7 @@ def _net() -> nn.Sequential:
 def test_attention_parameters_are_the_reduction_and_the_mlp() -> None:
     net = _net()
     sep = net[1]
-    expected = {id(p) for m in (sep.reduce, sep.mlp) for p in m.parameters()}
+    expected = {id(p) for m in (sep.reduce, sep.fc1, sep.fc2) for p in m.parameters()}
     assert {id(p) for p in attention_parameters(net)} == expected
     simple = SimpleSepBatchNorm2d(8, 3)
     ids = {id(q) for q in attention_parameters(simple)}

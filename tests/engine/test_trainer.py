@@ -666,8 +666,8 @@ def test_validation_logs_attention_health_and_warns_on_collapse(tmp_path: Path, 
     # Force the attention of the SepBN layer to one set for every face: a collapse.
     layer = trainer.model.backbone[1]
     with torch.no_grad():
-        layer.mlp[2].weight.zero_()
-        layer.mlp[2].bias.copy_(torch.tensor([50.0, 0.0, 0.0] * 2))
+        layer.fc2.weight.zero_()
+        layer.fc2.bias.copy_(torch.tensor([50.0, 0.0, 0.0] * 2))
     trainer.validate()
     assert trainer.attention_health["backbone.1"].collapsed
     with caplog.at_level("WARNING", logger="sepbn.engine.trainer"):
@@ -722,9 +722,9 @@ def test_without_validation_a_collapse_is_warned_about(tmp_path: Path, caplog) -
     model = TinyNet()
     layer = model.backbone[1]
     with torch.no_grad():  # every face to set 0, and kept there: a collapsed layer
-        layer.mlp[2].weight.zero_()
-        layer.mlp[2].bias.copy_(torch.tensor([50.0, 0.0, 0.0] * 2))
-    for p in layer.mlp.parameters():
+        layer.fc2.weight.zero_()
+        layer.fc2.bias.copy_(torch.tensor([50.0, 0.0, 0.0] * 2))
+    for p in [*layer.fc1.parameters(), *layer.fc2.parameters()]:
         p.requires_grad_(False)
     with caplog.at_level("WARNING", logger="sepbn.engine.trainer"):
         result = Trainer(config, tmp_path, model, ToyFaces(16)).fit()

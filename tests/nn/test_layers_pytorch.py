@@ -1,6 +1,6 @@
 """The SepBN layers work the way PyTorch users expect: serialization, compile, autocast,
-memory formats, SyncBatchNorm, ONNX and torch.func (gradcheck of every path:
-test_fused_separable_norm.py)."""
+memory formats, SyncBatchNorm, ONNX and torch.func (gradcheck of both paths, plain and
+native: test_native.py)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from sepbn.nn import (
     DomainBatchNorm2d,
     SepBatchNorm2d,
     SimpleSepBatchNorm2d,
-    dispatch,
     domain_routing,
+    functional,
+    sepbn_path,
 )
-from sepbn.nn.fused_separable_norm import mix_sets
+from sepbn.nn.functional import mix_sets
 
 DTYPE = torch.float64
 
@@ -72,7 +73,7 @@ def test_is_exporting_is_true_under_torch_export_only() -> None:
 
     class Probe(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            seen.append(dispatch.is_exporting())
+            seen.append(functional.is_exporting())
             return x + 1
 
     x = torch.randn(3)
@@ -83,15 +84,20 @@ def test_is_exporting_is_true_under_torch_export_only() -> None:
     assert seen[:2] == [False, False] and seen[-1] is True
 
 
+@pytest.mark.parametrize("path", ["auto", "plain"])
 @pytest.mark.parametrize("kind", LAYERS)
-def test_torch_compile_traces_whole_layer(kind: str) -> None:
-    """fullgraph=True: dynamo traces the layer with no graph break, train and eval."""
+def test_torch_compile_traces_whole_layer(kind: str, path: str) -> None:
+    """fullgraph=True: dynamo traces the layer with no graph break, train and eval, on the
+    C++ op ("auto" on the CPU) and on the plain path; both equal the eager plain path."""
     torch._dynamo.reset()
     eager = randomize(small_net(LAYERS[kind]()))
     compiled_net = copy.deepcopy(eager)
     compiled = torch.compile(compiled_net, backend="aot_eager", fullgraph=True)
     x = torch.randn(4, 3, 7, 7)
-    y_eager, y_compiled = eager(x), compiled(x)
+    with sepbn_path("plain"):
+        y_eager = eager(x)
+    with sepbn_path(path):  # type: ignore[arg-type]
+        y_compiled = compiled(x)
     torch.testing.assert_close(y_compiled, y_eager)
     y_eager.square().sum().backward()
     y_compiled.square().sum().backward()
@@ -110,7 +116,10 @@ def test_torch_compile_traces_whole_layer(kind: str) -> None:
     eager.eval()
     compiled.eval()
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), eager(x))
+        with sepbn_path(path):  # type: ignore[arg-type]
+            y_compiled = compiled(x)
+        with sepbn_path("plain"):
+            torch.testing.assert_close(y_compiled, eager(x))
 
 
 def _mapping_float64(layer: nn.Module, x: torch.Tensor, pi: torch.Tensor):
@@ -170,7 +179,7 @@ def test_cpu_autocast_bfloat16(kind: str, training: bool) -> None:
     y.float().square().mean().backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in net.parameters())
     # A float32 input straight into the layer under autocast: only the attention runs in
-    # bf16, the normalization and mapping keep float32 (the fused path steps aside).
+    # bf16, the normalization and mapping keep float32 (the C++ op steps aside).
     direct = torch.randn(4, 6, 5, 5, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(direct)
@@ -181,15 +190,20 @@ def test_cpu_autocast_bfloat16(kind: str, training: bool) -> None:
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("path", ["plain", "native"])
 @pytest.mark.parametrize("kind", LAYERS)
 @pytest.mark.parametrize("training", [True, False])
-def test_channels_last_input(kind: str, training: bool) -> None:
+def test_channels_last_input(kind: str, training: bool, path: str) -> None:
+    """A channels-last input gives a channels-last output with NCHW's values and gradient."""
     layer = randomize(LAYERS[kind]()).to(DTYPE).train(training)
     plain = copy.deepcopy(layer)
     x = torch.randn(4, 6, 7, 5, dtype=DTYPE)
     x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     x = x.requires_grad_()
-    y, y_cl = plain(x), layer(x_cl)
+    with sepbn_path("plain"):
+        y = plain(x)
+    with sepbn_path(path):  # type: ignore[arg-type]
+        y_cl = layer(x_cl)
     assert y_cl.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y_cl, y)
     grad = torch.randn_like(y)

@@ -1,4 +1,7 @@
-"""SimpleSepBatchNorm2d against Eqs. 3-5 (squeeze-and-excitation weights, no groups)."""
+"""SimpleSepBatchNorm2d against Eqs. 3-5 (squeeze-and-excitation weights, no groups).
+
+The layer has only the plain implementation: the dispatch never sends it to the C++ op.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from torch import Tensor, nn
 
 from helpers import randomize
 from sepbn.nn import SimpleSepBatchNorm2d
+from sepbn.nn.dispatch import use_native
 
 DTYPE = torch.float64
 
@@ -35,16 +39,13 @@ def reference(layer: SimpleSepBatchNorm2d, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize(("channels", "num_sets", "reduction"), [(8, 3, 4), (6, 2, 16), (5, 1, 1)])
-def test_matches_reference(
-    training: bool, fused: bool, channels: int, num_sets: int, reduction: int
-) -> None:
+def test_matches_reference(training: bool, channels: int, num_sets: int, reduction: int) -> None:
     layer = randomize(SimpleSepBatchNorm2d(channels, num_sets, reduction, temperature=0.4))
     layer = layer.to(DTYPE).train(training)
-    layer.use_fused = fused
     ref_layer = copy.deepcopy(layer)
     x = torch.randn(4, channels, 5, 3, dtype=DTYPE) * 2 + 1
+    assert not use_native(layer, x) and not layer.has_native
     y_ref, lam_ref = reference(ref_layer, x)
     torch.testing.assert_close(layer(x), y_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(layer.attention(x), lam_ref, rtol=1e-12, atol=1e-12)
@@ -73,12 +74,10 @@ def test_hidden_width_and_repr() -> None:
         SimpleSepBatchNorm2d(8, reduction=0)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_equal_sets_equal_batchnorm_and_every_parameter_learns(fused: bool) -> None:
+def test_equal_sets_equal_batchnorm_and_every_parameter_learns() -> None:
     bn = nn.BatchNorm2d(6)
     layer = randomize(SimpleSepBatchNorm2d(6, num_sets=3, reduction=2))
     layer.norm.reset_running_stats()
-    layer.use_fused = fused
     with torch.no_grad():
         bn.weight.normal_()
         layer.weight.copy_(bn.weight.expand(3, -1))

@@ -8,8 +8,11 @@
 - :func:`convert_batchnorm`: swap the ``nn.BatchNorm2d`` layers of any model.
 - :class:`AttentionRecorder` and :class:`AttentionHealth`: is the attention alive (entropy,
   set usage, input dependence of π per layer)?
-- :func:`sepbn_path`: force the plain, fused (CPU) or compiled (CUDA default) implementation;
-  which one runs where is tabled in :mod:`sepbn.nn.dispatch`.
+- :mod:`sepbn.nn.functional`: the shared pieces of the math (pooling, Eq. 5 weights, Eq. 6
+  mixing, the eval fold).
+- :mod:`sepbn.nn.native`: ``SepBatchNorm2d``'s C++ CPU implementation, and
+  :func:`sepbn_path`, which forces it or the plain one (the rule is in
+  :mod:`sepbn.nn.dispatch`).
 """
 
 from sepbn.nn.attention_health import AttentionHealth, AttentionRecorder, collapsed_layers

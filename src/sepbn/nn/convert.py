@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from sepbn.nn._folding import copy_running_stats
 from sepbn.nn.domain_batch_norm import DomainBatchNorm2d
+from sepbn.nn.functional import copy_running_stats
 from sepbn.nn.separable_norm_base import SeparableNormBase
 
 NormFactory = Callable[[int], nn.Module]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sepbn.nn._folding import copy_running_stats, fold_batch_norm, running_stats
+from sepbn.nn.functional import copy_running_stats, fold_batch_norm, running_stats
 from sepbn.nn.separable_norm_base import _check_positive_int
 
 

@@ -1,50 +1,44 @@
-"""The C++ CPU kernels of SepBN (``csrc/sepbn_cpu.cpp``), built once per machine, as torch ops.
+"""SepBN's CPU fast path: the C++ kernels of ``csrc/sepbn_cpu.cpp`` as torch ops.
 
-Why C++: on CPU the ATen route spends a third of a batch-norm step on adaptive max
-pooling (a scalar NCHW loop) and about 1 ms per call on sixty small ops. The kernels
-compute the pooling with its arg-max and the batch statistics in one pass over each
-(n, c) plane, apply the mixed mapping in a second, and run the backward in one reduction
-and one elementwise pass, with the attention's small matrix products in between, all
-behind one op call (see the C++ file's header).
+The kernels compute what the plain :class:`~sepbn.nn.SepBatchNorm2d` computes (Eqs. 1,
+5-7), faster on a CPU: the adaptive max pooling with its arg-max and the batch statistics
+in one pass over each (n, c) plane, the attention's small matrix products as plain loops,
+the mixed mapping in a second pass, and the backward in one reduction and one
+elementwise pass (see the C++ file's header). The ops are defined in C++
+(``TORCH_LIBRARY(sepbn_cpu)``); this module adds what PyTorch's custom-op API asks of
+them: a shape function (``torch.library.register_fake``, so that ``torch.compile`` can put
+them in its graphs) and the autograd formula (``torch.library.register_autograd``, whose
+backward is the C++ backward op). :func:`sep_batch_norm` calls them with named inputs.
 
-Why not at install time: a compiled wheel would have to match the user's torch build
-exactly (pip's build isolation would even fetch another torch to build against). So the
-first call builds the file with the machine's C++ compiler (``g++`` or ``$CXX``) against
-the installed torch headers, into a cache keyed by the source, torch version, compiler
-and flags (default ``~/.cache/sepbn/extensions``, or ``$SEPBN_EXTENSIONS_DIR``); it takes
-about 30-60 s on 2 cores and is announced on stderr. Later processes load the cached
-library in milliseconds. ``sepbn build-kernels`` builds it ahead of time.
-
-When the build fails (no compiler, no headers), one warning gives the reason and the
-layers use the ATen path (:mod:`sepbn.nn.fused_separable_norm`), which gives the same
-values about twice as slowly. ``SEPBN_NATIVE=0`` skips the build altogether;
-``SEPBN_NATIVE=1`` makes a failed build an error instead of a warning.
+**Build.** The first call compiles the file with ``torch.utils.cpp_extension.load``
+(the machine's C++ compiler and ``ninja``) against the installed torch, once per machine,
+source and torch build, into ``$TORCH_EXTENSIONS_DIR`` (default
+``~/.cache/torch_extensions``); about a minute on 2 cores, announced on stderr. Later
+processes load the cached library in milliseconds, and several processes that start at
+once (data workers, DDP) wait for one build. ``sepbn build-kernels`` builds ahead of time.
+When the build fails, one warning gives the reason and the layers run the plain path.
+``SEPBN_PATH`` (:mod:`sepbn.nn.dispatch`) can skip the build or require it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import os
-import shutil
+import logging
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor, nn
 
 from sepbn.errors import SepbnError
 
 SOURCE = Path(__file__).with_name("csrc") / "sepbn_cpu.cpp"
 
-_MODES = ("auto", "0", "1")
-_state: dict[str, object] = {"loaded": False, "error": None, "disabled": 0}
+_state: dict[str, Any] = {"loaded": False, "error": None}
 _lock = threading.Lock()
 
 
@@ -52,172 +46,250 @@ class NativeBuildError(SepbnError):
     """The C++ kernels could not be built or loaded."""
 
 
-def mode() -> str:
-    """``SEPBN_NATIVE``: ``"auto"`` (default; build, warn on failure), ``"0"`` or ``"1"``."""
-    value = os.environ.get("SEPBN_NATIVE", "auto").strip().lower() or "auto"
-    if value not in _MODES:
-        raise NativeBuildError(f"SEPBN_NATIVE={value!r}; valid: auto, 0 (never build), 1 (must)")
-    return value
+class Attention(NamedTuple):
+    """The attention block of :class:`~sepbn.nn.SepBatchNorm2d`, as the C++ ops take it.
 
+    The block reads X (Fig. 1): T×T max pooling, the 1×1 convolution ``reduce`` C → G,
+    flattening position-major to T·T·G values, ``fc2(relu(fc1(·)))`` to G·K logits, and
+    the softmax with temperature τ (Eq. 5).
+    """
 
-def cache_dir() -> Path:
-    """Where built libraries are kept (``$SEPBN_EXTENSIONS_DIR``, else the user's cache)."""
-    env = os.environ.get("SEPBN_EXTENSIONS_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sepbn" / "extensions"
-
-
-def compiler() -> str:
-    """The C++ compiler used: ``$CXX``, else ``g++``, else ``c++``."""
-    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or "g++"
+    reduce_weight: Tensor  # (G, C)
+    reduce_bias: Tensor  # (G,)
+    fc1_weight: Tensor  # (hidden, T·T·G)
+    fc1_bias: Tensor  # (hidden,)
+    fc2_weight: Tensor  # (G·K, hidden)
+    fc2_bias: Tensor  # (G·K,)
+    tau: Tensor  # ()
 
 
 def _cpu_flags() -> list[str]:
-    """Instruction-set flags for this CPU (the library is built where it runs)."""
+    """AVX2 and FMA where this CPU has them (the library is built where it runs)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return []
-    flags = set()
-    for line in info.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
+    flags = next((set(line.split(":", 1)[1].split()) for line in info.splitlines()
+                  if line.startswith("flags")), set())  # fmt: skip
     return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
 
 
-def build_command(source: Path, output: Path) -> list[str]:
-    """The compiler command line that builds ``source`` into the shared library ``output``."""
-    root = Path(torch.__file__).parent
-    torch_lib = root / "lib"
-    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    # torch.utils.cpp_extension.include_paths(), without importing that module (slow, and
-    # it logs a CUDA warning on CPU machines).
-    includes = [
-        f"-I{root / 'include'}",
-        f"-I{root / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
-    ]
-    return [
-        compiler(), "-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-DNDEBUG",
-        f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *_cpu_flags(), *includes, str(source),
-        "-o", str(output), f"-L{torch_lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}",
-    ]  # fmt: skip
-
-
-def library_path() -> Path:
-    """The cached library for this source, torch build, compiler and flags."""
-    key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
-    key.update(torch.__version__.encode())
-    key.update(" ".join(build_command(Path("in.cpp"), Path("out.so"))).encode())
-    return cache_dir() / f"sepbn_cpu-{key.hexdigest()[:16]}.so"
-
-
-def build(verbose: bool = False) -> Path:
-    """Build the library unless it is cached; returns its path.
-
-    Several processes may call this at once: a file lock lets one compile while the
-    others wait, and the library appears under its final name only when complete.
+def build() -> None:
+    """Build (unless cached) and load the kernels.
 
     Raises:
-        NativeBuildError: If the compiler is missing or fails (its error output included).
+        NativeBuildError: If the compiler or ninja is missing or the build fails.
     """
-    target = library_path()
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.exists():  # another process built it meanwhile
-            return target
-        if shutil.which(compiler()) is None:
-            raise NativeBuildError(
-                f"no C++ compiler {compiler()!r} on PATH (install g++, e.g. "
-                "`apt install g++`, or set CXX)"
-            )
-        print(
-            f"sepbn: building the C++ CPU kernels once (about a minute) into {target.parent}",
-            file=sys.stderr,
-            flush=True,
-        )
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            partial = Path(tmp) / target.name
-            command = build_command(SOURCE, partial)
-            if verbose:
-                print(" ".join(command), file=sys.stderr)
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode != 0:
-                tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-20:])
-                raise NativeBuildError(
-                    f"building {SOURCE} failed (exit {result.returncode}):\n{tail}"
-                )
-            os.replace(partial, target)
-        print(
-            f"sepbn: C++ CPU kernels built in {time.perf_counter() - start:.0f} s",
-            file=sys.stderr,
-            flush=True,
-        )
-    return target
+    # cpp_extension logs at import that no CUDA runtime is found: true and irrelevant here.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension  # slow to import; only when loading
 
-
-@contextmanager
-def disabled() -> Iterator[None]:
-    """Inside the block, act as if the kernels were unavailable (the ATen fused path runs).
-
-    For tests and benchmarks that compare the paths; thread-unsafe like any global switch.
-    """
-    _state["disabled"] = int(_state.get("disabled", 0)) + 1  # type: ignore[call-overload]
+    flags = ["-O3", "-std=c++20", "-fopenmp", "-DNDEBUG", *_cpu_flags()]
+    # The instruction set is part of the name: a home directory shared by machines of
+    # different CPUs must not hand one of them a library it cannot run.
+    name = "sepbn_cpu_" + hashlib.sha256(" ".join(flags).encode()).hexdigest()[:8]
     try:
-        yield
-    finally:
-        _state["disabled"] = int(_state["disabled"]) - 1  # type: ignore[call-overload]
+        built = Path(cpp_extension._get_build_directory(name, False), f"{name}.so").exists()
+    except (AttributeError, OSError):  # a private helper: if it moves, announce every load
+        built = False
+    if not built:
+        print("sepbn: building the C++ CPU kernels (once, about a minute)", file=sys.stderr)
+    try:
+        cpp_extension.load(
+            name=name,
+            sources=[str(SOURCE)],
+            extra_cflags=flags,
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+        )
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
+        raise NativeBuildError(f"building {SOURCE} failed: {_reason(error)}") from error
 
 
-def available() -> bool:
+def _reason(error: BaseException) -> str:
+    """The line of a failed build's output that says why (ninja's output holds the commands)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines[1:]:
+        if any(word in line.lower() for word in ("error", "not found", "no such")):
+            return line
+    return lines[-1] if lines else type(error).__name__
+
+
+def available(required: bool = False) -> bool:
     """Whether the kernels are loaded, building and loading them on the first call.
 
-    Returns False (after one warning naming the reason) when they cannot be built, or
-    when ``SEPBN_NATIVE=0`` or inside :func:`disabled`.
+    Returns False (after one warning naming the reason) when they cannot be built.
 
     Raises:
-        NativeBuildError: If the build fails and ``SEPBN_NATIVE=1``.
+        NativeBuildError: If they cannot be built and ``required`` (``SEPBN_PATH=native``,
+            ``sepbn build-kernels``).
     """
-    if _state["disabled"]:
-        return False
     if _state["loaded"]:
         return True
-    if _state["error"] is not None or mode() == "0":
-        return False
-    with _lock:
-        if _state["loaded"] or _state["error"] is not None:
-            return bool(_state["loaded"])
-        try:
-            path = build()
-            torch.ops.load_library(str(path))
-            from sepbn.nn import native_ops  # registers autograd and fake functions
-
-            native_ops.register()
-        except (NativeBuildError, OSError, RuntimeError) as error:
-            _state["error"] = error
-            if mode() == "1":
-                raise NativeBuildError(
-                    f"SEPBN_NATIVE=1 but the C++ kernels failed: {error}"
-                ) from error
-            warnings.warn(
-                f"sepbn: C++ CPU kernels unavailable, using the ATen path (same values, "
-                f"about 2x slower SepBN layers): {error}. Set SEPBN_NATIVE=0 to skip the build.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return False
-        _state["loaded"] = True
-    return True
+    if _state["error"] is None:
+        with _lock:
+            if not _state["loaded"] and _state["error"] is None:
+                try:
+                    build()
+                    _register()
+                    _state["loaded"] = True
+                except NativeBuildError as error:
+                    _state["error"] = error
+                    if required:
+                        raise
+                    warnings.warn(
+                        f"sepbn: C++ CPU kernels unavailable, SepBN runs its plain path (same "
+                        f"values, slower): {error}. SEPBN_PATH=plain skips the build.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+    if _state["error"] is not None and required:
+        raise _state["error"]
+    return bool(_state["loaded"])
 
 
-def failure() -> BaseException | None:
-    """Why the kernels are unavailable (None if loaded or not tried yet)."""
-    error = _state["error"]
-    return error if isinstance(error, BaseException) else None
+def _map_like(x: Tensor) -> Tensor:
+    """The ops' output maps: channels-last for a channels-last ``x``, NCHW otherwise."""
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout)
+
+
+def _register() -> None:
+    """Shape functions and the autograd formula of the C++ ops."""
+    lib = "sepbn_cpu::"
+
+    @torch.library.register_fake(lib + "train_forward")
+    def _train_forward_fake(
+        x: Tensor, weight: Tensor, bias: Tensor, reduce_weight: Tensor, reduce_bias: Tensor,
+        fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor, fc2_bias: Tensor, tau: Tensor,
+        eps: float, pool_size: int, hard: bool,
+    ) -> tuple[Tensor, ...]:  # fmt: skip
+        n, c = x.shape[:2]
+        k, g, tt = weight.shape[0], reduce_weight.shape[0], pool_size * pool_size
+        return (
+            _map_like(x), x.new_empty(n, g, k), x.new_empty(c), x.new_empty(c),
+            x.new_empty(n, c, tt, dtype=torch.int32), x.new_empty(n * tt, c),
+            x.new_empty(n, tt * g), x.new_empty(n, fc1_weight.shape[0]), x.new_empty(n, c),
+            x.new_empty(c),
+        )  # fmt: skip
+
+    @torch.library.register_fake(lib + "train_backward")
+    def _train_backward_fake(grad_y: Tensor, *saved_and_needs: Any) -> tuple[Tensor, ...]:
+        *flat, need_input, need_attention = saved_and_needs
+        saved = _Saved.from_flat(tuple(flat))
+        x = saved.x
+        grads = [_map_like(x) if need_input else x.new_empty(0)]
+        grads += [torch.empty_like(saved.weight), torch.empty_like(saved.bias)]
+        for p in saved.attention[:6]:
+            grads.append(torch.empty_like(p) if need_attention else x.new_empty(0))
+        return tuple(grads)
+
+    @torch.library.register_fake(lib + "eval_forward")
+    def _eval_forward_fake(
+        x: Tensor, weight: Tensor, bias: Tensor, reduce_weight: Tensor, *rest: Any
+    ) -> tuple[Tensor, Tensor]:
+        return _map_like(x), x.new_empty(x.shape[0], reduce_weight.shape[0], weight.shape[0])
+
+    @torch.library.register_fake(lib + "running_update")
+    def _running_update_fake(*args: Any) -> None:
+        return None
+
+    torch.library.register_autograd(
+        lib + "train_forward", _train_backward, setup_context=_train_setup_context
+    )
+
+
+class _Saved(NamedTuple):
+    """What the backward op takes from the forward call, in its schema's order."""
+
+    x: Tensor
+    weight: Tensor
+    bias: Tensor
+    attention: Attention
+    pi: Tensor  # (N, G, K)
+    positions: Tensor  # (N·T·T, C), the pooled map position-major
+    argmax: Tensor  # (N, C, T·T) int32, each window's arg-max in H·W
+    flat: Tensor  # (N, T·T·G), fc1's input
+    hidden: Tensor  # (N, hidden), after the ReLU
+    scale: Tensor  # (N, C), γ̂
+    mean: Tensor  # (C,), the batch mean
+    rstd: Tensor  # (C,), 1 / sqrt(σ² + eps)
+
+    @classmethod
+    def from_flat(cls, tensors: tuple[Tensor, ...]) -> _Saved:
+        return cls._make((*tensors[:3], Attention(*tensors[3:10]), *tensors[10:]))
+
+    def as_tensors(self) -> tuple[Tensor, ...]:
+        return (self.x, self.weight, self.bias, *self.attention, *self[4:])
+
+
+def _train_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    x, weight, bias, *rest = inputs  # the schema: ..., tau, eps, pool_size, hard
+    _, pi, mean, var_unbiased, index, positions, flat, hidden, scale, rstd = output
+    ctx.mark_non_differentiable(pi, mean, var_unbiased, positions, flat, hidden, scale, rstd)
+    ctx.set_materialize_grads(False)
+    saved = _Saved(x, weight, bias, Attention(*rest[:7]), pi, positions, index, flat, hidden,
+                   scale, mean, rstd)  # fmt: skip
+    ctx.save_for_backward(*saved.as_tensors())
+    ctx.hard = rest[9]
+
+
+def _train_backward(ctx: Any, grad_y: Tensor | None, *unused: Tensor | None) -> tuple[Any, ...]:
+    if grad_y is None:  # y did not reach the loss
+        return (None,) * 13
+    saved = _Saved.from_flat(ctx.saved_tensors)
+    needs = ctx.needs_input_grad  # x, weight, bias, the attention's six tensors, τ, ...
+    # No gradient crosses a hard arg-max; otherwise the attention's backward runs when
+    # x (through the pooling) or any attention parameter needs a gradient.
+    attention = not ctx.hard and (needs[0] or any(needs[3:9]))
+    grads = torch.ops.sepbn_cpu.train_backward(
+        grad_y, *saved.as_tensors(), bool(needs[0]), attention
+    )
+    wanted = [needs[0], needs[1], needs[2], *(attention and need for need in needs[3:9])]
+    return (*(g if w else None for g, w in zip(grads, wanted)), None, None, None, None)
+
+
+def sep_batch_norm(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    attention: Attention,
+    norm: nn.BatchNorm2d,
+    factor: float,
+    pool_size: int,
+    hard: bool,
+) -> tuple[Tensor, Tensor]:
+    """:class:`~sepbn.nn.SepBatchNorm2d`'s forward through the C++ ops; returns ``(y, π)``.
+
+    In train mode (``norm.training``) with batch statistics, updating ``norm``'s running
+    statistics with ``factor`` as ``nn.BatchNorm2d`` does, under autograd; in eval mode
+    with the running statistics, without autograd (the dispatch sends gradient-wanting
+    eval calls to the plain path).
+
+    Args:
+        x: The feature map, float32/float64 on the CPU; NCHW- or channels-last-contiguous
+            (the output keeps that layout; other strides are copied to NCHW).
+        weight: The K sets' scales γ.
+        bias: The K sets' shifts β.
+        attention: The attention's tensors.
+        norm: The layer's shared ``nn.BatchNorm2d(affine=False)``.
+        factor: Running-average factor of this call (the momentum).
+        pool_size: T.
+        hard: One-hot π (Table III's hard aggregation).
+
+    Shape:
+        - x: (N, C, H, W); weight, bias: (K, C)
+        - Output: (N, C, H, W) and π (N, G, K)
+    """
+    ops = torch.ops.sepbn_cpu
+    if not norm.training:
+        mean, var = norm.running_mean, norm.running_var
+        return ops.eval_forward(x, weight, bias, *attention, mean, var, eps=norm.eps,
+                                pool_size=pool_size, hard=hard)  # fmt: skip
+    y, pi, mean, var_unbiased, *_ = ops.train_forward(
+        x, weight, bias, *attention, eps=norm.eps, pool_size=pool_size, hard=hard
+    )
+    if norm.running_mean is not None:
+        ops.running_update(norm.running_mean, norm.running_var, mean, var_unbiased, factor)
+    return y, pi

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sepbn.nn import compiled_separable_norm as compiled
-from sepbn.nn import dispatch, native_ops
-from sepbn.nn._folding import running_stats
-from sepbn.nn.fused_separable_norm import adaptive_max_pool2d, sep_batch_norm_train
+from sepbn.nn import native
+from sepbn.nn.functional import adaptive_max_pool2d, set_weights
 from sepbn.nn.separable_norm_base import SeparableNormBase, _check_positive_int
 
 Aggregation = Literal["soft", "hard"]
@@ -60,9 +57,14 @@ class SepBatchNorm2d(SeparableNormBase):
 
     Attributes:
         reduce: The 1×1 convolution C → G (``nn.Conv2d``), applied as a matmul.
-        mlp: ``Linear(G·T·T, hidden) → ReLU → Linear(hidden, G·K)``; its input is the
-            reduced map flattened position-major, (t_row, t_col, g), a fixed permutation
-            of the paper's (g, t_row, t_col) order that needs no copy.
+        fc1: ``Linear(G·T·T, hidden)``, followed by a ReLU; its input is the reduced map
+            flattened position-major, (t_row, t_col, g), a fixed permutation of the
+            paper's (g, t_row, t_col) order that needs no copy.
+        fc2: ``Linear(hidden, G·K)``, the logits.
+
+    A change to the attention (another MLP, another pooling) is made here, in
+    :meth:`attention_logits`, and in the C++ kernel (``attention`` and its backward in
+    ``csrc/sepbn_cpu.cpp``); ``tests/nn/test_native.py`` checks that the two agree.
 
     Shape:
         - Input: (N, C, H, W)
@@ -98,29 +100,34 @@ class SepBatchNorm2d(SeparableNormBase):
         self.aggregation = aggregation
         self.hidden_features = hidden_features
         self.reduce = nn.Conv2d(num_features, num_groups, kernel_size=1)
-        self.mlp = nn.Sequential(
-            nn.Linear(num_groups * pool_size * pool_size, hidden_features),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_features, num_groups * num_sets),
-        )
+        self.fc1 = nn.Linear(num_groups * pool_size * pool_size, hidden_features)
+        self.fc2 = nn.Linear(hidden_features, num_groups * num_sets)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Equal sets (see :meth:`SeparableNormBase.reset_parameters`), random attention."""
         super().reset_parameters()
         self.reduce.reset_parameters()
-        for layer in self.mlp:
-            if isinstance(layer, nn.Linear):
-                layer.reset_parameters()
+        self.fc1.reset_parameters()
+        self.fc2.reset_parameters()
 
     def attention_logits(self, x: Tensor) -> Tensor:
-        """Attention logits ``X_ex`` before the temperature softmax.
+        """Attention logits ``X_ex`` before the temperature softmax (Fig. 1).
 
         Shape:
             - x: (N, C, H, W)
             - Output: (N, G, K), in the dtype of :attr:`weight`.
         """
-        return self._logits_from_pooled(adaptive_max_pool2d(x, self.pool_size))
+        pooled = adaptive_max_pool2d(x, self.pool_size)  # (N, C, T, T)
+        n, c = pooled.shape[:2]
+        # The 1×1 convolution as one matmul over the T·T positions: on CPU, oneDNN's
+        # convolution backward costs milliseconds for these tiny maps, a matmul microseconds.
+        positions = pooled.permute(0, 2, 3, 1).reshape(-1, c)  # (N·T·T, C)
+        reduced = F.linear(positions, self.reduce.weight.view(self.num_groups, c), self.reduce.bias)
+        hidden = F.relu(self.fc1(reduced.view(n, -1)))  # (N, hidden), from (N, T·T·G)
+        logits = self.fc2(hidden)  # (N, G·K)
+        # Under autocast the MLP returns bfloat16; the softmax runs in full precision.
+        return logits.to(self.weight.dtype).view(n, self.num_groups, self.num_sets)
 
     def attention(self, x: Tensor) -> Tensor:
         """Weights π over the K sets per sample and channel group (Eq. 5; one-hot if hard).
@@ -129,119 +136,38 @@ class SepBatchNorm2d(SeparableNormBase):
             - x: (N, C, H, W)
             - Output: (N, G, K); every row sums to 1.
         """
-        return self._weights_from_logits(self.attention_logits(x))
+        return set_weights(self.attention_logits(x), self.tau, self.aggregation == "hard")
 
-    def _logits_from_pooled(self, pooled: Tensor) -> Tensor:
-        n, c = pooled.shape[:2]
-        # The 1×1 convolution as one matmul over the T·T positions: on CPU, oneDNN's
-        # convolution backward costs milliseconds for these tiny maps, a matmul microseconds.
-        positions = pooled.permute(0, 2, 3, 1).reshape(-1, c)  # (N·T·T, C)
-        reduced = F.linear(positions, self.reduce.weight.view(self.num_groups, c), self.reduce.bias)
-        # Flattened position-major, (N, T·T·G): a fixed permutation of the paper's order
-        # that the first MLP layer absorbs, and needs no copy.
-        logits = self.mlp(reduced.view(n, -1))  # (N, G·K)
-        # Under autocast the MLP returns bfloat16; the softmax runs in full precision.
-        return logits.to(self.weight.dtype).view(n, self.num_groups, self.num_sets)
-
-    def _weights_from_logits(self, logits: Tensor) -> Tensor:
-        if self.aggregation == "hard":
-            # The arg-max of the softmax is the arg-max of the logits for any τ > 0.
-            index = logits.argmax(dim=-1, keepdim=True)  # (N, G, 1)
-            return torch.zeros_like(logits).scatter_(-1, index, 1.0)
-        return F.softmax(logits / self.tau.to(logits.dtype), dim=-1)  # Eq. 5, sum over k
-
-    def _set_weights(self, x: Tensor) -> Tensor:
+    def _mixing_weights(self, x: Tensor) -> Tensor:
         return self.attention(x)
 
-    def _attention_tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """The attention's parameters and τ, in the order the fused and compiled steps take them.
-
-        Returns:
-            ``(reduce_weight (G, C), reduce_bias, hidden_weight, hidden_bias, out_weight,
-            out_bias, tau)``.
-        """
-        # Read straight from the module dictionaries: this runs at every call, and each
-        # nn.Module attribute lookup costs about a microsecond (a tenth of a small layer).
-        reduce = self._modules["reduce"]
-        mlp = self._modules["mlp"]
-        assert reduce is not None and mlp is not None  # built in __init__
-        hidden, out = mlp._modules["0"], mlp._modules["2"]
-        assert isinstance(hidden, nn.Linear) and isinstance(out, nn.Linear)
-        reduce_p, hidden_p, out_p = reduce._parameters, hidden._parameters, out._parameters
-        return cast(
-            "tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]",
-            (
-                cast(Tensor, reduce_p["weight"]).view(self.num_groups, self.num_features),
-                reduce_p["bias"], hidden_p["weight"], hidden_p["bias"],
-                out_p["weight"], out_p["bias"], self._buffers["tau"],
-            ),
-        )  # fmt: skip
-
-    def _forward_fused(self, x: Tensor, factor: float) -> tuple[Tensor, Tensor]:
-        return sep_batch_norm_train(
-            x,
-            self.weight,
-            self.bias,
-            *self._attention_tensors(),
-            self.norm.running_mean,
-            self.norm.running_var,
-            factor,
-            self.norm.eps,
-            self.pool_size,
-            self.aggregation == "hard",
-        )
-
-    _supports_native_eval = True
+    has_native = True
 
     def _forward_native(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The whole layer in one C++ op call per direction (:mod:`sepbn.nn.native`).
-
-        Train mode: batch statistics, running-statistics update, autograd. Eval mode (only
-        without a gradient): the running statistics folded into the mixed affine.
-        """
-        norm = cast(nn.BatchNorm2d, self._modules["norm"])  # direct: runs at every call
-        hard = self.aggregation == "hard"
-        if not norm.training:
-            mean, var = running_stats(norm)
-            return native_ops.sep_batch_norm_eval(
-                x, self.weight, self.bias, *self._attention_tensors(),
-                mean, var, norm.eps, self.pool_size, hard,
-            )  # fmt: skip
-        return native_ops.sep_batch_norm_train(
-            x, self.weight, self.bias, *self._attention_tensors(),
-            norm.running_mean, norm.running_var, self._count_batch(), norm.eps,
-            self.pool_size, hard,
+        """The whole layer in one C++ op call per direction (:mod:`sepbn.nn.native`)."""
+        training = self.norm.training
+        return native.sep_batch_norm(
+            x, self.weight, self.bias, self._attention_tensors(), self.norm,
+            factor=self._next_average_factor() if training else 0.0,
+            pool_size=self.pool_size, hard=self.aggregation == "hard",
         )  # fmt: skip
 
-    _supports_compiled = True
-
-    def _forward_compiled(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Train mode through the cached ``torch.compile`` of one pure function.
-
-        See :mod:`sepbn.nn.compiled_separable_norm`; falls back to the plain path (one
-        warning) for a shape class that does not compile.
-        """
-        static = (self.pool_size, self.aggregation, self.eps, self.norm.momentum)
-        key = compiled.shape_class(x, self.weight, static)
-        backend = dispatch.compile_backend()
-        if compiled.has_failed(key, backend):
-            return self._forward_plain(x)
-        args = (
-            x, self.weight, self.bias, *self._attention_tensors(),
-            self.norm.running_mean, self.norm.running_var,
+    def _attention_tensors(self) -> native.Attention:
+        """The attention's parameters and τ, by name, as the C++ ops take them."""
+        reduce, fc1, fc2 = self.reduce, self.fc1, self.fc2
+        return native.Attention(
+            reduce_weight=reduce.weight.view(self.num_groups, self.num_features),
+            reduce_bias=cast(Tensor, reduce.bias), fc1_weight=fc1.weight, fc1_bias=fc1.bias,
+            fc2_weight=fc2.weight, fc2_bias=fc2.bias, tau=self.tau,
         )  # fmt: skip
-        factor = self._count_batch()
-        flags = (factor, self.norm.eps, self.pool_size, self.aggregation == "hard")
-        try:
-            step = compiled.compiled_step(key, backend)
-            # Autocast off: the function picks its own precisions (float32 statistics).
-            with torch.autocast(x.device.type, enabled=False):
-                return step(*args, *flags)
-        except Exception as error:  # a compiler failure, not a property of the input
-            compiled.mark_failed(key, backend, error)
-            if self.norm.num_batches_tracked is not None:
-                self.norm.num_batches_tracked.sub_(1)  # the plain path counts it again
-            return self._forward_plain(x)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Checkpoints from before 2026-12-08 name the MLP ``mlp.0`` / ``mlp.2``.
+        for old, new in (("mlp.0.", "fc1."), ("mlp.2.", "fc2.")):
+            for name in ("weight", "bias"):
+                if prefix + old + name in state_dict:
+                    state_dict[prefix + new + name] = state_dict.pop(prefix + old + name)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
         return (

@@ -8,14 +8,10 @@ variant, Fig. 1 for the grouped attention); normalizing and mapping live here.
 
 The mapping is never applied K times: the weights first collapse the K sets into one
 scale and one shift per (sample, channel) (Eq. 6), which then act in the same single
-pass over the feature map as the normalization: in eval mode the whole layer is one
-inference-mode batch norm over the (1, N·C, H, W) view, and eager train mode runs the
-C++ kernels of :mod:`sepbn.nn.native` on CPU (or, without them, the fused ATen kernels of
-:mod:`sepbn.nn.fused_separable_norm`) or the compiled function of
-:mod:`sepbn.nn.compiled_separable_norm` on CUDA; inside a user's ``torch.compile`` on CPU
-the C++ ops go into the graph as opaque calls. Which path runs for which device, dtype,
-mode and compile state, and how to force one, is in :mod:`sepbn.nn.dispatch`
-(:meth:`SeparableNormBase._choose_path` implements it).
+pass over the feature map as the normalization; in eval mode the running statistics fold
+into them, so the layer is one multiply-add over the map. This is the plain
+implementation; ``SepBatchNorm2d`` also has a C++ one, chosen by
+:func:`sepbn.nn.dispatch.use_native`.
 """
 
 from __future__ import annotations
@@ -25,15 +21,14 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from sepbn.nn import dispatch, native, native_ops
-from sepbn.nn._folding import copy_running_stats, fold_batch_norm, running_stats
-from sepbn.nn.fused_separable_norm import mix_sets, separable_norm_train
+from sepbn.nn.dispatch import use_native
+from sepbn.nn.functional import copy_running_stats, fold_batch_norm, mix_sets, running_stats
 
 
 class SeparableNormBase(nn.Module):
     """Shared normalization with K sets of mapping parameters mixed per sample and group.
 
-    Subclasses implement :meth:`_set_weights`. Every SepBN-type layer is an instance of
+    Subclasses implement :meth:`_mixing_weights`. Every SepBN-type layer is an instance of
     this class, which is how :func:`sepbn.nn.set_temperature` finds them.
 
     Args:
@@ -54,10 +49,6 @@ class SeparableNormBase(nn.Module):
         tau: Buffer holding τ, saved in the ``state_dict`` because it changes the output.
         keep_attention: When True, every forward stores the weights it used in
             ``last_attention`` (detached), for analysis.
-        use_fused: When True (default), eager train-mode calls take the fast path for
-            their device (:mod:`sepbn.nn.dispatch`); False forces the plain path
-            ``BatchNorm2d(x)`` then ``γ̂ x̂ + β̂`` for this layer. All paths give the same
-            values and gradients.
 
     Shape:
         - Input: (N, C, H, W)
@@ -92,7 +83,6 @@ class SeparableNormBase(nn.Module):
         self.num_sets = num_sets
         self.num_groups = num_groups
         self.keep_attention = False
-        self.use_fused = True
         self.last_attention: Tensor | None = None
         self.norm = nn.BatchNorm2d(
             num_features,
@@ -176,7 +166,7 @@ class SeparableNormBase(nn.Module):
             self.weight.fill_(1.0)
             self.bias.fill_(0.0)
 
-    def _set_weights(self, x: Tensor) -> Tensor:
+    def _mixing_weights(self, x: Tensor) -> Tensor:
         """Weights π over the K sets for every sample and group, rows summing to 1.
 
         Shape:
@@ -184,6 +174,9 @@ class SeparableNormBase(nn.Module):
             - Output: (N, G, K), in the dtype of :attr:`weight`.
         """
         raise NotImplementedError
+
+    # Whether the layer has a C++ implementation (:meth:`_forward_native`).
+    has_native = False
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalize with the shared statistics, then map with the mixed sets (Eqs. 6-7).
@@ -197,13 +190,8 @@ class SeparableNormBase(nn.Module):
                 f"{type(self).__name__} expects input of shape (N, {self.num_features}, H, W), "
                 f"got {tuple(x.shape)}"
             )
-        path = self._choose_path(x)
-        if path == "native":
+        if use_native(self, x):
             y, pi = self._forward_native(x)
-        elif path == "fused":
-            y, pi = self._forward_fused(x, self._count_batch())
-        elif path == "compiled":
-            y, pi = self._forward_compiled(x)
         else:
             y, pi = self._forward_plain(x)
         if self.keep_attention:
@@ -211,166 +199,29 @@ class SeparableNormBase(nn.Module):
         return y
 
     def _forward_plain(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Reference path from differentiable modules; returns ``(y, π)``."""
-        pi = self._set_weights(x)  # (N, G, K)
+        """The reference, from differentiable modules; returns ``(y, π)``."""
+        pi = self._mixing_weights(x)  # (N, G, K)
         scale, shift = mix_sets(pi, self.weight, self.bias)  # Eq. 6, (N, C) each
         norm = self.norm
         if not norm.training and norm.running_var is not None:
             # Eval: the running statistics fold into the mixed affine, so the layer is one
             # multiply-add over x (a few tiny ops on (N, C) beside it).
             mean, var = running_stats(norm)
-            y = fold_batch_norm(x, mean, var, norm.eps, scale, shift)
-            return y, pi
+            return fold_batch_norm(x, mean, var, norm.eps, scale, shift), pi
         x_hat = norm(x)  # Eq. 1 with batch statistics; updates the running ones
         scale, shift = scale.to(x_hat.dtype), shift.to(x_hat.dtype)
         return torch.addcmul(shift[..., None, None], x_hat, scale[..., None, None]), pi  # Eq. 7
 
-    def _forward_fused(self, x: Tensor, factor: float) -> tuple[Tensor, Tensor]:
-        """Train-mode path through the fused kernels; returns ``(y, π)``."""
-        pi = self._set_weights(x)  # (N, G, K)
-        scale, shift = mix_sets(pi, self.weight, self.bias)  # Eq. 6
-        norm = self.norm
-        y = separable_norm_train(
-            x, scale, shift, norm.running_mean, norm.running_var, factor, norm.eps
-        )
-        return y, pi
-
     def _forward_native(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Train mode through the C++ CPU kernels (:mod:`sepbn.nn.native`); returns ``(y, π)``."""
-        pi = self._set_weights(x)  # (N, G, K)
-        scale, shift = mix_sets(pi, self.weight, self.bias)  # Eq. 6
-        norm = self.norm
-        factor = self._count_batch()
-        y = native_ops.separable_norm_train(
-            x, scale, shift, norm.running_mean, norm.running_var, factor, norm.eps
-        )
-        return y, pi
-
-    # Whether :meth:`_forward_native` also implements eval mode (``SepBatchNorm2d``).
-    _supports_native_eval = False
-
-    def _choose_path(self, x: Tensor) -> str:
-        """``"plain"``, ``"native"``, ``"fused"`` or ``"compiled"`` (table in :mod:`.dispatch`)."""
-        forced = dispatch.current_path()
-        if forced == "plain" or not self.use_fused:
-            return "plain"
-        if torch.compiler.is_compiling():
-            native_ok = forced in ("auto", "native") and self._can_compile_native(x)
-            return "native" if native_ok else "plain"
-        if not self._modules["norm"].training:  # type: ignore[union-attr]
-            native_eval = forced in ("auto", "native") and self._can_run_native_eval(x)
-            return "native" if native_eval else "plain"
-        if not self._can_take_fast_path(x):
-            return "plain"
-        if forced == "native":  # where its conditions hold
-            return "native" if self._can_run_native(x) else "plain"
-        if forced == "fused":  # on any device, where its dtype conditions hold
-            return "fused" if self._can_fuse(x) else "plain"
-        if forced == "compiled":  # on any device and float dtype
-            return "compiled" if self._supports_compiled else "plain"
-        if x.device.type == "cpu" and self._can_fuse(x):
-            return "native" if self._can_run_native(x) else "fused"
-        if x.device.type == "cuda" and self._supports_compiled and self.norm.momentum is not None:
-            return "compiled"
-        return "plain"
-
-    def _can_take_fast_path(self, x: Tensor) -> bool:
-        """Whether any path other than the plain one applies (eager, train, plain inner BN).
-
-        Tracing compilers (``torch.compile`` is decided by :meth:`_can_compile_native`
-        before this), ``torch.func`` transforms and ``SyncBatchNorm`` (whose statistics
-        are all-reduced) take the plain path; so does a batch with one value
-        per channel, for BatchNorm2d's error message.
-        """
-        return self._trains_plain_batch_norm(x) and self._runs_eagerly(x)
-
-    def _trains_plain_batch_norm(self, x: Tensor) -> bool:
-        """Train mode, a plain inner ``nn.BatchNorm2d``, float input, > 1 value per channel."""
-        norm = self._modules["norm"]  # direct: runs at every call
-        return (
-            norm is not None
-            and norm.training
-            and type(norm) is nn.BatchNorm2d
-            and x.is_floating_point()
-            and x.numel() > x.shape[1]
-        )
-
-    def _runs_eagerly(self, x: Tensor) -> bool:
-        """No tracing compiler (dynamo, TorchScript) and no ``torch.func`` transform is at work."""
-        return (
-            not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting()
-            and not _is_functorch_tensor(x)
-            and not _is_functorch_tensor(self.weight)
-        )
-
-    def _can_compile_native(self, x: Tensor) -> bool:
-        """Inside ``torch.compile`` (not ``torch.export``): whether the C++ ops go in the graph.
-
-        They do, as opaque calls with shape functions, for a train-mode call with a plain
-        inner ``nn.BatchNorm2d`` and a constant momentum, and for an eval-mode
-        ``SepBatchNorm2d`` call that wants no gradient, on the CPU conditions of
-        :meth:`_can_run_native`. Everything else is traced through the plain path.
-        """
-        if dispatch.is_exporting():
-            return False
-        norm = self.norm
-        if norm.training:
-            mode_ok = self._trains_plain_batch_norm(x) and norm.momentum is not None
-        else:
-            mode_ok = self._native_eval_applies(x)
-        return mode_ok and self._can_run_native(x)
-
-    def _can_run_native(self, x: Tensor) -> bool:
-        """Whether the C++ kernels take ``x``: CPU, NCHW- or channels-last-contiguous, fused
-        dtypes, library built."""
-        return (
-            x.device.type == "cpu"
-            and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
-            and self._can_fuse(x)
-            and _native_loaded()
-        )
-
-    def _native_eval_applies(self, x: Tensor) -> bool:
-        """Eval with running statistics and no gradient wanted: the one-call C++ layer's case."""
-        norm = self._modules["norm"]  # direct: runs at every inference call
-        assert norm is not None  # built in __init__
-        return (
-            self._supports_native_eval
-            and norm._buffers.get("running_var") is not None
-            and not (torch.is_grad_enabled() and self._wants_grad(x))
-        )
-
-    def _can_run_native_eval(self, x: Tensor) -> bool:
-        """:meth:`_native_eval_applies`, not traced or exported, on the C++ kernels' inputs."""
-        return (
-            self._native_eval_applies(x)
-            and self._runs_eagerly(x)
-            and not torch.onnx.is_in_onnx_export()
-            and self._can_run_native(x)
-        )
-
-    def _wants_grad(self, x: Tensor) -> bool:
-        return x.requires_grad or any(p.requires_grad for p in self.parameters())
-
-    def _can_fuse(self, x: Tensor) -> bool:
-        """Whether the fused kernels' dtype conditions hold: float32/64, no autocast."""
-        return (
-            x.dtype in (torch.float32, torch.float64)
-            and x.dtype == self._parameters["weight"].dtype  # type: ignore[union-attr]
-            and not torch.is_autocast_enabled(x.device.type)
-        )
-
-    # Whether :meth:`_forward_compiled` exists (``SepBatchNorm2d``).
-    _supports_compiled = False
-
-    def _forward_compiled(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Train-mode path through ``torch.compile``; returns ``(y, π)``."""
+        """The C++ implementation (:mod:`sepbn.nn.native`); returns ``(y, π)``."""
         raise NotImplementedError
 
-    def _count_batch(self) -> float:
-        """Count the batch and return the running-average factor, as ``nn.BatchNorm2d`` does."""
+    def _next_average_factor(self) -> float:
+        """Count this batch, as ``nn.BatchNorm2d`` does, and return its running-average factor.
+
+        The factor is the momentum, or ``1 / batches counted`` for ``momentum=None``
+        (the cumulative average).
+        """
         norm = cast(nn.BatchNorm2d, self._modules["norm"])  # direct: runs at every call
         factor = 0.0 if norm.momentum is None else norm.momentum
         if norm.track_running_stats and norm.num_batches_tracked is not None:
@@ -395,15 +246,3 @@ def _check_positive_int(name: str, value: int) -> None:
 def _check_temperature(value: float) -> None:
     if not value > 0:
         raise ValueError(f"temperature must be > 0, got {value!r}")
-
-
-@torch.compiler.assume_constant_result
-def _native_loaded() -> bool:
-    """:func:`sepbn.nn.native.available`; under ``torch.compile`` read once at trace time."""
-    return native.available()
-
-
-def _is_functorch_tensor(x: Tensor) -> bool:
-    """Whether ``x`` is wrapped by a ``torch.func`` transform (grad, vmap, jacrev...)."""
-    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return bool(is_wrapped(x)) if is_wrapped is not None else False

@@ -79,7 +79,7 @@ class SimpleSepBatchNorm2d(SeparableNormBase):
         excited = torch.sigmoid(self.excite(squeezed)).to(self.weight.dtype)  # (N, K)
         return F.softmax(excited / self.tau.to(excited.dtype), dim=-1)  # Eq. 5
 
-    def _set_weights(self, x: Tensor) -> Tensor:
+    def _mixing_weights(self, x: Tensor) -> Tensor:
         return self.attention(x).unsqueeze(1)  # (N, 1, K): one group
 
     def extra_repr(self) -> str:

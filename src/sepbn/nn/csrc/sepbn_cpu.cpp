@@ -35,6 +35,7 @@
 #include <limits>
 #include <type_traits>
 #include <utility>
+#include <tuple>
 #include <vector>
 
 namespace sepbn_cpu {
@@ -761,7 +762,7 @@ inline bool channels_last(const Tensor& x) {
 }
 
 // An uninitialized map of x's shape in x's layout: channels-last for channels-last x, NCHW
-// otherwise (the fake functions of native_ops.py state the same rule).
+// otherwise (the fake functions in native.py state the same rule).
 inline Tensor map_like(const Tensor& x) {
   return at::empty(x.sizes(), x.options().memory_format(channels_last(x)
                                                             ? at::MemoryFormat::ChannelsLast
@@ -1042,29 +1043,6 @@ void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* ind
   });
 }
 
-// Only the moments (no pooling): the normalization of SimpleSepBatchNorm2d and friends.
-// Into preallocated (N, C) float64 moments.
-void moments_only(const Tensor& x, Tensor& plane_mean, Tensor& plane_m2,
-                  const Share* share = nullptr) {
-  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_moments", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    double* pm = plane_mean.mutable_data_ptr<double>();
-    double* pq = plane_m2.mutable_data_ptr<double>();
-    if (channels_last(x)) {
-      for_share(share, n, sample_grain(x), [&](int64_t begin, int64_t end) {
-        for (int64_t s = begin; s < end; ++s)
-          nhwc_moments(xp + s * hw * c, hw, c, pm + s * c, pq + s * c);
-      });
-      return;
-    }
-    for_share(share, n * c, plane_grain(hw), [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane)
-        plane_moments(xp + plane * hw, hw, pm + plane, pq + plane);
-    });
-  });
-}
-
 // Batch mean and biased variance per channel from per-plane moments (Chan et al.), and
 // the unbiased variance for the running average. Returns (mean, var, var_unbiased).
 std::vector<Tensor> combine_moments(const Tensor& plane_mean, const Tensor& plane_m2,
@@ -1339,13 +1317,13 @@ void relu_backward_(Tensor& grad, const Tensor& hidden) {
 
 // The attention MLP from pooled rows: returns (flat, hidden, pi) with flat (N, T·T·G).
 std::vector<Tensor> attention(const Tensor& positions, int64_t n, const Tensor& reduce_w,
-                              const Tensor& reduce_b, const Tensor& hidden_w,
-                              const Tensor& hidden_b, const Tensor& out_w, const Tensor& out_b,
-                              const Tensor& tau, int64_t k, bool hard) {
+                              const Tensor& reduce_b, const Tensor& fc1_w, const Tensor& fc1_b,
+                              const Tensor& fc2_w, const Tensor& fc2_b, const Tensor& tau,
+                              int64_t k, bool hard) {
   const int64_t g = reduce_w.size(0);
   Tensor flat = small_matmul(positions, false, reduce_w, true, reduce_b).view({n, -1});
-  Tensor hidden = small_matmul(flat, false, hidden_w, true, hidden_b).relu_();
-  Tensor logits = small_matmul(hidden, false, out_w, true, out_b).view({n, g, k});
+  Tensor hidden = small_matmul(flat, false, fc1_w, true, fc1_b).relu_();  // fc1, ReLU
+  Tensor logits = small_matmul(hidden, false, fc2_w, true, fc2_b).view({n, g, k});  // fc2
   Tensor pi;
   if (hard) {
     pi = at::zeros_like(logits).scatter_(-1, logits.argmax(-1, true), 1.0);
@@ -1383,7 +1361,7 @@ void running_update(const c10::optional<Tensor>& running_mean,
 // channel's N planes finds them in cache (as ATen's batch-norm backward does). With
 // g = ∂L/∂y: s1 = Σ_hw g = ∂L/∂β̂ and s2 = Σ_hw g x̂ = ∂L/∂γ̂ per (n, c), and, when
 // `need_input`, ∂L/∂x = r (γ̂ g - c1 - x̂ c2) with c1 = Σ_n γ̂ s1 / M, c2 = Σ_n γ̂ s2 / M
-// (the batch-norm backward applied to γ̂ g; derivation in fused_separable_norm).
+// (the batch-norm backward applied to γ̂ g, with x̂ = (x - μ) r and M = N·H·W).
 // Returns (s1, s2, ∂L/∂x or an empty tensor).
 // `scale` must be contiguous; `sums` holds the preallocated (s1, s2, ∂L/∂x or empty).
 void norm_backward_into(const Tensor& grad_y, const Tensor& x, const Tensor& scale,
@@ -1439,13 +1417,6 @@ std::vector<Tensor> allocate_norm_backward(const Tensor& x, bool need_input) {
   const int64_t n = x.size(0), c = x.size(1);
   return {at::empty({n, c}, x.options()), at::empty({n, c}, x.options()),
           need_input ? map_like(x) : at::empty({0}, x.options())};
-}
-
-std::vector<Tensor> norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& scale,
-                                  const Tensor& mean, const Tensor& rstd, bool need_input) {
-  auto sums = allocate_norm_backward(x, need_input);
-  norm_backward_into(grad_y, x, scale.contiguous(), mean, rstd, need_input, sums);
-  return sums;
 }
 
 // gx[n, c, index[n, c, t]] += grad_pooled[n·T·T + t, c]: the pooling's backward, at the
@@ -1540,21 +1511,16 @@ void nhwc_input_grad_into(const Tensor& grad_y, const Tensor& x, const Tensor& s
 // ---- ops -----------------------------------------------------------------------------
 
 // Train-mode SepBatchNorm2d forward (Eqs. 1, 5-7): the pooling-and-statistics pass, the
-// attention, and, if `apply`, the pass over the map, y = a x + b. Returns (y, pi, index,
-// positions, flat, hidden, scale, mean, rstd, var_unbiased, a, b); without `apply` y is an
-// empty tensor and the caller runs the multiply-add with a, b (N, C): inside
-// torch.compile that pass is ATen code, which inductor fuses with the ops after the layer
-// (an activation, a pooling), as it fuses a BatchNorm's.
-std::vector<Tensor> sepbn_train_forward(const Tensor& x_in, const Tensor& weight,
-                                        const Tensor& bias, const Tensor& reduce_w,
-                                        const Tensor& reduce_b, const Tensor& hidden_w,
-                                        const Tensor& hidden_b, const Tensor& out_w,
-                                        const Tensor& out_b, const Tensor& tau, double eps,
-                                        int64_t pool_size, bool hard, bool apply) {
+// attention, and the pass over the map, y = a x + b. Returns (y, pi, mean, var_unbiased)
+// and what the backward takes: (index, positions, flat, hidden, scale, rstd).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+train_forward(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
+              const Tensor& reduce_w, const Tensor& reduce_b, const Tensor& fc1_w,
+              const Tensor& fc1_b, const Tensor& fc2_w, const Tensor& fc2_b, const Tensor& tau,
+              double eps, int64_t pool_size, bool hard) {
   const Tensor x = checked_map(x_in, "x");
   const int64_t n = x.size(0), hw = x.size(2) * x.size(3);
-  Tensor positions, index, plane_mean, plane_m2, rstd;
-  Tensor y = apply ? map_like(x) : at::empty({0}, x.options());
+  Tensor positions, index, plane_mean, plane_m2, rstd, y = map_like(x);
   allocate_pooling(x, pool_size, positions, &index, &plane_mean, &plane_m2);
   std::vector<Tensor> att, mixed, stats, ab;
   const auto [units, grain] = pooling_units(x, true);
@@ -1564,29 +1530,28 @@ std::vector<Tensor> sepbn_train_forward(const Tensor& x_in, const Tensor& weight
         pool_and_moments(x, pool_size, positions, &index, &plane_mean, &plane_m2, share);
       },
       [&] {
-        att = attention(positions, n, reduce_w, reduce_b, hidden_w, hidden_b, out_w, out_b, tau,
+        att = attention(positions, n, reduce_w, reduce_b, fc1_w, fc1_b, fc2_w, fc2_b, tau,
                         weight.size(0), hard);
         mixed = mix_sets(att[2], weight, bias);
         stats = combine_moments(plane_mean, plane_m2, hw, x.scalar_type());
         rstd = inverse_std(stats[1], eps, x.scalar_type());
         ab = fold(mixed[0], mixed[1], stats[0], rstd);
       },
-      [&](const Share* share) {
-        if (apply) scale_shift_into(x, ab[0], ab[1], y, kGrainElements, share);
-      });
-  return {y, att[2], index, positions, att[0], att[1], mixed[0], stats[0], rstd, stats[2],
-          ab[0], ab[1]};
+      [&](const Share* share) { scale_shift_into(x, ab[0], ab[1], y, kGrainElements, share); });
+  return {y, att[2], stats[0], stats[2], index, positions, att[0], att[1], mixed[0], rstd};
 }
 
-// Its backward. Returns (grad_x, grad_weight, grad_bias, grad_reduce_w, grad_reduce_b,
-// grad_hidden_w, grad_hidden_b, grad_out_w, grad_out_b); a gradient that was not asked
-// for is an empty tensor.
-std::vector<Tensor> sepbn_train_backward(
-    const Tensor& grad_y_in, const Tensor& x_in, const Tensor& weight, const Tensor& bias,
-    const Tensor& reduce_w, const Tensor& hidden_w, const Tensor& out_w, const Tensor& tau,
-    const Tensor& pi, const Tensor& positions, const Tensor& index, const Tensor& flat,
-    const Tensor& hidden, const Tensor& scale, const Tensor& mean, const Tensor& rstd,
-    bool need_input, bool need_attention) {
+// Its backward. Returns the gradients of (x, weight, bias, reduce_w, reduce_b, fc1_w, fc1_b,
+// fc2_w, fc2_b); one that was not asked for is an empty tensor. The biases are passed for
+// a schema that mirrors the forward's inputs; their values are not needed.
+using Grads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+Grads train_backward(const Tensor& grad_y_in, const Tensor& x_in, const Tensor& weight,
+                     const Tensor& bias, const Tensor& reduce_w, const Tensor& /*reduce_b*/,
+                     const Tensor& fc1_w, const Tensor& /*fc1_b*/, const Tensor& fc2_w,
+                     const Tensor& /*fc2_b*/, const Tensor& tau, const Tensor& pi,
+                     const Tensor& positions, const Tensor& index, const Tensor& flat,
+                     const Tensor& hidden, const Tensor& scale, const Tensor& mean,
+                     const Tensor& rstd, bool need_input, bool need_attention) {
   const Tensor x = checked_map(x_in, "x");
   Tensor grad_y = grad_y_in.contiguous(x.suggest_memory_format()), scale_c = scale.contiguous();
   const int64_t g = reduce_w.size(0);
@@ -1603,13 +1568,13 @@ std::vector<Tensor> sepbn_train_backward(
     out[2] = mixed[1];
     if (!need_attention) return;
     const Tensor& grad_logits = mixed[2];
-    out[7] = small_matmul(grad_logits, true, hidden, false);
+    out[7] = small_matmul(grad_logits, true, hidden, false);  // fc2
     out[8] = column_sums(grad_logits);
-    Tensor grad_hidden = small_matmul(grad_logits, false, out_w, false);
+    Tensor grad_hidden = small_matmul(grad_logits, false, fc2_w, false);
     relu_backward_(grad_hidden, hidden);
-    out[5] = small_matmul(grad_hidden, true, flat, false);
+    out[5] = small_matmul(grad_hidden, true, flat, false);  // fc1
     out[6] = column_sums(grad_hidden);
-    Tensor grad_reduced = small_matmul(grad_hidden, false, hidden_w, false).view({-1, g});  // (N·T·T, G)
+    Tensor grad_reduced = small_matmul(grad_hidden, false, fc1_w, false).view({-1, g});  // (N·T·T, G)
     out[3] = small_matmul(grad_reduced, true, positions, false);
     out[4] = column_sums(grad_reduced);
     if (need_input) grad_pooled = small_matmul(grad_reduced, false, reduce_w, false);  // (N·T·T, C)
@@ -1642,17 +1607,17 @@ std::vector<Tensor> sepbn_train_backward(
         });
   }
   if (need_input) out[0] = sums[2];
-  return out;
+  return {out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7], out[8]};
 }
 
 // Eval-mode SepBatchNorm2d with running statistics: the whole layer, returns (y, pi).
-std::vector<Tensor> sepbn_eval_forward(const Tensor& x_in, const Tensor& weight,
-                                       const Tensor& bias, const Tensor& reduce_w,
-                                       const Tensor& reduce_b, const Tensor& hidden_w,
-                                       const Tensor& hidden_b, const Tensor& out_w,
-                                       const Tensor& out_b, const Tensor& tau,
-                                       const Tensor& running_mean, const Tensor& running_var,
-                                       double eps, int64_t pool_size, bool hard) {
+std::tuple<Tensor, Tensor> eval_forward(const Tensor& x_in, const Tensor& weight,
+                                        const Tensor& bias, const Tensor& reduce_w,
+                                        const Tensor& reduce_b, const Tensor& fc1_w,
+                                        const Tensor& fc1_b, const Tensor& fc2_w,
+                                        const Tensor& fc2_b, const Tensor& tau,
+                                        const Tensor& running_mean, const Tensor& running_var,
+                                        double eps, int64_t pool_size, bool hard) {
   const Tensor x = checked_map(x_in, "x");
   Tensor positions, y = map_like(x);
   allocate_pooling(x, pool_size, positions, nullptr, nullptr, nullptr);
@@ -1664,8 +1629,8 @@ std::vector<Tensor> sepbn_eval_forward(const Tensor& x_in, const Tensor& weight,
         pool_and_moments(x, pool_size, positions, nullptr, nullptr, nullptr, share);
       },
       [&] {
-        att = attention(positions, x.size(0), reduce_w, reduce_b, hidden_w, hidden_b, out_w,
-                        out_b, tau, weight.size(0), hard);
+        att = attention(positions, x.size(0), reduce_w, reduce_b, fc1_w, fc1_b, fc2_w, fc2_b,
+                        tau, weight.size(0), hard);
         auto mixed = mix_sets(att[2], weight, bias);
         Tensor rstd = inverse_std(running_var, eps, x.scalar_type());
         ab = fold(mixed[0], mixed[1], running_mean, rstd);
@@ -1676,66 +1641,6 @@ std::vector<Tensor> sepbn_eval_forward(const Tensor& x_in, const Tensor& weight,
   return {y, att[2]};
 }
 
-// Adaptive max pooling alone, without indices (the attention of eval and analysis).
-Tensor adaptive_max_pool(const Tensor& x_in, int64_t pool_size) {
-  const Tensor x = checked_map(x_in, "x");
-  Tensor positions;
-  allocate_pooling(x, pool_size, positions, nullptr, nullptr, nullptr);
-  pool_and_moments(x, pool_size, positions, nullptr, nullptr, nullptr);
-  return positions.view({x.size(0), pool_size, pool_size, x.size(1)}).permute({0, 3, 1, 2});
-}
-
-// Batch-statistics normalization with a per-(n, c) mapping: y = scale (x - μ) r + shift.
-// Returns (y, mean, rstd, var_unbiased).
-std::vector<Tensor> norm_train_forward(const Tensor& x_in, const Tensor& scale,
-                                       const Tensor& shift, double eps) {
-  const Tensor x = checked_map(x_in, "x");
-  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
-  Tensor plane_mean = at::empty({n, c}, x.options().dtype(at::kDouble));
-  Tensor plane_m2 = at::empty({n, c}, x.options().dtype(at::kDouble));
-  Tensor rstd, y = map_like(x);
-  std::vector<Tensor> stats, ab;
-  run_phased(
-      channels_last(x) ? team_size(n, sample_grain(x)) : team_size(n * c, plane_grain(hw)),
-      [&](const Share* share) { moments_only(x, plane_mean, plane_m2, share); },
-      [&] {
-        stats = combine_moments(plane_mean, plane_m2, hw, x.scalar_type());
-        rstd = inverse_std(stats[1], eps, x.scalar_type());
-        ab = fold(scale, shift, stats[0], rstd);
-      },
-      [&](const Share* share) { scale_shift_into(x, ab[0], ab[1], y, kGrainElements, share); });
-  return {y, stats[0], rstd, stats[2]};
-}
-
-// Its backward: (grad_x or empty, grad_scale = s2, grad_shift = s1).
-std::vector<Tensor> norm_train_backward(const Tensor& grad_y_in, const Tensor& x_in,
-                                        const Tensor& scale, const Tensor& mean,
-                                        const Tensor& rstd, bool need_input) {
-  const Tensor x = checked_map(x_in, "x");
-  Tensor grad_y = grad_y_in.contiguous(x.suggest_memory_format());
-  if (!channels_last(x)) {
-    auto sums = norm_backward(grad_y, x, scale, mean, rstd, need_input);
-    return {sums[2], sums[1], sums[0]};
-  }
-  Tensor scale_c = scale.contiguous();
-  const int64_t hw = x.size(2) * x.size(3);
-  auto sums = allocate_norm_backward(x, need_input);
-  std::vector<Tensor> dq;
-  run_phased(
-      team_size(x.size(0), sample_grain(x)),
-      [&](const Share* share) { nhwc_backward_sums_into(grad_y, x, mean, rstd, sums, share); },
-      [&] {
-        if (need_input) dq = nhwc_channel_coefficients(sums[0], sums[1], scale_c, rstd, hw);
-      },
-      [&](const Share* share) {
-        if (need_input) {
-          nhwc_input_grad_into(grad_y, x, scale_c, mean, rstd, dq, sums[2], Tensor(), Tensor(),
-                               share);
-        }
-      });
-  return {sums[2], sums[1], sums[0]};
-}
-
 }  // namespace
 
 TORCH_LIBRARY(sepbn_cpu, m) {
@@ -1744,28 +1649,25 @@ TORCH_LIBRARY(sepbn_cpu, m) {
   // traced NCHW strides; the fake functions state the output layout (map_like).
   const std::vector<at::Tag> kMapLayout{at::Tag::flexible_layout};
   m.def(
-      "sepbn_train_forward(Tensor x, Tensor weight, Tensor bias, Tensor reduce_w, "
-      "Tensor reduce_b, Tensor hidden_w, Tensor hidden_b, Tensor out_w, Tensor out_b, "
-      "Tensor tau, float eps, int pool_size, bool hard, bool apply=True) -> Tensor[]",
+      "train_forward(Tensor x, Tensor weight, Tensor bias, Tensor reduce_weight, "
+      "Tensor reduce_bias, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight, "
+      "Tensor fc2_bias, Tensor tau, float eps, int pool_size, bool hard) -> (Tensor y, "
+      "Tensor pi, Tensor mean, Tensor var_unbiased, Tensor index, Tensor positions, "
+      "Tensor flat, Tensor hidden, Tensor scale, Tensor rstd)",
       kMapLayout);
   m.def(
-      "sepbn_train_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor bias, "
-      "Tensor reduce_w, Tensor hidden_w, Tensor out_w, Tensor tau, Tensor pi, "
-      "Tensor positions, Tensor index, Tensor flat, Tensor hidden, Tensor scale, "
-      "Tensor mean, Tensor rstd, bool need_input, bool need_attention) -> Tensor[]",
+      "train_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor bias, "
+      "Tensor reduce_weight, Tensor reduce_bias, Tensor fc1_weight, Tensor fc1_bias, "
+      "Tensor fc2_weight, Tensor fc2_bias, Tensor tau, Tensor pi, Tensor positions, "
+      "Tensor index, Tensor flat, Tensor hidden, Tensor scale, Tensor mean, Tensor rstd, "
+      "bool need_input, bool need_attention) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor, Tensor, Tensor, Tensor)",
       kMapLayout);
   m.def(
-      "sepbn_eval_forward(Tensor x, Tensor weight, Tensor bias, Tensor reduce_w, "
-      "Tensor reduce_b, Tensor hidden_w, Tensor hidden_b, Tensor out_w, Tensor out_b, "
-      "Tensor tau, Tensor running_mean, Tensor running_var, float eps, int pool_size, "
-      "bool hard) -> Tensor[]",
-      kMapLayout);
-  m.def("adaptive_max_pool(Tensor x, int pool_size) -> Tensor", kMapLayout);
-  m.def("norm_train_forward(Tensor x, Tensor scale, Tensor shift, float eps) -> Tensor[]",
-        kMapLayout);
-  m.def(
-      "norm_train_backward(Tensor grad_y, Tensor x, Tensor scale, Tensor mean, Tensor rstd, "
-      "bool need_input) -> Tensor[]",
+      "eval_forward(Tensor x, Tensor weight, Tensor bias, Tensor reduce_weight, "
+      "Tensor reduce_bias, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight, "
+      "Tensor fc2_bias, Tensor tau, Tensor running_mean, Tensor running_var, float eps, "
+      "int pool_size, bool hard) -> (Tensor y, Tensor pi)",
       kMapLayout);
   m.def(
       "running_update(Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor mean, "
@@ -1773,12 +1675,9 @@ TORCH_LIBRARY(sepbn_cpu, m) {
 }
 
 TORCH_LIBRARY_IMPL(sepbn_cpu, CPU, m) {
-  m.impl("sepbn_train_forward", &sepbn_train_forward);
-  m.impl("sepbn_train_backward", &sepbn_train_backward);
-  m.impl("sepbn_eval_forward", &sepbn_eval_forward);
-  m.impl("adaptive_max_pool", &adaptive_max_pool);
-  m.impl("norm_train_forward", &norm_train_forward);
-  m.impl("norm_train_backward", &norm_train_backward);
+  m.impl("train_forward", &train_forward);
+  m.impl("train_backward", &train_backward);
+  m.impl("eval_forward", &eval_forward);
   m.impl("running_update", &running_update);
 }
 
