@@ -12,8 +12,8 @@ Commands::
     sepbn eval CHECKPOINT --data K --path P [--split S]
     sepbn prepare --data K --path P --out CACHE_DIR
     sepbn preview --data K --path P --out grid.png     augmented samples with landmarks
-    sepbn predict CHECKPOINT INPUTS... --out DIR [--detector D] [--format json|csv|pts]
-                                    [--draw] [--every N] [--box x0,y0,x1,y1]
+    sepbn predict CHECKPOINT INPUTS... --out DIR [--detector D] [--format jsonl|csv|pts]
+                                    [--draw] [--every N] [--box x0,y0,x1,y1 | --boxes F]
     sepbn export CHECKPOINT --format onnx|torchscript --out FILE [--protocol P]
     sepbn analyze similarity CHECKPOINT --out fig4.png Eq. 2 / Fig. 4 (alias: sepbn similarity)
     sepbn analyze attention CHECKPOINT --data K --path P --out DIR   π by yaw bin / attribute
