@@ -430,7 +430,9 @@ def _prepare_cache(
         "skipped": report.to_json(),
     }
     report.write_csv(root / _SKIPPED)
-    _write_meta_last(root, meta)
+    tmp_meta = root / (_META + ".tmp")  # meta.json last, in one rename: the cache is complete
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp_meta, root / _META)
     return FaceCache.open(root, protocol)
 
 
@@ -448,11 +450,9 @@ def _check_same_protocol(
     root: Path, old: dict[str, Any] | None, protocol: LandmarkProtocol
 ) -> None:
     """Refuse to overwrite a cache of another protocol (``old``: its meta.json, if any)."""
-    if old is None:
-        return
-    old_protocol = old.get("protocol")
+    old_protocol = old.get("protocol") if old is not None else None
     old_name = old_protocol.get("name") if isinstance(old_protocol, dict) else None
-    if old_name != protocol.name:
+    if old is not None and old_name != protocol.name:
         raise DatasetError(
             str(root),
             f"holds a cache for protocol {old_name!r}, not "
@@ -463,8 +463,7 @@ def _check_same_protocol(
 def _open_if_current(
     root: Path, old: dict[str, Any] | None, fingerprint: str, protocol: LandmarkProtocol
 ) -> FaceCache | None:
-    """The cache in ``root`` when it was built from the same inputs and opens; else None
-    (it is then rebuilt, and the log says why)."""
+    """The cache in ``root`` if built from the same inputs and it opens; else None (rebuild)."""
     if old is None:
         return None
     if old.get("fingerprint") != fingerprint:
@@ -487,13 +486,9 @@ def _write_crops(
     on_error: OnError,
     progress: bool,
 ) -> tuple[list[int], list[np.ndarray]]:
-    """Decode, check and crop every record into the raw images file ``path``.
-
-    A bad record raises or is added to ``report`` (``on_error``).
-
-    Returns:
-        The positions of the records written, and each one's original -> crop matrix.
-    """
+    """Decode, check and crop every record into the raw images file ``path``; a bad record
+    raises or goes to ``report`` (``on_error``). Returns the positions of the records written
+    and each one's original -> crop matrix."""
     read_skips = len(report)
     kept: list[int] = []
     matrices: list[np.ndarray] = []
@@ -534,8 +529,7 @@ def _write_index(
     matrices: Sequence[np.ndarray],
     protocol: LandmarkProtocol,
 ) -> None:
-    """Write ``index.npz``: the per-face arrays of :class:`FaceCache` for the records written
-    (``kept``: their positions in ``records``; ``matrices``: their original -> crop matrices)."""
+    """Write ``index.npz``: the per-face arrays of :class:`FaceCache`, of the kept records."""
     kept_recs = [records[i] for i in kept]
     num_points = protocol.num_points
     matrix_arr = np.stack(matrices) if matrices else np.zeros((0, 2, 3))
@@ -563,10 +557,3 @@ def _write_index(
         attribute_names=np.array(names, dtype=str),
         attributes=attributes,
     )
-
-
-def _write_meta_last(root: Path, meta: dict[str, Any]) -> None:
-    """Write ``meta.json`` in one rename: a cache without it reads as incomplete."""
-    tmp_meta = root / (_META + ".tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_meta, root / _META)
