@@ -1,6 +1,7 @@
 """The ``sepbn`` command line: thin wiring around the library modules.
 
-Why this file is long (~600 lines): it is the argument parser of fourteen commands and their
+Why this file is long: it is the argument parser of the eleven commands below (nine at the
+top level, three of them under ``analyze``, plus the alias ``sepbn similarity``) and their
 ``_cmd_*`` functions, each a few lines that call one library function; the logic is in the
 modules they call.
 
@@ -11,8 +12,8 @@ Commands::
     sepbn eval CHECKPOINT --data K --path P [--split S]
     sepbn prepare --data K --path P --out CACHE_DIR
     sepbn preview --data K --path P --out grid.png     augmented samples with landmarks
-    sepbn predict CHECKPOINT INPUTS... --out DIR [--detector D] [--format json|csv|pts]
-                                    [--draw] [--every N] [--box x0,y0,x1,y1]
+    sepbn predict CHECKPOINT INPUTS... --out DIR [--detector D] [--format jsonl|csv|pts]
+                                    [--draw] [--every N] [--box x0,y0,x1,y1 | --boxes F]
     sepbn export CHECKPOINT --format onnx|torchscript --out FILE [--protocol P]
     sepbn build-kernels             build SepBN's C++ CPU kernels now (else at first use)
     sepbn analyze similarity CHECKPOINT --out fig4.png Eq. 2 / Fig. 4 (alias: sepbn similarity)

@@ -30,7 +30,7 @@ from sepbn.data import protocols as protocols_module
 from sepbn.engine import data_builder
 from sepbn.engine.checkpoint import CheckpointError, load_checkpoint
 from sepbn.engine.data_builder import load_records
-from sepbn.engine.experiment import train
+from sepbn.engine.experiment import _finetune_epochs, _finetune_head_lr, train
 from sepbn.engine.model_builder import load_model_from_checkpoint
 from sepbn.engine.run_config import ResumeError, config_differences
 from sepbn.engine.schedules import warmup_cosine_lr
@@ -482,6 +482,25 @@ def test_config_errors_before_training(tmp_path: Path) -> None:
         train(empty, tmp_path / "c")
     assert DatasetConfig("synthetic").display_name == "synthetic"
     assert FinetuneConfig().init == "last"
+
+
+@pytest.mark.parametrize(
+    ("finetune", "epochs_and_warmup", "head_lr"),
+    [
+        ({}, (10, 2), 0.01),  # stage 1's length, warm-up and peak rate
+        ({"epochs": 5}, (5, 1), 0.01),  # the warm-up shortened in proportion
+        ({"epochs": 5, "warmup_epochs": 3, "head_lr": 0.5}, (5, 3), 0.5),
+        ({"head_lr_scale": 0.1}, (10, 2), 0.001),
+        ({"head_lr_scale": 0.001}, (10, 2), 1e-4),  # not below optim.min_lr
+    ],
+)
+def test_stage2_length_and_branch_rate_come_from_stage1_unless_set(
+    finetune: dict, epochs_and_warmup: tuple[int, int], head_lr: float
+) -> None:
+    optim = OptimConfig(epochs=10, warmup_epochs=2, lr=0.01, min_lr=1e-4)
+    config = replace(ExperimentConfig(), optim=optim, finetune=FinetuneConfig(**finetune))
+    assert _finetune_epochs(config) == epochs_and_warmup
+    assert _finetune_head_lr(config) == pytest.approx(head_lr)
 
 
 def test_reading_the_datasets_of_a_config(monkeypatch) -> None:

@@ -196,8 +196,8 @@ def analyze_attention(
     names = bin_names(yaw_edges)
     yaw_labels = yaw_bins(face_yaw(loaded.records, loaded.protocol), yaw_edges)[order]
     splits = [Split("yaw", yaw_labels, names)]
-    flags = sorted({a for r in loaded.records for a in r.attributes})
-    for a in flags:
+    attribute_names = sorted({a for r in loaded.records for a in r.attributes})
+    for a in attribute_names:
         present = np.array([bool(loaded.records[i].attributes.get(a, False)) for i in order])
         splits.append(Split(a, present.astype(np.int64), ["no", "yes"]))
     out = Path(out_dir)
@@ -214,7 +214,7 @@ def analyze_attention(
             "yaw bin (degrees; + = nose to the image's left)",
         )
     )
-    if flags:
+    if attribute_names:
         # A face counts once for every flag it carries: stack the faces of each flag.
         members = [np.flatnonzero(split.labels == 1) for split in splits[1:]]
         stacked = {layer: np.concatenate([pi[m] for m in members]) for layer, pi in weights.items()}
@@ -222,7 +222,7 @@ def analyze_attention(
         paths.append(
             plot_split(
                 stacked,
-                Split("attribute", labels, flags),
+                Split("attribute", labels, attribute_names),
                 out / "attention_attributes.png",
                 f"SepBN attention by WFLW attribute: {loaded.name} (faces with each flag)",
                 "attribute flag of the face",

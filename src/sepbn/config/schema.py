@@ -357,7 +357,8 @@ class FinetuneConfig:
         warmup_epochs: Warm-up of the branch schedule; ``None`` = ``optim.warmup_epochs``
             (shortened to fit when ``epochs`` is smaller).
         backbone_lr: Constant learning rate of the shared backbone.
-        head_lr: Peak learning rate of the branch; ``None`` = ``optim.lr * head_lr_scale``.
+        head_lr: Peak learning rate of the branch; ``None`` = ``optim.lr * head_lr_scale``,
+            not below ``optim.min_lr``.
         head_lr_scale: The branch's peak rate as a fraction of stage 1's when ``head_lr`` is
             ``None``; 1.0 is the paper's "adjusted normally". With the backbone's statistics
             frozen, a tenth suits a branch that stage 1 trained well (one-branch CNT: -0.24

@@ -400,16 +400,56 @@ def _prepare_cache(
 ) -> FaceCache:
     """:func:`prepare_cache`, which removes the temporary files when this fails."""
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
+    _check_settings(on_error, crop_size, margin)
+    root = Path(out_dir)
+    crop_size, margin = int(crop_size), float(margin)
+
+    old = _read_meta(root)
+    _check_same_protocol(root, old, protocol)
+    fingerprint = cache_fingerprint(records, protocol, crop_size, margin, skipped)
+    current = _open_if_current(root, old, fingerprint, protocol)
+    if current is not None:
+        return current
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / _META).unlink(missing_ok=True)  # an interrupted rebuild must not look complete
+    report = SkipReport(list(skipped.skipped) if skipped is not None else [])
+    tmp_images = root / (_IMAGES + ".tmp")
+    kept, matrices = _write_crops(
+        records, tmp_images, protocol, crop_size, margin, report, on_error, progress
+    )
+    _write_index(root / _INDEX, records, kept, matrices, protocol)
+    os.replace(tmp_images, root / _IMAGES)
+    meta = {
+        "version": CACHE_VERSION,
+        "protocol": protocol.to_dict(),
+        "crop_size": crop_size,
+        "margin": margin,
+        "count": len(kept),
+        "fingerprint": fingerprint,
+        "skipped": report.to_json(),
+    }
+    report.write_csv(root / _SKIPPED)
+    tmp_meta = root / (_META + ".tmp")  # meta.json last, in one rename: the cache is complete
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp_meta, root / _META)
+    return FaceCache.open(root, protocol)
+
+
+def _check_settings(on_error: OnError, crop_size: int, margin: float) -> None:
+    """Refuse an unknown ``on_error``, a crop under 16 px or a window under one box side."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if int(crop_size) < 16:
         raise ValueError(f"crop_size must be >= 16, got {crop_size!r}")
     if not float(margin) >= 1.0:
         raise ValueError(f"margin must be >= 1 box side, got {margin!r}")
-    root = Path(out_dir)
-    crop_size, margin = int(crop_size), float(margin)
 
-    old = _read_meta(root)
+
+def _check_same_protocol(
+    root: Path, old: dict[str, Any] | None, protocol: LandmarkProtocol
+) -> None:
+    """Refuse to overwrite a cache of another protocol (``old``: its meta.json, if any)."""
     old_protocol = old.get("protocol") if old is not None else None
     old_name = old_protocol.get("name") if isinstance(old_protocol, dict) else None
     if old is not None and old_name != protocol.name:
@@ -418,24 +458,42 @@ def _prepare_cache(
             f"holds a cache for protocol {old_name!r}, not "
             f"{protocol.name!r}; delete it or choose another folder",
         )
-    fingerprint = cache_fingerprint(records, protocol, crop_size, margin, skipped)
-    if old is not None and old.get("fingerprint") == fingerprint:
-        try:
-            return FaceCache.open(root, protocol)
-        except DatasetError as e:
-            logger.info("rebuilding face cache %s: %s", root, e)
-    elif old is not None:
-        logger.info("face cache %s is stale (inputs or settings changed); rebuilding", root)
 
-    root.mkdir(parents=True, exist_ok=True)
-    (root / _META).unlink(missing_ok=True)  # an interrupted rebuild must not look complete
-    report = SkipReport(list(skipped.skipped) if skipped is not None else [])
+
+def _open_if_current(
+    root: Path, old: dict[str, Any] | None, fingerprint: str, protocol: LandmarkProtocol
+) -> FaceCache | None:
+    """The cache in ``root`` if built from the same inputs and it opens; else None (rebuild)."""
+    if old is None:
+        return None
+    if old.get("fingerprint") != fingerprint:
+        logger.info("face cache %s is stale (inputs or settings changed); rebuilding", root)
+        return None
+    try:
+        return FaceCache.open(root, protocol)
+    except DatasetError as e:
+        logger.info("rebuilding face cache %s: %s", root, e)
+        return None
+
+
+def _write_crops(
+    records: Sequence[FaceRecord],
+    path: Path,
+    protocol: LandmarkProtocol,
+    crop_size: int,
+    margin: float,
+    report: SkipReport,
+    on_error: OnError,
+    progress: bool,
+) -> tuple[list[int], list[np.ndarray]]:
+    """Decode, check and crop every record into the raw images file ``path``; a bad record
+    raises or goes to ``report`` (``on_error``). Returns the positions of the records written
+    and each one's original -> crop matrix."""
     read_skips = len(report)
     kept: list[int] = []
     matrices: list[np.ndarray] = []
-    tmp_images = root / (_IMAGES + ".tmp")
     with (
-        open(tmp_images, "wb") as out,
+        open(path, "wb") as out,
         tqdm(
             total=len(records),
             desc=f"prepare {protocol.name} cache",
@@ -461,7 +519,17 @@ def _prepare_cache(
             matrices.append(matrix)
     if len(report) > read_skips:  # the reader already warned about its own
         logger.warning("%s", SkipReport(report.skipped[read_skips:]).summary())
+    return kept, matrices
 
+
+def _write_index(
+    path: Path,
+    records: Sequence[FaceRecord],
+    kept: Sequence[int],
+    matrices: Sequence[np.ndarray],
+    protocol: LandmarkProtocol,
+) -> None:
+    """Write ``index.npz``: the per-face arrays of :class:`FaceCache`, of the kept records."""
     kept_recs = [records[i] for i in kept]
     num_points = protocol.num_points
     matrix_arr = np.stack(matrices) if matrices else np.zeros((0, 2, 3))
@@ -476,7 +544,7 @@ def _prepare_cache(
     landmarks = apply_affine(matrix_arr, orig)
     landmarks[~valid] = 0.0  # unannotated points carry no position
     np.savez(
-        root / _INDEX,
+        path,
         landmarks=landmarks,
         valid=valid,
         matrix=matrix_arr,
@@ -489,18 +557,3 @@ def _prepare_cache(
         attribute_names=np.array(names, dtype=str),
         attributes=attributes,
     )
-    os.replace(tmp_images, root / _IMAGES)
-    meta = {
-        "version": CACHE_VERSION,
-        "protocol": protocol.to_dict(),
-        "crop_size": crop_size,
-        "margin": margin,
-        "count": len(kept),
-        "fingerprint": fingerprint,
-        "skipped": report.to_json(),
-    }
-    report.write_csv(root / _SKIPPED)
-    tmp_meta = root / (_META + ".tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_meta, root / _META)
-    return FaceCache.open(root, protocol)
