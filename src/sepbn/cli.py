@@ -1,6 +1,6 @@
 """The ``sepbn`` command line: thin wiring around the library modules.
 
-Why this file is long: it is the argument parser of the eleven commands below (nine at the
+Why this file is long: it is the argument parser of the twelve commands below (ten at the
 top level, three of them under ``analyze``, plus the alias ``sepbn similarity``) and their
 ``_cmd_*`` functions, each a few lines that call one library function; the logic is in the
 modules they call.
