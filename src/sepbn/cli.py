@@ -554,7 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="landmarks.jsonl (one JSON line per photo; json is the same), landmarks.csv, "
         "or one .pts file per face",
     )
-    p.add_argument("--draw", action="store_true", help="also write <name>_landmarks.jpg")
+    p.add_argument(
+        "--draw",
+        action="store_true",
+        help="also write <name>_landmarks.jpg, points coloured by confidence (red 0, green 1)",
+    )
     p.add_argument(
         "--every",
         type=argtypes.positive_int,
@@ -567,7 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write into an --out folder that already holds files (never one holding an input)",
     )
-    p.add_argument("--protocol", help="branch of a cross-protocol checkpoint")
+    p.add_argument(
+        "--protocol",
+        help="branch of a cross-protocol checkpoint; 'all' or a list (wflw,300w) gives each "
+        "face its points in every scheme named, from one backbone pass",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument(
         "--batch-size", type=argtypes.positive_int, default=64, help="face crops per network call"
@@ -585,7 +593,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
     p.add_argument("--out", required=True, type=argtypes.output_file, help="the file to write")
-    p.add_argument("--protocol", help="branch of a cross-protocol checkpoint")
+    p.add_argument(
+        "--protocol",
+        help="branch of a cross-protocol checkpoint; 'all' or a list (wflw,300w): one output "
+        "per branch (landmarks_<scheme>), listed in the metadata",
+    )
     p.add_argument(
         "--opset",
         type=argtypes.onnx_opset,

@@ -40,7 +40,11 @@ def test_predict_returns_faces_with_box_score_and_quality() -> None:
     assert face.landmarks.shape == (68, 2) and np.isfinite(face.landmarks).all()
     np.testing.assert_array_equal(face.box, [20, 10, 80, 70])
     assert face.score == 1.0 and 0.0 < face.quality <= 1.0
-    assert set(face.to_dict()) == {"box", "score", "quality", "landmarks"}
+    assert set(face.to_dict()) == {"box", "score", "quality", "landmarks", "confidence"}
+    assert face.confidence is not None and face.confidence.shape == (68,)
+    assert ((face.confidence > 0) & (face.confidence <= 1)).all()
+    # quality = exp(-mean d / s), confidence_l = exp(-d_l / s): their geometric mean
+    np.testing.assert_allclose(np.exp(np.log(face.confidence).mean()), face.quality, rtol=1e-9)
 
 
 def test_predict_boxes_keeps_the_array_api_and_matches_predict() -> None:

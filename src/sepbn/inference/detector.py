@@ -20,12 +20,28 @@ CPU model of ``tests/conftest.py``, faces of the 300-W test photos score 0.45-0.
 background crops below 0.16 (``tests/inference/test_landmark_detector_api.py``). It is a
 ranking signal (sort or threshold faces with it), not a
 calibrated probability.
+
+**Confidence per point.** The same two predictions give each landmark its own score,
+
+    confidence_l = exp(-d_l / 0.05),   d_l = ||p_l - p'_l|| / s
+
+so ``quality`` is the geometric mean of a face's point confidences. A point the network is
+sure of (a visible eye corner) stays put when the crop moves; a guessed one (an occluded or
+blurred contour point) moves with the crop. How well it ranks the points by their error on
+real faces is measured in docs/benchmarks.md (``benchmarks/bench_confidence.py``).
+
+**Several schemes from one model.** A cross-protocol (CNT) model has one branch per landmark
+scheme on a shared backbone; ``protocols=["300w", "wider5"]`` (``--protocol all``) runs all
+its branches on each crop in one backbone pass and gives every face its points in each
+scheme (:attr:`Face.schemes`). The crops are refined around the points of the detector's
+``protocol`` (with ``from_checkpoint``: the scheme with the most points asked for), whose
+points are also :attr:`Face.landmarks`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +52,7 @@ from torch import nn
 from sepbn.data.protocols import PROTOCOLS, LandmarkProtocol, get_protocol, protocol_for_num_points
 from sepbn.data.transforms import FaceCropTransform, apply_affine, invert_affine
 from sepbn.inference.backends import (
+    BranchesBackend,
     LandmarkBackend,
     OnnxBackend,
     TorchBackend,
@@ -54,12 +71,40 @@ from sepbn.inference.face_detection import (
 from sepbn.inference.image_input import ImageLike, as_rgb
 from sepbn.models import is_cross_protocol
 
-__all__ = ["QUALITY_SCALE", "Face", "LandmarkDetector", "check_boxes"]
+__all__ = [
+    "QUALITY_SCALE",
+    "Face",
+    "LandmarkDetector",
+    "SchemePoints",
+    "check_boxes",
+    "parse_protocols",
+    "richest_scheme",
+]
 
 #: ``d`` (mean disagreement per box side) at which the quality is 1/e.
 QUALITY_SCALE = 0.05
 _JITTER_SHIFT = 0.08  # of the box side, in x and y
 _JITTER_SCALE = 1.10
+
+
+@dataclass(frozen=True)
+class SchemePoints:
+    """A face's points in one landmark scheme.
+
+    Attributes:
+        landmarks: ``(L_p, 2)`` x, y in pixels of the photo, 0-based.
+        confidence: ``(L_p,)`` per-point confidence in ``[0, 1]`` (module docstring).
+    """
+
+    landmarks: np.ndarray
+    confidence: np.ndarray
+
+    def to_dict(self, decimals: int = 2) -> dict[str, Any]:
+        """JSON-ready ``{"landmarks", "confidence"}``."""
+        return {
+            "landmarks": np.round(self.landmarks, decimals).tolist(),
+            "confidence": np.round(self.confidence, 3).tolist(),
+        }
 
 
 @dataclass(frozen=True)
@@ -72,21 +117,56 @@ class Face:
             x_max, y_max``, the detector's box after its correction, or the box given).
         score: The face detector's confidence; 1.0 for a box that was given.
         quality: Agreement of two differently cropped predictions (module docstring).
+        confidence: ``(L,)`` per-point confidence of ``landmarks`` in ``[0, 1]``.
+        schemes: The points in each scheme asked for with ``protocols`` (empty when only
+            the detector's own protocol was asked for).
     """
 
     landmarks: np.ndarray
     box: np.ndarray
     score: float
     quality: float
+    confidence: np.ndarray | None = None
+    schemes: dict[str, SchemePoints] = field(default_factory=dict)
 
     def to_dict(self, decimals: int = 2) -> dict[str, Any]:
-        """JSON-ready ``{"box", "score", "quality", "landmarks"}``."""
-        return {
+        """JSON-ready ``{"box", "score", "quality", "landmarks", "confidence"}``, and
+        ``"schemes": {name: {"landmarks", "confidence"}}`` when several were asked for."""
+        out: dict[str, Any] = {
             "box": np.round(self.box, decimals).tolist(),
             "score": round(float(self.score), 4),
             "quality": round(float(self.quality), 4),
             "landmarks": np.round(self.landmarks, decimals).tolist(),
         }
+        if self.confidence is not None:
+            out["confidence"] = np.round(self.confidence, 3).tolist()
+        if self.schemes:
+            out["schemes"] = {name: p.to_dict(decimals) for name, p in self.schemes.items()}
+        return out
+
+
+def parse_protocols(text: str | Sequence[str] | None, available: Sequence[str]) -> list[str] | None:
+    """``"all"``, ``"wflw,300w"`` or a list, checked against a model's ``available`` schemes.
+
+    Returns:
+        The schemes in the order given (``"all"``: ``available``), or ``None`` for ``None``.
+
+    Raises:
+        InferenceError: An empty list, a repeated name, or a scheme the model lacks.
+    """
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")] if isinstance(text, str) else list(text)
+    if names == ["all"]:
+        return list(available)
+    if not names or not all(names) or len(set(names)) != len(names):
+        raise InferenceError(f"protocols {text!r}: give 'all' or distinct names like wflw,300w")
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise InferenceError(
+            f"the model has no branch for {missing[0]!r}; valid: {list(available)} or 'all'"
+        )
+    return names
 
 
 def check_boxes(
@@ -142,6 +222,8 @@ class LandmarkDetector:
             (``"haar"``, ... see :func:`build_face_detector`; built on first use), a
             :class:`FaceDetector`, or ``None`` (boxes must then be given).
         batch_size: Crops per network call.
+        protocols: The schemes :meth:`predict` gives each face by default (a cross-protocol
+            model's branches; see the module docstring); ``None``: ``protocol`` alone.
 
     Raises:
         InferenceError: A protocol the model has no branch for, or whose point count is
@@ -158,27 +240,35 @@ class LandmarkDetector:
         refine_steps: int = 1,
         face_detector: str | FaceDetector | None = DEFAULT_FACE_DETECTOR,
         batch_size: int = 64,
+        protocols: Sequence[str] | None = None,
     ) -> None:
         try:
             self.protocol: LandmarkProtocol = get_protocol(protocol)
         except (KeyError, ValueError) as exc:
             raise InferenceError(str(exc).strip("'\"")) from None
+        heads: dict[str, int] | None = getattr(model, "heads", None)
         if isinstance(model, nn.Module):
-            if is_cross_protocol(model):
-                if self.protocol.name not in model.protocols:
-                    raise InferenceError(
-                        f"the model has no branch for protocol {self.protocol.name!r}; "
-                        f"valid: {list(model.protocols)}"
-                    )
-                model = model.single_protocol(self.protocol.name)
-            backend: LandmarkBackend = TorchBackend(model, resolve_device(device))
+            resolved = resolve_device(device)
+            if is_cross_protocol(model) and len(model.protocols) > 1:
+                backend: LandmarkBackend = BranchesBackend(model, resolved)
+            elif is_cross_protocol(model):  # one branch: the plain model of it
+                backend = TorchBackend(model.single_protocol(model.protocols[0]), resolved)
+            else:
+                backend = TorchBackend(model, resolved)
         else:
             backend = model
-        if backend.num_points != self.protocol.num_points:
+        heads = dict(heads or {self.protocol.name: backend.num_points})
+        if self.protocol.name not in heads:
             raise InferenceError(
-                f"the model predicts {backend.num_points} points, protocol "
+                f"the model has no branch for protocol {self.protocol.name!r}; valid: {list(heads)}"
+            )
+        self.heads: dict[str, int] = dict(heads)
+        self.protocols = parse_protocols(protocols, list(heads)) or [self.protocol.name]
+        if heads[self.protocol.name] != self.protocol.num_points:
+            raise InferenceError(
+                f"the model predicts {heads[self.protocol.name]} points, protocol "
                 f"{self.protocol.name!r} has {self.protocol.num_points}; valid: "
-                f"{_protocols_with(backend.num_points)}"
+                f"{_protocols_with(heads[self.protocol.name])}"
             )
         if refine_steps < 0:
             raise InferenceError(f"refine_steps must be >= 0, got {refine_steps}")
@@ -192,8 +282,9 @@ class LandmarkDetector:
 
     @property
     def model(self) -> nn.Module:
-        """The PyTorch network (not available with the ONNX backend)."""
-        if not isinstance(self.backend, TorchBackend):
+        """The PyTorch network (not available with the ONNX backend); of a cross-protocol
+        model with several branches, the whole model."""
+        if not isinstance(self.backend, (TorchBackend, BranchesBackend)):
             raise AttributeError(f"a {type(self.backend).__name__} has no PyTorch model")
         return self.backend.model
 
@@ -215,7 +306,7 @@ class LandmarkDetector:
     def from_checkpoint(
         cls,
         path: str | Path,
-        protocol: str | None = None,
+        protocol: str | Sequence[str] | None = None,
         device: str | torch.device | None = None,
         refine_steps: int = 1,
         detector: str | FaceDetector | None = DEFAULT_FACE_DETECTOR,
@@ -229,7 +320,9 @@ class LandmarkDetector:
                 ``sepbn export`` (ONNX or TorchScript).
             protocol: Needed for a cross-protocol (CNT stage 1) checkpoint with several
                 branches; otherwise the model's only protocol (it is checked against the
-                model's point count).
+                model's point count). ``"all"``, a comma-separated list (``"wflw,300w"``) or a
+                list asks for several schemes (:attr:`Face.schemes`); the one with the most
+                points is the detector's ``protocol``.
             device: Where the model runs; ``None`` = CUDA when available, else the CPU.
             refine_steps: See the class docstring.
             detector: The face detector (a registry name or an instance), see the class.
@@ -242,6 +335,8 @@ class LandmarkDetector:
             InferenceError: A protocol that does not fit the model, a missing device, weights
                 that hold NaN or inf.
         """
+        asked = protocol if isinstance(protocol, (str, type(None))) else ",".join(protocol)
+        several = asked is not None and (asked == "all" or "," in asked)
         if backend is None:
             backend = "onnx" if Path(path).suffix.lower() == ".onnx" else "torch"
             backend = "torchscript" if backend == "torch" and is_torchscript(path) else backend
@@ -252,18 +347,22 @@ class LandmarkDetector:
                 else TorchScriptBackend(path, resolve_device(device))
             )
             meta = exported.metadata
-            if protocol is not None and protocol != meta["protocol"]:
-                raise InferenceError(
-                    f"{path} was exported for protocol {meta['protocol']!r}, not {protocol!r}"
-                )
+            names = list(exported.heads)
+            if several:
+                schemes = parse_protocols(asked, names) or names
+            elif asked is not None and asked not in names:
+                raise InferenceError(f"{path} was exported for protocol(s) {names}, not {asked!r}")
+            else:
+                schemes = [asked or meta["protocol"]]
             return cls(
                 exported,
-                meta["protocol"],
+                richest_scheme(schemes, exported.heads),
                 int(meta["input_size"]),
                 float(meta["box_scale"]),
                 refine_steps=refine_steps,
                 face_detector=detector,
                 batch_size=batch_size,
+                protocols=schemes,
             )
         if backend != "torch":
             raise InferenceError(
@@ -274,16 +373,27 @@ class LandmarkDetector:
         resolved = resolve_device(device)  # before loading, so a bad device fails fast
         model, config = load_model_from_checkpoint(path, map_location="cpu")
         check_finite_weights(model, path)
-        protocol = checkpoint_protocol(model, config, protocol, path)
+        if several:
+            if not is_cross_protocol(model):
+                raise InferenceError(
+                    f"{path} has one landmark scheme; --protocol {asked} needs a cross-protocol "
+                    "(CNT stage 1) checkpoint"
+                )
+            schemes = parse_protocols(asked, model.protocols) or model.protocols
+            primary = richest_scheme(schemes, model.heads)
+        else:
+            primary = checkpoint_protocol(model, config, asked, path)
+            schemes = [primary]
         return cls(
             model,
-            protocol,
+            primary,
             input_size=config.model.input_size,
             box_scale=config.data.box_scale,
             device=resolved,
             refine_steps=refine_steps,
             face_detector=detector,
             batch_size=batch_size,
+            protocols=schemes,
         )
 
     # ------------------------------------------------------------------ public predictions
@@ -294,7 +404,10 @@ class LandmarkDetector:
         return np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores, np.float64)
 
     def predict(
-        self, image: ImageLike, boxes: Sequence[Sequence[float]] | np.ndarray | None = None
+        self,
+        image: ImageLike,
+        boxes: Sequence[Sequence[float]] | np.ndarray | None = None,
+        protocols: str | Sequence[str] | None = None,
     ) -> list[Face]:
         """Every face of one photo.
 
@@ -303,18 +416,22 @@ class LandmarkDetector:
                 PIL image (see :func:`sepbn.inference.image_input.as_rgb`).
             boxes: ``(F, 4)`` face boxes ``x_min, y_min, x_max, y_max`` in the photo's
                 (display) pixels; ``None`` runs the face detector.
+            protocols: The schemes each face gets in :attr:`Face.schemes` (``"all"``,
+                ``"wflw,300w"`` or a list, of the model's :attr:`heads`); ``None``: the
+                detector's ``protocols``.
 
         Returns:
             One :class:`Face` per box, in the detector's order (best score first); empty
             when no face is found.
         """
-        return self.predict_many([image], None if boxes is None else [boxes])[0]
+        return self.predict_many([image], None if boxes is None else [boxes], None, protocols)[0]
 
     def predict_many(
         self,
         images: Sequence[ImageLike],
         boxes: Sequence[np.ndarray | Sequence[Sequence[float]] | None] | None = None,
         scores: Sequence[np.ndarray | None] | None = None,
+        protocols: str | Sequence[str] | None = None,
     ) -> list[list[Face]]:
         """Every face of several photos, all crops batched together.
 
@@ -322,10 +439,12 @@ class LandmarkDetector:
             images: Photos, as for :meth:`predict`.
             boxes: Per photo, its face boxes or ``None`` (detect); ``None`` detects in all.
             scores: Per photo, the detector scores of given boxes (default 1.0 each).
+            protocols: As for :meth:`predict`.
 
         Returns:
             Per photo, its faces.
         """
+        schemes = parse_protocols(protocols, list(self.heads)) or self.protocols
         rgbs = [as_rgb(image) for image in images]
         all_boxes, all_scores = [], []
         for i, rgb in enumerate(rgbs):
@@ -338,18 +457,28 @@ class LandmarkDetector:
                 found_scores = np.ones(len(found)) if known is None else np.asarray(known, float)
             all_boxes.append(found)
             all_scores.append(found_scores)
-        landmarks, quality = self._landmarks(rgbs, all_boxes, with_quality=True)
+        points, quality, confidence = self._landmarks(rgbs, all_boxes, with_quality=True)
+        primary = self.protocol.name
+        own = schemes == [primary]  # only the detector's scheme: no Face.schemes
         faces: list[list[Face]] = []
         start = 0
         for found, found_scores in zip(all_boxes, all_scores):
-            stop = start + len(found)
             faces.append(
                 [
-                    Face(landmarks[j], found[j - start], float(found_scores[j - start]), quality[j])
-                    for j in range(start, stop)
+                    Face(
+                        points[primary][j],
+                        box,
+                        float(score),
+                        quality[j],
+                        confidence[primary][j],
+                        {}
+                        if own
+                        else {n: SchemePoints(points[n][j], confidence[n][j]) for n in schemes},
+                    )
+                    for j, box, score in zip(range(start, start + len(found)), found, found_scores)
                 ]
             )
-            start = stop
+            start += len(found)
         return faces
 
     def predict_boxes(
@@ -365,20 +494,23 @@ class LandmarkDetector:
             ``(F, L, 2)`` float64 landmarks, 0-based photo pixels.
         """
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        return self._landmarks([image], [boxes], with_quality=False)[0]
+        return self._landmarks([image], [boxes], with_quality=False)[0][self.protocol.name]
 
     # ------------------------------------------------------------------ the network passes
 
     def _landmarks(
         self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], with_quality: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(F, L, 2)`` landmarks and ``(F,)`` quality (NaN without) of all boxes, in order."""
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+        """All boxes, in order: ``{scheme: (F, L_p, 2)}`` landmarks, ``(F,)`` quality and
+        ``{scheme: (F, L_p)}`` point confidences (NaN without ``with_quality``)."""
         owner = np.repeat(np.arange(len(images)), [len(b) for b in boxes])  # (F,) image index
         given = np.concatenate([np.reshape(b, (-1, 4)) for b in boxes]).astype(np.float64)
         current = given
         num_faces = len(current)
+        primary = self.protocol.name
         if num_faces == 0:
-            return np.zeros((0, self.protocol.num_points, 2)), np.zeros(0)
+            empty = {n: np.zeros((0, L, 2)) for n, L in self.heads.items()}
+            return empty, np.zeros(0), {n: np.zeros((0, L)) for n, L in self.heads.items()}
         with np.errstate(all="ignore"):  # a box beyond float range: _check_finite says so
             for step in range(self.refine_steps + 1):
                 if step == self.refine_steps and with_quality:  # the final pass and its jitter
@@ -388,28 +520,45 @@ class LandmarkDetector:
                         np.concatenate([current, _jitter(current)]),
                     )
                     _check_finite(out, np.concatenate([given, given]))
-                    landmarks, moved = out[:num_faces], out[num_faces:]
-                    return landmarks, _quality(landmarks, moved)
-                landmarks = self._predict_crops(images, owner, current)
-                _check_finite(landmarks, given)  # else the next crop is made from a NaN box
-                current = _tight_boxes(landmarks)
-        return landmarks, np.full(num_faces, np.nan)
+                    points = {n: v[:num_faces] for n, v in out.items()}
+                    side = _box_side(points[primary])
+                    confidence = {
+                        n: _point_confidence(v[:num_faces], v[num_faces:], side)
+                        for n, v in out.items()
+                    }
+                    quality = _quality(points[primary], out[primary][num_faces:])
+                    return points, quality, confidence
+                points = self._predict_crops(images, owner, current)
+                _check_finite(points, given)  # else the next crop is made from a NaN box
+                current = _tight_boxes(points[primary])
+        nan = {n: np.full(v.shape[:2], np.nan) for n, v in points.items()}
+        return points, np.full(num_faces, np.nan), nan
 
     def _predict_crops(
         self, images: Sequence[np.ndarray], owner: np.ndarray, boxes: np.ndarray
-    ) -> np.ndarray:
-        """Crop ``boxes[i]`` from ``images[owner[i]]``, run the network, map back to the photo."""
-        out = []
+    ) -> dict[str, np.ndarray]:
+        """Crop ``boxes[i]`` from ``images[owner[i]]``, run the network, map back to the photo:
+        ``{scheme: (F, L_p, 2)}``."""
+        out: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(boxes), self.batch_size):
             crops, matrices = [], []
             for i in range(start, min(start + self.batch_size, len(boxes))):
                 crop, _, matrix = self.transform(images[owner[i]], None, boxes[i])
                 crops.append(crop)
                 matrices.append(matrix)
-            normalized = self.backend(np.stack(crops))  # (B, L, 2), coordinates / S
-            crop_px = normalized * self.transform.output_size
-            out.append(apply_affine(invert_affine(np.stack(matrices)), crop_px))
-        return np.concatenate(out)  # (F, L, 2)
+            result = self.backend(np.stack(crops))  # (B, L, 2) or {p: (B, L_p, 2)}, / S
+            branches = result if isinstance(result, dict) else {self.protocol.name: result}
+            back = invert_affine(np.stack(matrices))
+            for name, normalized in branches.items():
+                crop_px = normalized * self.transform.output_size
+                out.setdefault(name, []).append(apply_affine(back, crop_px))
+        return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+def richest_scheme(schemes: Sequence[str], heads: Any) -> str:
+    """Of ``schemes`` (``heads``: scheme -> L), the one with the most points (the first of
+    equals): the scheme crops are refined on."""
+    return max(schemes, key=lambda n: (int(heads[n]), -list(schemes).index(n)))
 
 
 def checkpoint_protocol(model: nn.Module, config: Any, protocol: str | None, path: Any) -> str:
@@ -450,13 +599,15 @@ def _protocols_with(num_points: int) -> list[str]:
     return [name for name, p in PROTOCOLS.items() if p.num_points == num_points]
 
 
-def _check_finite(landmarks: np.ndarray, boxes: np.ndarray) -> None:
-    """Raise for the first face whose ``(F, L, 2)`` landmarks hold NaN or inf.
+def _check_finite(points: dict[str, np.ndarray], boxes: np.ndarray) -> None:
+    """Raise for the first face whose ``{scheme: (F, L_p, 2)}`` landmarks hold NaN or inf.
 
     Raises:
         InferenceError: Naming the face's given box.
     """
-    bad = ~np.isfinite(landmarks).all(axis=(1, 2))
+    bad = np.zeros(len(boxes), dtype=bool)
+    for landmarks in points.values():
+        bad |= ~np.isfinite(landmarks).all(axis=(1, 2))
     if bad.any():
         box = ",".join(f"{v:g}" for v in boxes[int(np.argmax(bad))])
         raise InferenceError(
@@ -478,9 +629,19 @@ def _jitter(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([centre - half, centre + half], axis=1)
 
 
+def _box_side(landmarks: np.ndarray) -> np.ndarray:
+    """``(F,)`` side ``sqrt(w h)`` of the tight box of each face's ``(F, L, 2)`` landmarks."""
+    boxes = _tight_boxes(landmarks)
+    return np.sqrt(np.clip((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-12, None))
+
+
 def _quality(landmarks: np.ndarray, moved: np.ndarray) -> np.ndarray:
     """``exp(-d / QUALITY_SCALE)``, ``d`` the mean point distance per tight-box side."""
-    boxes = _tight_boxes(landmarks)
-    side = np.sqrt(np.clip((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-12, None))
-    d = np.linalg.norm(landmarks - moved, axis=2).mean(axis=1) / side
+    d = np.linalg.norm(landmarks - moved, axis=2).mean(axis=1) / _box_side(landmarks)
+    return np.exp(-d / QUALITY_SCALE)
+
+
+def _point_confidence(landmarks: np.ndarray, moved: np.ndarray, side: np.ndarray) -> np.ndarray:
+    """``(F, L)`` ``exp(-d_l / QUALITY_SCALE)``, ``d_l`` each point's distance per ``side``."""
+    d = np.linalg.norm(landmarks - moved, axis=2) / side[:, None]
     return np.exp(-d / QUALITY_SCALE)

@@ -23,7 +23,7 @@ Only ``kill -9`` leaves it behind the records (``complete`` is then false).
 one that holds files, but never to one that holds an input
 (:func:`~sepbn.inference.output_files.prepare_out_dir`). With ``draw``,
 ``<name>_landmarks.jpg`` shows the faces (JPEG: a full-size PNG per photo costs more than the
-landmarks).
+landmarks), the points coloured by confidence (red 0, yellow 0.5, green 1).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from sepbn.inference.output_files import prepare_out_dir, write_atomic
 from sepbn.inference.stopping import Interrupted, StopSignals
 from sepbn.inference.writers import FORMAT_ALIASES, FORMATS, PhotoResult, open_writer
 
-__all__ = ["PredictSummary", "predict_photos"]
+__all__ = ["PredictSummary", "confidence_colours", "predict_photos"]
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,12 @@ class _Run:
         self.detector, self.out, self.draw = detector, out, draw
         self.summary, self.stop, self.report = summary, stop, report
         protocol = detector.protocol
-        self.writer = open_writer(fmt, out, protocol.name, protocol.num_points)
+        schemes = (
+            {}
+            if detector.protocols == [protocol.name]
+            else {name: detector.heads[name] for name in detector.protocols}
+        )
+        self.writer = open_writer(fmt, out, protocol.name, protocol.num_points, schemes)
         summary.landmarks_file = self.writer.path
         self.summary_path = out / "summary.json"
         summary.paths.extend([*self.writer.paths, self.summary_path])
@@ -428,13 +433,29 @@ def _jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     return data.tobytes()
 
 
-def _drawing(image: np.ndarray, faces: Sequence) -> np.ndarray:
-    """The photo with each face's landmarks and box drawn."""
+def confidence_colours(confidence: np.ndarray) -> np.ndarray:
+    """``(L, 3)`` uint8 RGB per point: red at confidence 0, yellow at 0.5, green at 1."""
+    c = np.clip(np.nan_to_num(np.asarray(confidence, np.float64), nan=0.0), 0.0, 1.0)
+    red = np.clip(2.0 * (1.0 - c), 0.0, 1.0)
+    green = np.clip(2.0 * c, 0.0, 1.0)
+    return np.round(255 * np.stack([red, green, np.zeros_like(c)], axis=1)).astype(np.uint8)
+
+
+def _drawing(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+    """The photo with each face's box and landmarks drawn, each point coloured by its
+    confidence (:func:`confidence_colours`; green without one)."""
     height, width = image.shape[:2]
     radius = max(1.5, width / 400)
     drawn = image
     for face in faces:
-        drawn = draw_landmarks(drawn, face.landmarks, radius=radius)
+        if face.confidence is None:
+            drawn = draw_landmarks(drawn, face.landmarks, radius=radius)
+        else:
+            colours = confidence_colours(face.confidence)
+            for colour in np.unique(colours, axis=0):
+                same = (colours == colour).all(axis=1)
+                rgb = (int(colour[0]), int(colour[1]), int(colour[2]))
+                drawn = draw_landmarks(drawn, face.landmarks, rgb, radius=radius, valid=same)
         x0, y0, x1, y1 = np.clip(face.box, -1, [width, height, width, height]).round().astype(int)
         cv2.rectangle(drawn, (x0, y0), (x1, y1), (255, 200, 0), max(1, round(radius / 2)))
     return drawn
