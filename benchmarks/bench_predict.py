@@ -71,6 +71,15 @@ def predict_landmarks(model: LandmarkDetector, rgb: np.ndarray, boxes: np.ndarra
 # ------------------------------------------------------------------------------------------
 
 
+def real_data_parser(doc: str | None, checkpoint: str, limit: str) -> argparse.ArgumentParser:
+    """``--checkpoint`` (what it must be), ``--data`` (``$SEPBN_DATA``) and ``--limit``."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help=checkpoint)
+    parser.add_argument("--data", type=Path, default=os.environ.get("SEPBN_DATA", "../shared/data"))
+    parser.add_argument("--limit", type=int, default=0, help=limit)
+    return parser
+
+
 @dataclass
 class Photo:
     path: Path
@@ -199,13 +208,10 @@ def nme_of(predicted: Sequence[np.ndarray], faces: Sequence[FaceRecord]) -> np.n
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a 68-point model")
-    parser.add_argument("--data", type=Path, default=os.environ.get("SEPBN_DATA", "../shared/data"))
+    parser = real_data_parser(__doc__, "a 68-point model", "first N photos per set (a test)")
     parser.add_argument("--detectors", nargs="*", default=sorted(FACE_DETECTORS))
     parser.add_argument("--yunet-model", help="YuNet .onnx file, to include 'yunet'")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores)")
-    parser.add_argument("--limit", type=int, default=0, help="first N photos per set (a test)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -23,7 +23,7 @@ from sepbn.config import ExperimentConfig, ModelConfig, to_dict
 from sepbn.engine.checkpoint import save_checkpoint
 from sepbn.engine.model_builder import build_model_from_config, model_info
 from sepbn.inference import InferenceError, LandmarkDetector, read_landmarks
-from sepbn.inference.detector import parse_protocols
+from sepbn.inference.schemes import parse_protocols
 
 SIZE = 64
 HEADS = {"300w": 68, "wider5": 5}

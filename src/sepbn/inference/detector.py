@@ -41,15 +41,13 @@ points are also :attr:`Face.landmarks`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from sepbn.data.protocols import PROTOCOLS, LandmarkProtocol, get_protocol, protocol_for_num_points
+from sepbn.data.protocols import LandmarkProtocol, get_protocol
 from sepbn.data.transforms import FaceCropTransform, apply_affine, invert_affine
 from sepbn.inference.backends import (
     BranchesBackend,
@@ -59,16 +57,22 @@ from sepbn.inference.backends import (
     TorchScriptBackend,
     check_finite_weights,
     is_torchscript,
-    model_num_points,
     resolve_device,
 )
 from sepbn.inference.errors import InferenceError
+from sepbn.inference.face import Face, SchemePoints
 from sepbn.inference.face_detection import (
     DEFAULT_FACE_DETECTOR,
     FaceDetector,
     build_face_detector,
 )
 from sepbn.inference.image_input import ImageLike, as_rgb
+from sepbn.inference.schemes import (
+    checkpoint_protocol,
+    parse_protocols,
+    protocols_with,
+    richest_scheme,
+)
 from sepbn.models import is_cross_protocol
 
 __all__ = [
@@ -77,96 +81,12 @@ __all__ = [
     "LandmarkDetector",
     "SchemePoints",
     "check_boxes",
-    "parse_protocols",
-    "richest_scheme",
 ]
 
 #: ``d`` (mean disagreement per box side) at which the quality is 1/e.
 QUALITY_SCALE = 0.05
 _JITTER_SHIFT = 0.08  # of the box side, in x and y
 _JITTER_SCALE = 1.10
-
-
-@dataclass(frozen=True)
-class SchemePoints:
-    """A face's points in one landmark scheme.
-
-    Attributes:
-        landmarks: ``(L_p, 2)`` x, y in pixels of the photo, 0-based.
-        confidence: ``(L_p,)`` per-point confidence in ``[0, 1]`` (module docstring).
-    """
-
-    landmarks: np.ndarray
-    confidence: np.ndarray
-
-    def to_dict(self, decimals: int = 2) -> dict[str, Any]:
-        """JSON-ready ``{"landmarks", "confidence"}``."""
-        return {
-            "landmarks": np.round(self.landmarks, decimals).tolist(),
-            "confidence": np.round(self.confidence, 3).tolist(),
-        }
-
-
-@dataclass(frozen=True)
-class Face:
-    """One face of a photo.
-
-    Attributes:
-        landmarks: ``(L, 2)`` x, y in pixels of the photo, 0-based.
-        box: ``(4,)`` the face box the landmarks were predicted from (``x_min, y_min,
-            x_max, y_max``, the detector's box after its correction, or the box given).
-        score: The face detector's confidence; 1.0 for a box that was given.
-        quality: Agreement of two differently cropped predictions (module docstring).
-        confidence: ``(L,)`` per-point confidence of ``landmarks`` in ``[0, 1]``.
-        schemes: The points in each scheme asked for with ``protocols`` (empty when only
-            the detector's own protocol was asked for).
-    """
-
-    landmarks: np.ndarray
-    box: np.ndarray
-    score: float
-    quality: float
-    confidence: np.ndarray | None = None
-    schemes: dict[str, SchemePoints] = field(default_factory=dict)
-
-    def to_dict(self, decimals: int = 2) -> dict[str, Any]:
-        """JSON-ready ``{"box", "score", "quality", "landmarks", "confidence"}``, and
-        ``"schemes": {name: {"landmarks", "confidence"}}`` when several were asked for."""
-        out: dict[str, Any] = {
-            "box": np.round(self.box, decimals).tolist(),
-            "score": round(float(self.score), 4),
-            "quality": round(float(self.quality), 4),
-            "landmarks": np.round(self.landmarks, decimals).tolist(),
-        }
-        if self.confidence is not None:
-            out["confidence"] = np.round(self.confidence, 3).tolist()
-        if self.schemes:
-            out["schemes"] = {name: p.to_dict(decimals) for name, p in self.schemes.items()}
-        return out
-
-
-def parse_protocols(text: str | Sequence[str] | None, available: Sequence[str]) -> list[str] | None:
-    """``"all"``, ``"wflw,300w"`` or a list, checked against a model's ``available`` schemes.
-
-    Returns:
-        The schemes in the order given (``"all"``: ``available``), or ``None`` for ``None``.
-
-    Raises:
-        InferenceError: An empty list, a repeated name, or a scheme the model lacks.
-    """
-    if text is None:
-        return None
-    names = [n.strip() for n in text.split(",")] if isinstance(text, str) else list(text)
-    if names == ["all"]:
-        return list(available)
-    if not names or not all(names) or len(set(names)) != len(names):
-        raise InferenceError(f"protocols {text!r}: give 'all' or distinct names like wflw,300w")
-    missing = [n for n in names if n not in available]
-    if missing:
-        raise InferenceError(
-            f"the model has no branch for {missing[0]!r}; valid: {list(available)} or 'all'"
-        )
-    return names
 
 
 def check_boxes(
@@ -268,7 +188,7 @@ class LandmarkDetector:
             raise InferenceError(
                 f"the model predicts {heads[self.protocol.name]} points, protocol "
                 f"{self.protocol.name!r} has {self.protocol.num_points}; valid: "
-                f"{_protocols_with(heads[self.protocol.name])}"
+                f"{protocols_with(heads[self.protocol.name])}"
             )
         if refine_steps < 0:
             raise InferenceError(f"refine_steps must be >= 0, got {refine_steps}")
@@ -553,50 +473,6 @@ class LandmarkDetector:
                 crop_px = normalized * self.transform.output_size
                 out.setdefault(name, []).append(apply_affine(back, crop_px))
         return {name: np.concatenate(parts) for name, parts in out.items()}
-
-
-def richest_scheme(schemes: Sequence[str], heads: Any) -> str:
-    """Of ``schemes`` (``heads``: scheme -> L), the one with the most points (the first of
-    equals): the scheme crops are refined on."""
-    return max(schemes, key=lambda n: (int(heads[n]), -list(schemes).index(n)))
-
-
-def checkpoint_protocol(model: nn.Module, config: Any, protocol: str | None, path: Any) -> str:
-    """The protocol to predict with: the asked one if the model has it, else the model's own.
-
-    Raises:
-        InferenceError: A cross-protocol model without that branch (or several branches and
-            none asked for), or a protocol whose point count is not the model's.
-    """
-    branches = list(model.protocols) if is_cross_protocol(model) else []
-    if branches:
-        if protocol is None:
-            if len(branches) > 1:
-                raise InferenceError(
-                    f"{path} has branches {branches}: choose one with protocol=... (--protocol)"
-                )
-            return branches[0]
-        if protocol not in branches:
-            raise InferenceError(f"{path} has no branch {protocol!r}; valid: {branches}")
-        return protocol
-    num_points = model_num_points(model)
-    if protocol is not None:
-        asked = get_protocol(protocol)
-        if asked.num_points != num_points:
-            raise InferenceError(
-                f"{path} is a {num_points}-point model; protocol {protocol!r} has "
-                f"{asked.num_points} points (valid: {_protocols_with(num_points)})"
-            )
-        return protocol
-    hints = [d.protocol for d in config.data.train if d.protocol]
-    try:
-        return protocol_for_num_points(num_points, hints)
-    except ValueError as exc:
-        raise InferenceError(f"{path}: {exc}") from None
-
-
-def _protocols_with(num_points: int) -> list[str]:
-    return [name for name, p in PROTOCOLS.items() if p.num_points == num_points]
 
 
 def _check_finite(points: dict[str, np.ndarray], boxes: np.ndarray) -> None:

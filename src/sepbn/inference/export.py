@@ -293,7 +293,7 @@ def export_checkpoint(
     """
     from sepbn.data.protocols import get_protocol
     from sepbn.engine.model_builder import load_model_from_checkpoint
-    from sepbn.inference.detector import checkpoint_protocol, parse_protocols, richest_scheme
+    from sepbn.inference.schemes import checkpoint_protocol, parse_protocols, richest_scheme
     from sepbn.models import is_cross_protocol
 
     if fmt not in EXPORT_FORMATS:

@@ -45,8 +45,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sepbn.data.visualize import draw_landmarks
 from sepbn.inference.boxes import BoxTable
-from sepbn.inference.detector import Face, LandmarkDetector, check_boxes
+from sepbn.inference.detector import LandmarkDetector, check_boxes
 from sepbn.inference.errors import InferenceError, OutputError, error_reason
+from sepbn.inference.face import Face
 from sepbn.inference.inputs import Frame, collect_inputs, count_frames, frames
 from sepbn.inference.output_files import prepare_out_dir, write_atomic
 from sepbn.inference.stopping import Interrupted, StopSignals

@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from sepbn.inference.detector import Face
 from sepbn.inference.errors import InferenceError
+from sepbn.inference.face import Face
 from sepbn.inference.output_files import LineFile, write_atomic
 
 __all__ = [
