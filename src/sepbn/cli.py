@@ -237,6 +237,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             report=lambda line: tqdm.write(f"sepbn predict: {line}", file=sys.stderr),
             overwrite=args.overwrite,
             signals=True,
+            detect_every=args.detect_every,
+            smooth=not args.no_smooth,
+            min_quality=args.min_quality,
         )
     except Interrupted as exc:  # a second Ctrl-C or SIGTERM; records and summary are written
         print(
@@ -518,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sepbn.inference.boxes import NUMBERS_ARGUMENT
     from sepbn.inference.export import DEFAULT_OPSET, EXPORT_FORMATS, MIN_OPSET
     from sepbn.inference.face_detection import DEFAULT_FACE_DETECTOR, FACE_DETECTORS
+    from sepbn.inference.tracking import DETECT_EVERY, MIN_QUALITY
     from sepbn.inference.writers import FORMAT_ALIASES, FORMATS
 
     p = sub.add_parser(
@@ -565,6 +569,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="every N-th video frame",
+    )
+    p.add_argument(
+        "--detect-every",
+        type=argtypes.positive_int,
+        default=DETECT_EVERY,
+        metavar="N",
+        help="on videos, follow each face from its previous landmarks (track_id in the "
+        "records) and run the face detector every N frames, or when a face's quality drops "
+        f"(default {DETECT_EVERY}; 1: every frame)",
+    )
+    p.add_argument(
+        "--min-quality",
+        type=float,
+        default=MIN_QUALITY,
+        metavar="Q",
+        help=f"on videos, a followed face below this quality sends its frame back to the face "
+        f"detector (default {MIN_QUALITY})",
+    )
+    p.add_argument(
+        "--no-smooth",
+        action="store_true",
+        help="on videos, do not smooth the landmarks over time (One Euro filter)",
     )
     p.add_argument(
         "--overwrite",

@@ -352,6 +352,7 @@ class LandmarkDetector:
         boxes: Sequence[np.ndarray | Sequence[Sequence[float]] | None] | None = None,
         scores: Sequence[np.ndarray | None] | None = None,
         protocols: str | Sequence[str] | None = None,
+        refine_steps: int | None = None,
     ) -> list[list[Face]]:
         """Every face of several photos, all crops batched together.
 
@@ -360,6 +361,8 @@ class LandmarkDetector:
             boxes: Per photo, its face boxes or ``None`` (detect); ``None`` detects in all.
             scores: Per photo, the detector scores of given boxes (default 1.0 each).
             protocols: As for :meth:`predict`.
+            refine_steps: Re-crops for this call (default: the detector's); 0 for boxes that
+                are already the tight box of the face's landmarks (tracking on a video).
 
         Returns:
             Per photo, its faces.
@@ -377,7 +380,8 @@ class LandmarkDetector:
                 found_scores = np.ones(len(found)) if known is None else np.asarray(known, float)
             all_boxes.append(found)
             all_scores.append(found_scores)
-        points, quality, confidence = self._landmarks(rgbs, all_boxes, with_quality=True)
+        steps = self.refine_steps if refine_steps is None else int(refine_steps)
+        points, quality, confidence = self._landmarks(rgbs, all_boxes, True, steps)
         primary = self.protocol.name
         own = schemes == [primary]  # only the detector's scheme: no Face.schemes
         faces: list[list[Face]] = []
@@ -414,12 +418,16 @@ class LandmarkDetector:
             ``(F, L, 2)`` float64 landmarks, 0-based photo pixels.
         """
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        return self._landmarks([image], [boxes], with_quality=False)[0][self.protocol.name]
+        return self._landmarks([image], [boxes], False, self.refine_steps)[0][self.protocol.name]
 
     # ------------------------------------------------------------------ the network passes
 
     def _landmarks(
-        self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], with_quality: bool
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence[np.ndarray],
+        with_quality: bool,
+        refine_steps: int,
     ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
         """All boxes, in order: ``{scheme: (F, L_p, 2)}`` landmarks, ``(F,)`` quality and
         ``{scheme: (F, L_p)}`` point confidences (NaN without ``with_quality``)."""
@@ -432,8 +440,8 @@ class LandmarkDetector:
             empty = {n: np.zeros((0, L, 2)) for n, L in self.heads.items()}
             return empty, np.zeros(0), {n: np.zeros((0, L)) for n, L in self.heads.items()}
         with np.errstate(all="ignore"):  # a box beyond float range: _check_finite says so
-            for step in range(self.refine_steps + 1):
-                if step == self.refine_steps and with_quality:  # the final pass and its jitter
+            for step in range(refine_steps + 1):
+                if step == refine_steps and with_quality:  # the final pass and its jitter
                     out = self._predict_crops(
                         images,
                         np.concatenate([owner, owner]),

@@ -44,6 +44,8 @@ class Face:
         confidence: ``(L,)`` per-point confidence of ``landmarks`` in ``[0, 1]``.
         schemes: The points in each scheme asked for with ``protocols`` (empty when only
             the detector's own protocol was asked for).
+        track_id: On a video followed by :class:`~sepbn.inference.tracking.FaceTracker`, the
+            face's identity across frames; ``None`` otherwise.
     """
 
     landmarks: np.ndarray
@@ -52,6 +54,7 @@ class Face:
     quality: float
     confidence: np.ndarray | None = None
     schemes: dict[str, SchemePoints] = field(default_factory=dict)
+    track_id: int | None = None
 
     def to_dict(self, decimals: int = 2) -> dict[str, Any]:
         """JSON-ready ``{"box", "score", "quality", "landmarks", "confidence"}``, and
@@ -64,6 +67,8 @@ class Face:
         }
         if self.confidence is not None:
             out["confidence"] = np.round(self.confidence, 3).tolist()
+        if self.track_id is not None:
+            out["track_id"] = self.track_id
         if self.schemes:
             out["schemes"] = {name: p.to_dict(decimals) for name, p in self.schemes.items()}
         return out

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -51,6 +52,7 @@ from sepbn.inference.face import Face
 from sepbn.inference.inputs import Frame, collect_inputs, count_frames, frames
 from sepbn.inference.output_files import prepare_out_dir, write_atomic
 from sepbn.inference.stopping import Interrupted, StopSignals
+from sepbn.inference.tracking import DETECT_EVERY, MIN_QUALITY, FaceTracker
 from sepbn.inference.writers import FORMAT_ALIASES, FORMATS, PhotoResult, open_writer
 
 __all__ = ["PredictSummary", "confidence_colours", "predict_photos"]
@@ -153,6 +155,9 @@ def predict_photos(
     report: Callable[[str], None] | None = None,
     overwrite: bool = False,
     signals: bool = False,
+    detect_every: int = DETECT_EVERY,
+    smooth: bool = True,
+    min_quality: float = MIN_QUALITY,
 ) -> PredictSummary:
     """Predict and save the landmarks of every face in ``inputs``.
 
@@ -175,6 +180,13 @@ def predict_photos(
         overwrite: Write into a folder that already holds files.
         signals: Handle SIGINT and SIGTERM (main thread only): the first finishes the photos
             in hand and returns, with :attr:`PredictSummary.stopped_by` set.
+        detect_every: On a video without given boxes, the faces are followed from frame to
+            frame (:class:`~sepbn.inference.tracking.FaceTracker`, ``track_id`` in the
+            records) and the face detector runs every ``detect_every`` frames (and when a
+            face's quality drops); 1 detects on every frame.
+        smooth: One Euro filter on the followed faces' points (videos only).
+        min_quality: A followed face whose quality falls below it sends its frame back to
+            the face detector.
 
     Returns:
         The counts; :attr:`PredictSummary.ok` is False when an input failed, a ``--boxes``
@@ -214,6 +226,8 @@ def predict_photos(
             for key in summary.unmatched_boxes:
                 report(f"--boxes: {key!r} matches no input (use a photo's path or file name)")
         run = _Run(detector, out, fmt, draw, summary, stop, report)
+        FaceTracker(detector, detect_every, min_quality, smooth)  # bad options fail now
+        run.tracking = {"detect_every": detect_every, "smooth": smooth, "min_quality": min_quality}
         run.run(paths, table if table is not None else given, every, progress, batch_photos)
     return summary
 
@@ -255,6 +269,8 @@ class _Run:
         summary.paths.extend([*self.writer.paths, self.summary_path])
         self.pending: list[_Pending] = []
         self.summary_written = 0.0
+        self.tracking: dict[str, Any] = {"detect_every": DETECT_EVERY, "smooth": True}
+        self._tracker: tuple[Path, FaceTracker] | None = None
 
     def run(
         self,
@@ -317,6 +333,11 @@ class _Run:
                 if self.stop.signum is not None:
                     break
                 bar.update(1)
+                given = boxes.get(frame.source) if isinstance(boxes, BoxTable) else boxes
+                if frame.time is not None and frame.image is not None and given is None:
+                    self._flush()  # the photos before it first: records stay in input order
+                    self._track(frame, names(frame.source, frame.frame))
+                    continue
                 result, found, scores = _prepare(self.detector, frame, boxes, names)
                 self.pending.append(_Pending(result, frame.image, found, scores))
                 faces_waiting = sum(len(p.boxes) for p in self.pending)
@@ -339,6 +360,30 @@ class _Run:
         self.pending.clear()
         if time.monotonic() - self.summary_written > SUMMARY_EVERY_S:
             self._write_summary()
+
+    def _track(self, frame: Frame, name: str) -> None:
+        """A video frame: its faces followed from the previous frame's, written at once."""
+        assert frame.image is not None and frame.time is not None
+        result = PhotoResult(str(frame.source), frame.frame, "ok", name)
+        result.size = (frame.image.shape[1], frame.image.shape[0])
+        if self._tracker is None or self._tracker[0] != frame.source:  # a new video
+            self._tracker = (frame.source, FaceTracker(self.detector, **self.tracking))
+        try:
+            faces = self._tracker[1](frame.image, frame.time)
+        except Exception as exc:  # this frame's, not the run's; the next starts afresh
+            result.status, result.reason = "error", error_reason(exc)
+            self._tracker = None
+        else:
+            bad = _non_finite(faces)
+            if bad:
+                result.status, result.reason = "error", bad
+            elif not faces:
+                result.status, result.reason = "no_face", NO_FACE
+            else:
+                result.faces = faces
+                if self.draw:
+                    self._draw(_Pending(result, frame.image, np.zeros((0, 4)), np.zeros(0)))
+        self._write(result)
 
     def _predict(self, todo: Sequence[_Pending]) -> list[list[Face] | str]:
         """Per photo, its faces or why they cannot be had; one failing photo fails alone."""
