@@ -223,6 +223,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         detector=args.detector,
         batch_size=args.batch_size,
+        confidence=args.confidence,
     )
     try:
         summary = predict_photos(
@@ -519,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_preview)
 
     from sepbn.inference.boxes import NUMBERS_ARGUMENT
+    from sepbn.inference.detector import CONFIDENCE_MODES
     from sepbn.inference.export import DEFAULT_OPSET, EXPORT_FORMATS, MIN_OPSET
     from sepbn.inference.face_detection import DEFAULT_FACE_DETECTOR, FACE_DETECTORS
     from sepbn.inference.tracking import DETECT_EVERY, MIN_QUALITY
@@ -569,6 +571,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="every N-th video frame",
+    )
+    p.add_argument(
+        "--confidence",
+        choices=CONFIDENCE_MODES,
+        default=CONFIDENCE_MODES[0],
+        help="per-point confidence from the shifted, back-shifted and mirrored crops (full, "
+        "three more crops per face) or the shifted crop alone (shift, faster)",
     )
     p.add_argument(
         "--detect-every",

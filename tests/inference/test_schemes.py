@@ -87,7 +87,7 @@ def test_all_schemes_cost_one_backbone_pass_per_crop_batch(cross) -> None:
         (face,) = detector.predict(PHOTO, [BOX], protocols="all")
     finally:
         hook.remove()
-    assert calls == [1, 2]  # the first crop, then the refined crop with its shifted copy
+    assert calls == [1, 4]  # the first crop, then the refined crop with its three views
     assert set(face.schemes) == set(HEADS) and face.schemes["wider5"].landmarks.shape == (5, 2)
     # Asked per call or not at all: the detector's own scheme alone, no schemes.
     (plain,) = detector.predict(PHOTO, [BOX])

@@ -30,9 +30,9 @@ import numpy as np
 __all__ = ["BETA", "D_CUTOFF", "MIN_CUTOFF", "LandmarkSmoother", "OneEuroFilter"]
 
 #: Hz, the cutoff of a point at rest.
-MIN_CUTOFF = 1.0
+MIN_CUTOFF = 0.3
 #: Hz per (face side / s): how fast the cutoff rises with the point's speed.
-BETA = 10.0
+BETA = 40.0
 #: Hz, the cutoff of the speed estimate.
 D_CUTOFF = 1.0
 
