@@ -83,3 +83,37 @@ def test_the_smoother_works_in_face_sides_so_any_face_size_is_filtered_alike() -
     for i, points in enumerate(track):
         a, b = small(points * 50, i / 30), large(points * 400, i / 30)
         np.testing.assert_allclose(b, a * 8, rtol=1e-9)
+
+
+def test_a_rigidly_moving_face_keeps_its_first_shape() -> None:
+    """Noise-free similarity motion: the shape is constant, so the output is an exact
+    similarity transform of the first frame's points (only the pose is filtered)."""
+    rng = np.random.default_rng(1)
+    first = rng.uniform(0, 100, (68, 2))
+    smoother = LandmarkSmoother()
+    for i in range(8):
+        angle, scale = 0.05 * i, 1 + 0.03 * i
+        rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        out = smoother(first @ rot.T + [3.0 * i, -2.0 * i], i / 30)
+        # Fit a similarity from the first frame to the output by least squares, by hand.
+        p, q = first - first.mean(0), out - out.mean(0)
+        a = (p * q).sum() / (p**2).sum()
+        b = (p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]).sum() / (p**2).sum()
+        np.testing.assert_allclose(q, p @ np.array([[a, -b], [b, a]]).T, atol=1e-9)
+    assert not np.allclose(out, first @ rot.T + [21.0, -14.0])  # the pose lags a little
+
+
+def test_a_still_face_passes_unchanged_and_noise_is_reduced() -> None:
+    rng = np.random.default_rng(2)
+    face = rng.uniform(0, 100, (68, 2))
+    smoother = LandmarkSmoother()
+    for i in range(5):
+        np.testing.assert_allclose(smoother(face, i / 30), face, atol=1e-9)
+    noisy, smoothed = [], []
+    smoother = LandmarkSmoother()
+    for i in range(60):
+        frame = face + rng.normal(0, 1.0, face.shape)
+        noisy.append(frame)
+        smoothed.append(smoother(frame, i / 30))
+    step = lambda seq: np.linalg.norm(np.diff(seq[10:], axis=0), axis=2).mean()  # noqa: E731
+    assert step(smoothed) < 0.5 * step(noisy)
