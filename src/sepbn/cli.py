@@ -13,7 +13,8 @@ Commands::
     sepbn preview --data K --path P --out grid.png     augmented samples with landmarks
     sepbn predict CHECKPOINT INPUTS... --out DIR [--detector D] [--format json|csv|pts]
                                     [--draw] [--every N] [--box x0,y0,x1,y1]
-    sepbn export CHECKPOINT --format onnx|torchscript --out FILE [--protocol P]
+                                    [--protocol all|P,...] [--detect-every N] [--no-smooth]
+    sepbn export CHECKPOINT --format onnx|torchscript --out FILE [--protocol P|all|P,...]
     sepbn analyze similarity CHECKPOINT --out fig4.png Eq. 2 / Fig. 4 (alias: sepbn similarity)
     sepbn analyze attention CHECKPOINT --data K --path P --out DIR   π by yaw bin / attribute
     sepbn analyze embedding --data K --path P [--checkpoint C] --out DIR   t-SNE as in Fig. 3

@@ -34,7 +34,7 @@ the final pass's batch (three crops per face more than ``quality`` alone needs);
 geometric mean of the point confidences). A point the network is sure of (a visible eye
 corner) stays put when the crop moves; a guessed one (an occluded or blurred contour point)
 moves with the crop. On real faces ``"full"`` ranks the points by their error with Spearman
-0.32 (300-W common) and 0.55 (WFLW), ``"shift"`` 0.19 and 0.43 (docs/benchmarks.md,
+0.35 (300-W common) and 0.53 (WFLW test), ``"shift"`` 0.19 and 0.43 (docs/benchmarks.md §9.2,
 ``benchmarks/bench_confidence.py``).
 
 **Several schemes from one model.** A cross-protocol (CNT) model has one branch per landmark
@@ -42,7 +42,9 @@ scheme on a shared backbone; ``protocols=["300w", "wider5"]`` (``--protocol all`
 its branches on each crop in one backbone pass and gives every face its points in each
 scheme (:attr:`Face.schemes`). The crops are refined around the points of the detector's
 ``protocol`` (with ``from_checkpoint``: the scheme with the most points asked for), whose
-points are also :attr:`Face.landmarks`.
+points are also :attr:`Face.landmarks`. The detector of a model with several branches runs
+all of them on every crop (the backbone once; each branch is one convolution and its head),
+so that any of its schemes can be asked for per call.
 """
 
 from __future__ import annotations

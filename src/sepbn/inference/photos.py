@@ -3,7 +3,10 @@
 :func:`predict_photos` reads each input (:mod:`sepbn.inference.inputs`), finds its faces
 (the detector's face detector, or the boxes given), predicts their landmarks several photos
 at a time (one network batch for all their faces) and writes each result as it comes
-(:mod:`sepbn.inference.writers`).
+(:mod:`sepbn.inference.writers`). A video without given boxes is followed frame by frame
+instead (:class:`~sepbn.inference.tracking.FaceTracker`: the face detector every
+``detect_every`` frames, a ``track_id`` per face, One Euro smoothing unless ``smooth`` is
+off).
 
 **One input never costs the others.** Whatever fails on one photo or frame (reading it,
 finding its faces, its box, the network's answer for it, drawing it) becomes that photo's
