@@ -207,3 +207,28 @@ def test_export_all_writes_one_output_per_branch(cross, checkpoint, tmp_path, fm
     assert exported.protocols == ["wider5", "300w"] and exported.protocol.name == "300w"
     for name in HEADS:
         np.testing.assert_allclose(a.schemes[name].landmarks, b.schemes[name].landmarks, atol=0.02)
+
+
+def test_a_video_gets_every_scheme_tracked_and_smoothed(cross, tmp_path) -> None:
+    from sepbn.inference import predict_photos
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (130, 150))
+    for k in range(4):
+        writer.write(np.roll(PHOTO, k, axis=1)[..., ::-1].copy())
+    writer.release()
+
+    def boxes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.array([BOX]), np.array([0.9])
+
+    detector = LandmarkDetector(
+        cross, "300w", SIZE, protocols=["300w", "wider5"], face_detector=boxes
+    )
+    predict_photos(detector, [video], tmp_path / "out", min_quality=0.0)
+    records = read_landmarks(tmp_path / "out").records
+    assert len(records) == 4
+    for record in records:
+        (face,) = record["faces"]
+        assert face["track_id"] == 0 and set(face["schemes"]) == set(HEADS)
+        assert np.array(face["schemes"]["wider5"]["landmarks"]).shape == (5, 2)
+        np.testing.assert_allclose(face["schemes"]["300w"]["landmarks"], face["landmarks"])
