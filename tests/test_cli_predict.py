@@ -246,15 +246,21 @@ def test_csv_and_pts_formats(checkpoint, face, tmp_path) -> None:
         "score",
         "quality",
     ]
-    assert len(row.split(",")) == 7 + 4 + 2 * 68
+    columns = header.split(",")
+    assert columns[-68:] == [f"c{i}" for i in range(68)]  # a confidence per point, last
+    assert len(row.split(",")) == len(columns) == 7 + 4 + 3 * 68
     assert main([*base, "--format", "pts", "--out", str(tmp_path / "p")]) == 0
     lines = (tmp_path / "p" / "face.pts").read_text().splitlines()
     assert lines[:3] == ["version: 1", "n_points:  68", "{"] and lines[-1] == "}"
     pts = np.array([line.split() for line in lines[3:-1]], float)
+    confidence = np.array((tmp_path / "p" / "face_confidence.txt").read_text().split(), float)
     json_out = tmp_path / "j"
     assert main([*base, "--out", str(json_out)]) == 0
-    landmarks = np.array(_records(json_out)[0]["faces"][0]["landmarks"])
-    np.testing.assert_allclose(pts - 1, landmarks, atol=0.01)  # 300-W files are 1-based
+    (found,) = _records(json_out)[0]["faces"]
+    np.testing.assert_allclose(pts - 1, found["landmarks"], atol=0.01)  # 300-W: 1-based
+    np.testing.assert_allclose(confidence, found["confidence"], atol=1e-3)
+    in_csv = np.array(row.split(",")[-68:], float)
+    np.testing.assert_allclose(in_csv, found["confidence"], atol=1e-3)
 
 
 def test_video_every_nth_frame_is_one_record_each(checkpoint, face, tmp_path) -> None:

@@ -14,7 +14,8 @@ Commands::
     sepbn preview --data K --path P --out grid.png     augmented samples with landmarks
     sepbn predict CHECKPOINT INPUTS... --out DIR [--detector D] [--format jsonl|csv|pts]
                                     [--draw] [--every N] [--box x0,y0,x1,y1 | --boxes F]
-    sepbn export CHECKPOINT --format onnx|torchscript --out FILE [--protocol P]
+                                    [--protocol all|P,...] [--detect-every N] [--no-smooth]
+    sepbn export CHECKPOINT --format onnx|torchscript --out FILE [--protocol P|all|P,...]
     sepbn build-kernels             build SepBN's C++ CPU kernels now (else at first use)
     sepbn analyze similarity CHECKPOINT --out fig4.png Eq. 2 / Fig. 4 (alias: sepbn similarity)
     sepbn analyze attention CHECKPOINT --data K --path P --out DIR   π by yaw bin / attribute
@@ -225,6 +226,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         detector=args.detector,
         batch_size=args.batch_size,
+        confidence=args.confidence,
     )
     try:
         summary = predict_photos(
@@ -239,6 +241,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             report=lambda line: tqdm.write(f"sepbn predict: {line}", file=sys.stderr),
             overwrite=args.overwrite,
             signals=True,
+            detect_every=args.detect_every,
+            smooth=not args.no_smooth,
+            min_quality=args.min_quality,
         )
     except Interrupted as exc:  # a second Ctrl-C or SIGTERM; records and summary are written
         print(
@@ -526,8 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_preview)
 
     from sepbn.inference.boxes import NUMBERS_ARGUMENT
+    from sepbn.inference.detector import CONFIDENCE_MODES
     from sepbn.inference.export import DEFAULT_OPSET, EXPORT_FORMATS, MIN_OPSET
     from sepbn.inference.face_detection import DEFAULT_FACE_DETECTOR, FACE_DETECTORS
+    from sepbn.inference.tracking import DETECT_EVERY, MIN_QUALITY
     from sepbn.inference.writers import FORMAT_ALIASES, FORMATS
 
     p = sub.add_parser(
@@ -564,7 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="landmarks.jsonl (one JSON line per photo; json is the same), landmarks.csv, "
         "or one .pts file per face",
     )
-    p.add_argument("--draw", action="store_true", help="also write <name>_landmarks.jpg")
+    p.add_argument(
+        "--draw",
+        action="store_true",
+        help="also write <name>_landmarks.jpg, points coloured by confidence (red 0, green 1)",
+    )
     p.add_argument(
         "--every",
         type=argtypes.positive_int,
@@ -573,11 +584,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="every N-th video frame",
     )
     p.add_argument(
+        "--confidence",
+        choices=CONFIDENCE_MODES,
+        default=CONFIDENCE_MODES[0],
+        help="per-point confidence from the shifted, back-shifted and mirrored crops (full, "
+        "three more crops per face) or the shifted crop alone (shift, faster)",
+    )
+    p.add_argument(
+        "--detect-every",
+        type=argtypes.positive_int,
+        default=DETECT_EVERY,
+        metavar="N",
+        help="on videos, follow each face from its previous landmarks (track_id in the "
+        "records) and run the face detector every N frames, or when a face's quality drops "
+        f"(default {DETECT_EVERY}; 1: every frame)",
+    )
+    p.add_argument(
+        "--min-quality",
+        type=float,
+        default=MIN_QUALITY,
+        metavar="Q",
+        help=f"on videos, a followed face below this quality sends its frame back to the face "
+        f"detector (default {MIN_QUALITY})",
+    )
+    p.add_argument(
+        "--no-smooth",
+        action="store_true",
+        help="on videos, do not smooth the landmarks over time (One Euro filter)",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="write into an --out folder that already holds files (never one holding an input)",
     )
-    p.add_argument("--protocol", help="branch of a cross-protocol checkpoint")
+    p.add_argument(
+        "--protocol",
+        help="branch of a cross-protocol checkpoint; 'all' or a list (wflw,300w) gives each "
+        "face its points in every scheme named, from one backbone pass",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument(
         "--batch-size", type=argtypes.positive_int, default=64, help="face crops per network call"
@@ -595,7 +639,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
     p.add_argument("--out", required=True, type=argtypes.output_file, help="the file to write")
-    p.add_argument("--protocol", help="branch of a cross-protocol checkpoint")
+    p.add_argument(
+        "--protocol",
+        help="branch of a cross-protocol checkpoint; 'all' or a list (wflw,300w): one output "
+        "per branch (landmarks_<scheme>), listed in the metadata",
+    )
     p.add_argument(
         "--opset",
         type=argtypes.onnx_opset,

@@ -148,7 +148,7 @@ def test_cross_protocol_model_runs_the_chosen_branch() -> None:
     x = torch.rand(2, 3, SIZE, SIZE)
     with torch.no_grad():
         expected = model(x, torch.tensor([1, 1]))["wflw"]  # wflw is protocol id 1
-        torch.testing.assert_close(detector.backend.model(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(detector.model.forward_all(x)["wflw"], expected, rtol=0, atol=0)
     assert detector.predict_boxes(PHOTO, [[60.0, 40.0, 180.0, 200.0]]).shape == (1, 98, 2)
     with pytest.raises(
         ValueError, match=r"no branch for protocol 'cofw'; valid: \['300w', 'wflw'\]"
@@ -180,6 +180,7 @@ def test_from_checkpoint_takes_size_crop_and_protocol_from_it(tmp_path: Path) ->
     with pytest.raises(ValueError, match=r"has branches \['300w', 'wflw'\]: choose one"):
         LandmarkDetector.from_checkpoint(path)
     detector = LandmarkDetector.from_checkpoint(path, protocol="wflw")
-    with torch.no_grad():
+    assert detector.protocol.name == "wflw" and detector.protocols == ["wflw"]
+    with torch.no_grad():  # the detector holds every branch; the wflw one is the model's
         expected = cross(x, torch.tensor([1]))["wflw"]
-        torch.testing.assert_close(detector.backend.model(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(detector.model.forward_all(x)["wflw"], expected, rtol=0, atol=0)

@@ -40,7 +40,15 @@ def test_predict_returns_faces_with_box_score_and_quality() -> None:
     assert face.landmarks.shape == (68, 2) and np.isfinite(face.landmarks).all()
     np.testing.assert_array_equal(face.box, [20, 10, 80, 70])
     assert face.score == 1.0 and 0.0 < face.quality <= 1.0
-    assert set(face.to_dict()) == {"box", "score", "quality", "landmarks"}
+    assert set(face.to_dict()) == {"box", "score", "quality", "landmarks", "confidence"}
+    assert face.confidence is not None and face.confidence.shape == (68,)
+    assert ((face.confidence > 0) & (face.confidence <= 1)).all()
+    # With the shifted crop alone, quality = exp(-mean d / s) and confidence_l = exp(-d_l / s):
+    # quality is the geometric mean of the confidences.
+    detector.confidence = "shift"
+    (shift,) = detector.predict(image, [[20, 10, 80, 70]])
+    assert shift.confidence is not None and shift.quality == pytest.approx(face.quality)
+    np.testing.assert_allclose(np.exp(np.log(shift.confidence).mean()), shift.quality, rtol=1e-9)
 
 
 def test_predict_boxes_keeps_the_array_api_and_matches_predict() -> None:
@@ -62,7 +70,7 @@ def test_faces_of_several_photos_go_through_the_network_together() -> None:
     backend = detector.backend
     detector.backend = lambda crops: calls.append(len(crops)) or backend(crops)  # type: ignore
     together = detector.predict_many(images, boxes)
-    assert calls == [4, 8]  # the first pass, then the refined pass with its shifted copy
+    assert calls == [4, 16]  # the first pass, then the refined pass with its three views
     detector.backend = backend
     for image, box, faces in zip(images, boxes, together):
         alone = detector.predict(image, box)

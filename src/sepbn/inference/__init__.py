@@ -1,7 +1,8 @@
 """Inference on photos: face detectors, the landmark detector, photo files in and out, export."""
 
-from sepbn.inference.detector import Face, LandmarkDetector
+from sepbn.inference.detector import LandmarkDetector
 from sepbn.inference.errors import InferenceError
+from sepbn.inference.face import Face, SchemePoints
 from sepbn.inference.face_detection import FaceDetectorError, HaarFaceDetector
 from sepbn.inference.photos import PredictSummary, predict_photos
 from sepbn.inference.writers import LandmarksFile, read_landmarks
@@ -14,6 +15,7 @@ __all__ = [
     "LandmarkDetector",
     "LandmarksFile",
     "PredictSummary",
+    "SchemePoints",
     "predict_photos",
     "read_landmarks",
 ]

@@ -2,8 +2,11 @@
 
 All take the crops as the data pipeline makes them, ``(N, S, S, 3)`` uint8 RGB, and return
 ``(N, L, 2)`` coordinates divided by S, so :class:`sepbn.inference.LandmarkDetector` does
-not care which one it holds. The ONNX and TorchScript files are those ``sepbn export``
-writes; their metadata gives the protocol, S and the box scale.
+not care which one it holds. A backend with several landmark schemes (a cross-protocol
+model, :class:`BranchesBackend`, or a file exported with several branches) returns
+``{scheme: (N, L_p, 2)}`` instead and names them in its ``heads`` (scheme -> L_p). The ONNX
+and TorchScript files are those ``sepbn export`` writes; their metadata gives the
+protocol(s), S and the box scale.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from sepbn.engine.checkpoint import is_torchscript
 from sepbn.engine.distributed import check_device
 from sepbn.errors import ConfigError
 from sepbn.inference.errors import InferenceError
-from sepbn.models import to_model_input
+from sepbn.models import CrossProtocolModel, to_model_input
 
 __all__ = [
+    "BranchesBackend",
     "LandmarkBackend",
     "OnnxBackend",
     "TorchBackend",
@@ -35,11 +39,12 @@ __all__ = [
 
 
 class LandmarkBackend(Protocol):
-    """``backend(crops) -> (N, L, 2)`` normalized coordinates, with ``num_points`` = L."""
+    """``backend(crops) -> (N, L, 2)`` normalized coordinates, with ``num_points`` = L; or,
+    for several schemes, ``{scheme: (N, L_p, 2)}`` with a ``heads`` attribute (scheme -> L_p)."""
 
     num_points: int
 
-    def __call__(self, crops: np.ndarray) -> np.ndarray: ...
+    def __call__(self, crops: np.ndarray) -> np.ndarray | dict[str, np.ndarray]: ...
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -79,6 +84,30 @@ class TorchBackend:
         return out.float().cpu().numpy().astype(np.float64)
 
 
+class BranchesBackend:
+    """Every branch of a cross-protocol model, one backbone pass per batch of crops.
+
+    Args:
+        model: A :class:`~sepbn.models.CrossProtocolModel`.
+        device: Where it runs.
+
+    Attributes:
+        heads: Scheme -> L, the model's branches in order.
+    """
+
+    def __init__(self, model: CrossProtocolModel, device: torch.device) -> None:
+        self.device = device
+        self.model = model.to(device).eval()
+        self.heads: dict[str, int] = {str(k): int(v) for k, v in model.heads.items()}
+        self.num_points = max(self.heads.values())
+
+    @torch.inference_mode()
+    def __call__(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        batch = torch.from_numpy(crops).permute(0, 3, 1, 2)  # (N, 3, S, S) uint8
+        out = self.model.forward_all(to_model_input(batch, self.device))  # {p: (N, L_p, 2)}
+        return {name: v.float().cpu().numpy().astype(np.float64) for name, v in out.items()}
+
+
 class OnnxBackend:
     """A file written by ``sepbn export --format onnx``, run by onnxruntime on the CPU.
 
@@ -114,12 +143,13 @@ class OnnxBackend:
                 "write the file with `sepbn export`"
             )
         self.num_points = int(self.metadata["num_points"])
+        self.heads = exported_heads(self.metadata)
         self._input = self.session.get_inputs()[0].name
 
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
+    def __call__(self, crops: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
         batch = np.ascontiguousarray(crops.transpose(0, 3, 1, 2))  # (N, 3, S, S) uint8
-        (out,) = self.session.run(None, {self._input: batch})
-        return np.asarray(out, dtype=np.float64)
+        outs = self.session.run(None, {self._input: batch})
+        return _outputs(outs, self.heads)
 
 
 class TorchScriptBackend:
@@ -162,13 +192,31 @@ class TorchScriptBackend:
             )
         self.metadata: dict[str, Any] = meta
         self.num_points = int(meta["num_points"])
+        self.heads = exported_heads(meta)
         self.module.eval()
 
     @torch.inference_mode()
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
+    def __call__(self, crops: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
         batch = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S) uint8
-        out = self.module(batch.to(self.device))  # (N, L, 2)
-        return out.float().cpu().numpy().astype(np.float64)
+        out = self.module(batch.to(self.device))  # (N, L, 2), or one per branch
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        return _outputs([o.float().cpu().numpy() for o in outs], self.heads)
+
+
+def exported_heads(metadata: dict[str, Any]) -> dict[str, int]:
+    """Scheme -> L of an exported file: its ``heads`` (several branches) or its one protocol."""
+    heads = metadata.get("heads")
+    if isinstance(heads, dict) and heads:
+        return {str(k): int(v) for k, v in heads.items()}
+    return {str(metadata["protocol"]): int(metadata["num_points"])}
+
+
+def _outputs(outs: list[Any], heads: dict[str, int]) -> np.ndarray | dict[str, np.ndarray]:
+    """One output: its array; one output per branch (in ``heads`` order): a dict of them."""
+    arrays = [np.asarray(o, dtype=np.float64) for o in outs]
+    if len(heads) == 1:
+        return arrays[0]
+    return dict(zip(heads, arrays))
 
 
 def check_finite_weights(model: nn.Module, source: object) -> None:

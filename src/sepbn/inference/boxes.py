@@ -2,7 +2,7 @@
 
 Each box is ``x_min, y_min, x_max, y_max`` in display pixels: four finite numbers with
 ``x_min < x_max`` and ``y_min < y_max``; whether it overlaps a photo is checked per photo
-(:func:`sepbn.inference.detector.check_boxes`). ``--boxes`` maps a photo (its path as given
+(:func:`check_boxes`). ``--boxes`` maps a photo (its path as given
 on the command line or found in a folder, or its file name) to a list of boxes; a key that
 matches no input is reported, not silently ignored.
 """
@@ -21,7 +21,7 @@ import numpy as np
 
 from sepbn.inference.errors import InferenceError
 
-__all__ = ["NUMBERS_ARGUMENT", "BoxTable", "parse_boxes", "read_boxes_file"]
+__all__ = ["NUMBERS_ARGUMENT", "BoxTable", "check_boxes", "parse_boxes", "read_boxes_file"]
 
 _FORM = "x_min,y_min,x_max,y_max"
 
@@ -134,3 +134,31 @@ class BoxTable:
         """The keys that match none of ``paths``."""
         used = {self._key(path) for path in paths}
         return [key for key in self._boxes if key not in used]
+
+
+def check_boxes(
+    boxes: np.ndarray | Sequence[Sequence[float]], shape: tuple[int, ...]
+) -> np.ndarray:
+    """``(F, 4)`` float64 boxes, each finite, non-empty and overlapping the image.
+
+    Args:
+        boxes: ``x_min, y_min, x_max, y_max`` per face.
+        shape: The image's shape, ``(H, W, ...)``.
+
+    Raises:
+        InferenceError: A box that is not 4 numbers, is empty, or lies wholly outside.
+    """
+    array = np.asarray(boxes, dtype=np.float64)
+    if array.size % 4 or (array.ndim > 1 and array.shape[-1] != 4):
+        raise InferenceError(f"boxes must be x_min,y_min,x_max,y_max each, got {array.tolist()}")
+    array = array.reshape(-1, 4)
+    height, width = shape[:2]
+    for box in array:
+        text = ",".join(f"{v:g}" for v in box)
+        if not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
+            raise InferenceError(
+                f"box {text} is empty or not finite (need x_min<x_max, y_min<y_max)"
+            )
+        if box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height:
+            raise InferenceError(f"box {text} lies wholly outside the {width}x{height} image")
+    return array

@@ -20,101 +20,88 @@ CPU model of ``tests/conftest.py``, faces of the 300-W test photos score 0.45-0.
 background crops below 0.16 (``tests/inference/test_landmark_detector_api.py``). It is a
 ranking signal (sort or threshold faces with it), not a
 calibrated probability.
+
+**Confidence per point.** Each landmark gets its own score from how much it moves between
+views of the face:
+
+    confidence_l = exp(-d_l / 0.05),   d_l = mean_v ||p_l - p^v_l|| / s
+
+over the views ``v``: with ``confidence="full"`` (the default) the shifted crop of
+``quality``, a crop shifted the other way by 8% and shrunk to 0.9, and the mirrored crop
+(its prediction flipped back, points reordered by the scheme's flip permutation), all in
+the final pass's batch (three crops per face more than ``quality`` alone needs); with
+``confidence="shift"`` only the shifted crop (no extra work; then ``quality`` is the
+geometric mean of the point confidences). A point the network is sure of (a visible eye
+corner) stays put when the crop moves; a guessed one (an occluded or blurred contour point)
+moves with the crop. On real faces ``"full"`` ranks the points by their error with Spearman
+0.35 (300-W common) and 0.53 (WFLW test), ``"shift"`` 0.19 and 0.43 (docs/benchmarks.md §9.2,
+``benchmarks/bench_confidence.py``).
+
+**Several schemes from one model.** A cross-protocol (CNT) model has one branch per landmark
+scheme on a shared backbone; ``protocols=["300w", "wider5"]`` (``--protocol all``) runs all
+its branches on each crop in one backbone pass and gives every face its points in each
+scheme (:attr:`Face.schemes`). The crops are refined around the points of the detector's
+``protocol`` (with ``from_checkpoint``: the scheme with the most points asked for), whose
+points are also :attr:`Face.landmarks`. The detector of a model with several branches runs
+all of them on every crop (the backbone once; each branch is one convolution and its head),
+so that any of its schemes can be asked for per call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from sepbn.data.protocols import PROTOCOLS, LandmarkProtocol, get_protocol, protocol_for_num_points
+from sepbn.data.protocols import LandmarkProtocol, get_protocol
 from sepbn.data.transforms import FaceCropTransform, apply_affine, invert_affine
 from sepbn.inference.backends import (
+    BranchesBackend,
     LandmarkBackend,
     OnnxBackend,
     TorchBackend,
     TorchScriptBackend,
     check_finite_weights,
     is_torchscript,
-    model_num_points,
     resolve_device,
 )
+from sepbn.inference.boxes import check_boxes
 from sepbn.inference.errors import InferenceError
+from sepbn.inference.face import Face, SchemePoints
 from sepbn.inference.face_detection import (
     DEFAULT_FACE_DETECTOR,
     FaceDetector,
     build_face_detector,
 )
 from sepbn.inference.image_input import ImageLike, as_rgb
+from sepbn.inference.schemes import (
+    checkpoint_protocol,
+    parse_protocols,
+    protocols_with,
+    richest_scheme,
+)
 from sepbn.models import is_cross_protocol
 
-__all__ = ["QUALITY_SCALE", "Face", "LandmarkDetector", "check_boxes"]
+__all__ = [
+    "CONFIDENCE_MODES",
+    "QUALITY_SCALE",
+    "Face",
+    "LandmarkDetector",
+    "SchemePoints",
+    "check_boxes",  # re-exported from sepbn.inference.boxes
+]
 
 #: ``d`` (mean disagreement per box side) at which the quality is 1/e.
 QUALITY_SCALE = 0.05
 _JITTER_SHIFT = 0.08  # of the box side, in x and y
 _JITTER_SCALE = 1.10
-
-
-@dataclass(frozen=True)
-class Face:
-    """One face of a photo.
-
-    Attributes:
-        landmarks: ``(L, 2)`` x, y in pixels of the photo, 0-based.
-        box: ``(4,)`` the face box the landmarks were predicted from (``x_min, y_min,
-            x_max, y_max``, the detector's box after its correction, or the box given).
-        score: The face detector's confidence; 1.0 for a box that was given.
-        quality: Agreement of two differently cropped predictions (module docstring).
-    """
-
-    landmarks: np.ndarray
-    box: np.ndarray
-    score: float
-    quality: float
-
-    def to_dict(self, decimals: int = 2) -> dict[str, Any]:
-        """JSON-ready ``{"box", "score", "quality", "landmarks"}``."""
-        return {
-            "box": np.round(self.box, decimals).tolist(),
-            "score": round(float(self.score), 4),
-            "quality": round(float(self.quality), 4),
-            "landmarks": np.round(self.landmarks, decimals).tolist(),
-        }
-
-
-def check_boxes(
-    boxes: np.ndarray | Sequence[Sequence[float]], shape: tuple[int, ...]
-) -> np.ndarray:
-    """``(F, 4)`` float64 boxes, each finite, non-empty and overlapping the image.
-
-    Args:
-        boxes: ``x_min, y_min, x_max, y_max`` per face.
-        shape: The image's shape, ``(H, W, ...)``.
-
-    Raises:
-        InferenceError: A box that is not 4 numbers, is empty, or lies wholly outside.
-    """
-    array = np.asarray(boxes, dtype=np.float64)
-    if array.size % 4 or (array.ndim > 1 and array.shape[-1] != 4):
-        raise InferenceError(f"boxes must be x_min,y_min,x_max,y_max each, got {array.tolist()}")
-    array = array.reshape(-1, 4)
-    height, width = shape[:2]
-    for box in array:
-        text = ",".join(f"{v:g}" for v in box)
-        if not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
-            raise InferenceError(
-                f"box {text} is empty or not finite (need x_min<x_max, y_min<y_max)"
-            )
-        if box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height:
-            raise InferenceError(f"box {text} lies wholly outside the {width}x{height} image")
-    return array
+_BACK_SCALE = 0.90  # the crop shifted the other way is shrunk
+#: ``confidence=``: ``"full"``: shifted, back-shifted and mirrored crops; ``"shift"``: the
+#: shifted crop of ``quality`` alone (no extra network work).
+CONFIDENCE_MODES = ("full", "shift")
 
 
 class LandmarkDetector:
@@ -142,6 +129,10 @@ class LandmarkDetector:
             (``"haar"``, ... see :func:`build_face_detector`; built on first use), a
             :class:`FaceDetector`, or ``None`` (boxes must then be given).
         batch_size: Crops per network call.
+        protocols: The schemes :meth:`predict` gives each face by default (a cross-protocol
+            model's branches; see the module docstring); ``None``: ``protocol`` alone.
+        confidence: How the per-point confidence is measured (module docstring): ``"full"``
+            (three more crops per face) or ``"shift"`` (none more).
 
     Raises:
         InferenceError: A protocol the model has no branch for, or whose point count is
@@ -158,32 +149,46 @@ class LandmarkDetector:
         refine_steps: int = 1,
         face_detector: str | FaceDetector | None = DEFAULT_FACE_DETECTOR,
         batch_size: int = 64,
+        protocols: Sequence[str] | None = None,
+        confidence: str = "full",
     ) -> None:
         try:
             self.protocol: LandmarkProtocol = get_protocol(protocol)
         except (KeyError, ValueError) as exc:
             raise InferenceError(str(exc).strip("'\"")) from None
+        heads: dict[str, int] | None = getattr(model, "heads", None)
         if isinstance(model, nn.Module):
-            if is_cross_protocol(model):
-                if self.protocol.name not in model.protocols:
-                    raise InferenceError(
-                        f"the model has no branch for protocol {self.protocol.name!r}; "
-                        f"valid: {list(model.protocols)}"
-                    )
-                model = model.single_protocol(self.protocol.name)
-            backend: LandmarkBackend = TorchBackend(model, resolve_device(device))
+            resolved = resolve_device(device)
+            if is_cross_protocol(model) and len(model.protocols) > 1:
+                backend: LandmarkBackend = BranchesBackend(model, resolved)
+            elif is_cross_protocol(model):  # one branch: the plain model of it
+                backend = TorchBackend(model.single_protocol(model.protocols[0]), resolved)
+            else:
+                backend = TorchBackend(model, resolved)
         else:
             backend = model
-        if backend.num_points != self.protocol.num_points:
+        heads = dict(heads or {self.protocol.name: backend.num_points})
+        if self.protocol.name not in heads:
             raise InferenceError(
-                f"the model predicts {backend.num_points} points, protocol "
+                f"the model has no branch for protocol {self.protocol.name!r}; valid: {list(heads)}"
+            )
+        self.heads: dict[str, int] = dict(heads)
+        self.protocols = parse_protocols(protocols, list(heads)) or [self.protocol.name]
+        if heads[self.protocol.name] != self.protocol.num_points:
+            raise InferenceError(
+                f"the model predicts {heads[self.protocol.name]} points, protocol "
                 f"{self.protocol.name!r} has {self.protocol.num_points}; valid: "
-                f"{_protocols_with(backend.num_points)}"
+                f"{protocols_with(heads[self.protocol.name])}"
             )
         if refine_steps < 0:
             raise InferenceError(f"refine_steps must be >= 0, got {refine_steps}")
         if batch_size < 1:
             raise InferenceError(f"batch_size must be >= 1, got {batch_size}")
+        if confidence not in CONFIDENCE_MODES:
+            raise InferenceError(
+                f"unknown confidence {confidence!r}; valid: {list(CONFIDENCE_MODES)}"
+            )
+        self.confidence = confidence
         self.backend = backend
         self.transform = FaceCropTransform(self.protocol, input_size, box_scale, augment=None)
         self.refine_steps = int(refine_steps)
@@ -192,8 +197,9 @@ class LandmarkDetector:
 
     @property
     def model(self) -> nn.Module:
-        """The PyTorch network (not available with the ONNX backend)."""
-        if not isinstance(self.backend, TorchBackend):
+        """The PyTorch network (not available with the ONNX backend); of a cross-protocol
+        model with several branches, the whole model."""
+        if not isinstance(self.backend, (TorchBackend, BranchesBackend)):
             raise AttributeError(f"a {type(self.backend).__name__} has no PyTorch model")
         return self.backend.model
 
@@ -215,12 +221,13 @@ class LandmarkDetector:
     def from_checkpoint(
         cls,
         path: str | Path,
-        protocol: str | None = None,
+        protocol: str | Sequence[str] | None = None,
         device: str | torch.device | None = None,
         refine_steps: int = 1,
         detector: str | FaceDetector | None = DEFAULT_FACE_DETECTOR,
         backend: str | None = None,
         batch_size: int = 64,
+        confidence: str = "full",
     ) -> LandmarkDetector:
         """Load a ``sepbn train`` checkpoint (its embedded config gives size and crop).
 
@@ -229,19 +236,24 @@ class LandmarkDetector:
                 ``sepbn export`` (ONNX or TorchScript).
             protocol: Needed for a cross-protocol (CNT stage 1) checkpoint with several
                 branches; otherwise the model's only protocol (it is checked against the
-                model's point count).
+                model's point count). ``"all"``, a comma-separated list (``"wflw,300w"``) or a
+                list asks for several schemes (:attr:`Face.schemes`); the one with the most
+                points is the detector's ``protocol``.
             device: Where the model runs; ``None`` = CUDA when available, else the CPU.
             refine_steps: See the class docstring.
             detector: The face detector (a registry name or an instance), see the class.
             backend: ``"torch"``, ``"onnx"`` or ``"torchscript"``; ``None``: ``"onnx"`` for a
                 ``.onnx`` file, ``"torchscript"`` for a TorchScript archive, else ``"torch"``.
             batch_size: Crops per network call.
+            confidence: See the class docstring.
 
         Raises:
             CheckpointError: The file is missing, not a sepbn checkpoint, or corrupt.
             InferenceError: A protocol that does not fit the model, a missing device, weights
                 that hold NaN or inf.
         """
+        asked = protocol if isinstance(protocol, (str, type(None))) else ",".join(protocol)
+        several = asked is not None and (asked == "all" or "," in asked)
         if backend is None:
             backend = "onnx" if Path(path).suffix.lower() == ".onnx" else "torch"
             backend = "torchscript" if backend == "torch" and is_torchscript(path) else backend
@@ -252,18 +264,23 @@ class LandmarkDetector:
                 else TorchScriptBackend(path, resolve_device(device))
             )
             meta = exported.metadata
-            if protocol is not None and protocol != meta["protocol"]:
-                raise InferenceError(
-                    f"{path} was exported for protocol {meta['protocol']!r}, not {protocol!r}"
-                )
+            names = list(exported.heads)
+            if several:
+                schemes = parse_protocols(asked, names) or names
+            elif asked is not None and asked not in names:
+                raise InferenceError(f"{path} was exported for protocol(s) {names}, not {asked!r}")
+            else:
+                schemes = [asked or meta["protocol"]]
             return cls(
                 exported,
-                meta["protocol"],
+                richest_scheme(schemes, exported.heads),
                 int(meta["input_size"]),
                 float(meta["box_scale"]),
                 refine_steps=refine_steps,
                 face_detector=detector,
                 batch_size=batch_size,
+                protocols=schemes,
+                confidence=confidence,
             )
         if backend != "torch":
             raise InferenceError(
@@ -274,16 +291,28 @@ class LandmarkDetector:
         resolved = resolve_device(device)  # before loading, so a bad device fails fast
         model, config = load_model_from_checkpoint(path, map_location="cpu")
         check_finite_weights(model, path)
-        protocol = checkpoint_protocol(model, config, protocol, path)
+        if several:
+            if not is_cross_protocol(model):
+                raise InferenceError(
+                    f"{path} has one landmark scheme; --protocol {asked} needs a cross-protocol "
+                    "(CNT stage 1) checkpoint"
+                )
+            schemes = parse_protocols(asked, model.protocols) or model.protocols
+            primary = richest_scheme(schemes, model.heads)
+        else:
+            primary = checkpoint_protocol(model, config, asked, path)
+            schemes = [primary]
         return cls(
             model,
-            protocol,
+            primary,
             input_size=config.model.input_size,
             box_scale=config.data.box_scale,
             device=resolved,
             refine_steps=refine_steps,
             face_detector=detector,
             batch_size=batch_size,
+            protocols=schemes,
+            confidence=confidence,
         )
 
     # ------------------------------------------------------------------ public predictions
@@ -294,7 +323,10 @@ class LandmarkDetector:
         return np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores, np.float64)
 
     def predict(
-        self, image: ImageLike, boxes: Sequence[Sequence[float]] | np.ndarray | None = None
+        self,
+        image: ImageLike,
+        boxes: Sequence[Sequence[float]] | np.ndarray | None = None,
+        protocols: str | Sequence[str] | None = None,
     ) -> list[Face]:
         """Every face of one photo.
 
@@ -303,18 +335,23 @@ class LandmarkDetector:
                 PIL image (see :func:`sepbn.inference.image_input.as_rgb`).
             boxes: ``(F, 4)`` face boxes ``x_min, y_min, x_max, y_max`` in the photo's
                 (display) pixels; ``None`` runs the face detector.
+            protocols: The schemes each face gets in :attr:`Face.schemes` (``"all"``,
+                ``"wflw,300w"`` or a list, of the model's :attr:`heads`); ``None``: the
+                detector's ``protocols``.
 
         Returns:
             One :class:`Face` per box, in the detector's order (best score first); empty
             when no face is found.
         """
-        return self.predict_many([image], None if boxes is None else [boxes])[0]
+        return self.predict_many([image], None if boxes is None else [boxes], None, protocols)[0]
 
     def predict_many(
         self,
         images: Sequence[ImageLike],
         boxes: Sequence[np.ndarray | Sequence[Sequence[float]] | None] | None = None,
         scores: Sequence[np.ndarray | None] | None = None,
+        protocols: str | Sequence[str] | None = None,
+        refine_steps: int | None = None,
     ) -> list[list[Face]]:
         """Every face of several photos, all crops batched together.
 
@@ -322,10 +359,14 @@ class LandmarkDetector:
             images: Photos, as for :meth:`predict`.
             boxes: Per photo, its face boxes or ``None`` (detect); ``None`` detects in all.
             scores: Per photo, the detector scores of given boxes (default 1.0 each).
+            protocols: As for :meth:`predict`.
+            refine_steps: Re-crops for this call (default: the detector's); 0 for boxes that
+                are already the tight box of the face's landmarks (tracking on a video).
 
         Returns:
             Per photo, its faces.
         """
+        schemes = parse_protocols(protocols, list(self.heads)) or self.protocols
         rgbs = [as_rgb(image) for image in images]
         all_boxes, all_scores = [], []
         for i, rgb in enumerate(rgbs):
@@ -338,18 +379,29 @@ class LandmarkDetector:
                 found_scores = np.ones(len(found)) if known is None else np.asarray(known, float)
             all_boxes.append(found)
             all_scores.append(found_scores)
-        landmarks, quality = self._landmarks(rgbs, all_boxes, with_quality=True)
+        steps = self.refine_steps if refine_steps is None else int(refine_steps)
+        points, quality, confidence = self._landmarks(rgbs, all_boxes, True, steps)
+        primary = self.protocol.name
+        own = schemes == [primary]  # only the detector's scheme: no Face.schemes
         faces: list[list[Face]] = []
         start = 0
         for found, found_scores in zip(all_boxes, all_scores):
-            stop = start + len(found)
             faces.append(
                 [
-                    Face(landmarks[j], found[j - start], float(found_scores[j - start]), quality[j])
-                    for j in range(start, stop)
+                    Face(
+                        points[primary][j],
+                        box,
+                        float(score),
+                        quality[j],
+                        confidence[primary][j],
+                        {}
+                        if own
+                        else {n: SchemePoints(points[n][j], confidence[n][j]) for n in schemes},
+                    )
+                    for j, box, score in zip(range(start, start + len(found)), found, found_scores)
                 ]
             )
-            start = stop
+            start += len(found)
         return faces
 
     def predict_boxes(
@@ -365,98 +417,92 @@ class LandmarkDetector:
             ``(F, L, 2)`` float64 landmarks, 0-based photo pixels.
         """
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        return self._landmarks([image], [boxes], with_quality=False)[0]
+        return self._landmarks([image], [boxes], False, self.refine_steps)[0][self.protocol.name]
 
     # ------------------------------------------------------------------ the network passes
 
     def _landmarks(
-        self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], with_quality: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(F, L, 2)`` landmarks and ``(F,)`` quality (NaN without) of all boxes, in order."""
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence[np.ndarray],
+        with_quality: bool,
+        refine_steps: int,
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+        """All boxes, in order: ``{scheme: (F, L_p, 2)}`` landmarks, ``(F,)`` quality and
+        ``{scheme: (F, L_p)}`` point confidences (NaN without ``with_quality``)."""
         owner = np.repeat(np.arange(len(images)), [len(b) for b in boxes])  # (F,) image index
         given = np.concatenate([np.reshape(b, (-1, 4)) for b in boxes]).astype(np.float64)
         current = given
         num_faces = len(current)
+        primary = self.protocol.name
         if num_faces == 0:
-            return np.zeros((0, self.protocol.num_points, 2)), np.zeros(0)
+            empty = {n: np.zeros((0, L, 2)) for n, L in self.heads.items()}
+            return empty, np.zeros(0), {n: np.zeros((0, L)) for n, L in self.heads.items()}
         with np.errstate(all="ignore"):  # a box beyond float range: _check_finite says so
-            for step in range(self.refine_steps + 1):
-                if step == self.refine_steps and with_quality:  # the final pass and its jitter
+            for step in range(refine_steps + 1):
+                if step == refine_steps and with_quality:  # the final pass and its views
+                    views = [current, _jitter(current)]
+                    if self.confidence == "full":
+                        views += [_jitter(current, -1.0, _BACK_SCALE), current]
+                    mirror = np.arange(len(views) * num_faces) >= 3 * num_faces  # the last
                     out = self._predict_crops(
-                        images,
-                        np.concatenate([owner, owner]),
-                        np.concatenate([current, _jitter(current)]),
+                        images, np.tile(owner, len(views)), np.concatenate(views), mirror
                     )
-                    _check_finite(out, np.concatenate([given, given]))
-                    landmarks, moved = out[:num_faces], out[num_faces:]
-                    return landmarks, _quality(landmarks, moved)
-                landmarks = self._predict_crops(images, owner, current)
-                _check_finite(landmarks, given)  # else the next crop is made from a NaN box
-                current = _tight_boxes(landmarks)
-        return landmarks, np.full(num_faces, np.nan)
+                    _check_finite(out, np.tile(given, (len(views), 1)))
+                    points = {n: v[:num_faces] for n, v in out.items()}
+                    side = _box_side(points[primary])
+                    confidence = {
+                        n: _point_confidence(v[:num_faces], v[num_faces:], side)
+                        for n, v in out.items()
+                    }
+                    quality = _quality(points[primary], out[primary][num_faces : 2 * num_faces])
+                    return points, quality, confidence
+                points = self._predict_crops(images, owner, current)
+                _check_finite(points, given)  # else the next crop is made from a NaN box
+                current = _tight_boxes(points[primary])
+        nan = {n: np.full(v.shape[:2], np.nan) for n, v in points.items()}
+        return points, np.full(num_faces, np.nan), nan
 
     def _predict_crops(
-        self, images: Sequence[np.ndarray], owner: np.ndarray, boxes: np.ndarray
-    ) -> np.ndarray:
-        """Crop ``boxes[i]`` from ``images[owner[i]]``, run the network, map back to the photo."""
-        out = []
+        self,
+        images: Sequence[np.ndarray],
+        owner: np.ndarray,
+        boxes: np.ndarray,
+        mirror: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Crop ``boxes[i]`` from ``images[owner[i]]``, run the network, map back to the photo:
+        ``{scheme: (F, L_p, 2)}``. Where ``mirror[i]``, the crop is flipped left-right and
+        the points flipped back (mirrored and reordered by the scheme's flip permutation)."""
+        out: dict[str, list[np.ndarray]] = {}
+        size = self.transform.output_size
         for start in range(0, len(boxes), self.batch_size):
             crops, matrices = [], []
-            for i in range(start, min(start + self.batch_size, len(boxes))):
+            stop = min(start + self.batch_size, len(boxes))
+            flipped = np.zeros(stop - start, bool) if mirror is None else mirror[start:stop]
+            for i in range(start, stop):
                 crop, _, matrix = self.transform(images[owner[i]], None, boxes[i])
-                crops.append(crop)
+                crops.append(np.ascontiguousarray(crop[:, ::-1]) if flipped[i - start] else crop)
                 matrices.append(matrix)
-            normalized = self.backend(np.stack(crops))  # (B, L, 2), coordinates / S
-            crop_px = normalized * self.transform.output_size
-            out.append(apply_affine(invert_affine(np.stack(matrices)), crop_px))
-        return np.concatenate(out)  # (F, L, 2)
+            result = self.backend(np.stack(crops))  # (B, L, 2) or {p: (B, L_p, 2)}, / S
+            branches = result if isinstance(result, dict) else {self.protocol.name: result}
+            back = invert_affine(np.stack(matrices))
+            for name, normalized in branches.items():
+                crop_px = normalized * size
+                if flipped.any():
+                    crop_px[flipped] = get_protocol(name).flip(crop_px[flipped], size)
+                out.setdefault(name, []).append(apply_affine(back, crop_px))
+        return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
-def checkpoint_protocol(model: nn.Module, config: Any, protocol: str | None, path: Any) -> str:
-    """The protocol to predict with: the asked one if the model has it, else the model's own.
-
-    Raises:
-        InferenceError: A cross-protocol model without that branch (or several branches and
-            none asked for), or a protocol whose point count is not the model's.
-    """
-    branches = list(model.protocols) if is_cross_protocol(model) else []
-    if branches:
-        if protocol is None:
-            if len(branches) > 1:
-                raise InferenceError(
-                    f"{path} has branches {branches}: choose one with protocol=... (--protocol)"
-                )
-            return branches[0]
-        if protocol not in branches:
-            raise InferenceError(f"{path} has no branch {protocol!r}; valid: {branches}")
-        return protocol
-    num_points = model_num_points(model)
-    if protocol is not None:
-        asked = get_protocol(protocol)
-        if asked.num_points != num_points:
-            raise InferenceError(
-                f"{path} is a {num_points}-point model; protocol {protocol!r} has "
-                f"{asked.num_points} points (valid: {_protocols_with(num_points)})"
-            )
-        return protocol
-    hints = [d.protocol for d in config.data.train if d.protocol]
-    try:
-        return protocol_for_num_points(num_points, hints)
-    except ValueError as exc:
-        raise InferenceError(f"{path}: {exc}") from None
-
-
-def _protocols_with(num_points: int) -> list[str]:
-    return [name for name, p in PROTOCOLS.items() if p.num_points == num_points]
-
-
-def _check_finite(landmarks: np.ndarray, boxes: np.ndarray) -> None:
-    """Raise for the first face whose ``(F, L, 2)`` landmarks hold NaN or inf.
+def _check_finite(points: dict[str, np.ndarray], boxes: np.ndarray) -> None:
+    """Raise for the first face whose ``{scheme: (F, L_p, 2)}`` landmarks hold NaN or inf.
 
     Raises:
         InferenceError: Naming the face's given box.
     """
-    bad = ~np.isfinite(landmarks).all(axis=(1, 2))
+    bad = np.zeros(len(boxes), dtype=bool)
+    for landmarks in points.values():
+        bad |= ~np.isfinite(landmarks).all(axis=(1, 2))
     if bad.any():
         box = ",".join(f"{v:g}" for v in boxes[int(np.argmax(bad))])
         raise InferenceError(
@@ -470,17 +516,30 @@ def _tight_boxes(landmarks: np.ndarray) -> np.ndarray:
     return np.concatenate([landmarks.min(axis=1), landmarks.max(axis=1)], axis=1)
 
 
-def _jitter(boxes: np.ndarray) -> np.ndarray:
-    """The boxes moved by ``_JITTER_SHIFT`` of their side and enlarged by ``_JITTER_SCALE``."""
+def _jitter(boxes: np.ndarray, direction: float = 1.0, scale: float = _JITTER_SCALE) -> np.ndarray:
+    """The boxes moved by ``direction * _JITTER_SHIFT`` of their side, in x and y, and their
+    sides times ``scale``."""
     side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None]
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + _JITTER_SHIFT * side
-    half = (boxes[:, 2:] - boxes[:, :2]) / 2 * _JITTER_SCALE
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + direction * _JITTER_SHIFT * side
+    half = (boxes[:, 2:] - boxes[:, :2]) / 2 * scale
     return np.concatenate([centre - half, centre + half], axis=1)
+
+
+def _box_side(landmarks: np.ndarray) -> np.ndarray:
+    """``(F,)`` side ``sqrt(w h)`` of the tight box of each face's ``(F, L, 2)`` landmarks."""
+    boxes = _tight_boxes(landmarks)
+    return np.sqrt(np.clip((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-12, None))
 
 
 def _quality(landmarks: np.ndarray, moved: np.ndarray) -> np.ndarray:
     """``exp(-d / QUALITY_SCALE)``, ``d`` the mean point distance per tight-box side."""
-    boxes = _tight_boxes(landmarks)
-    side = np.sqrt(np.clip((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-12, None))
-    d = np.linalg.norm(landmarks - moved, axis=2).mean(axis=1) / side
+    d = np.linalg.norm(landmarks - moved, axis=2).mean(axis=1) / _box_side(landmarks)
+    return np.exp(-d / QUALITY_SCALE)
+
+
+def _point_confidence(landmarks: np.ndarray, views: np.ndarray, side: np.ndarray) -> np.ndarray:
+    """``(F, L)`` ``exp(-d_l / QUALITY_SCALE)``, ``d_l`` each point's mean distance per ``side``
+    to its predictions in the other views (``(V F, L, 2)``, view after view)."""
+    moved = views.reshape(-1, *landmarks.shape)  # (V, F, L, 2)
+    d = np.linalg.norm(landmarks - moved, axis=3).mean(axis=0) / side[:, None]
     return np.exp(-d / QUALITY_SCALE)

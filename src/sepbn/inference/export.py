@@ -17,6 +17,13 @@ JSON value: ``protocol``, ``num_points`` (L), ``flip_perm`` (the protocol's 0-ba
 horizontal-flip permutation), ``input_size`` (S), ``box_scale``, ``input`` and ``output``
 (the descriptions above), ``arch``, ``norm``, ``sepbn_version``.
 
+**Several branches** (``--protocol all`` or ``wflw,300w`` on a cross-protocol checkpoint):
+one graph, the backbone run once, one output per branch, ``landmarks_<scheme>`` each
+``(N, L_p, 2)``, in the order asked (TorchScript: a tuple in that order). The metadata adds
+``heads`` (scheme -> L_p, in output order), ``outputs`` (the output names) and ``flip_perms``
+(scheme -> permutation); ``protocol`` and ``num_points`` name the scheme with the most
+points, the one ``sepbn predict`` refines its crops on.
+
 **ONNX opset.** :func:`onnx_opsets`: from :data:`MIN_OPSET` (18, the opset of PyTorch's
 ``torch.export``-based exporter, which this module uses) to the newest the installed ``onnx``
 knows (28 with onnx 1.23); the exporter converts its graph to the opset asked, and the written
@@ -43,11 +50,13 @@ from torch import nn
 from sepbn import __version__
 from sepbn.inference.backends import model_num_points
 from sepbn.inference.errors import InferenceError
+from sepbn.models import CrossProtocolModel
 
 __all__ = [
     "DEFAULT_OPSET",
     "EXPORT_FORMATS",
     "MIN_OPSET",
+    "ExportableBranchesNet",
     "ExportableLandmarkNet",
     "export_checkpoint",
     "export_metadata",
@@ -101,10 +110,40 @@ class ExportableLandmarkNet(nn.Module):
         return self.model(images.to(torch.float32) / 255.0)
 
 
+class ExportableBranchesNet(nn.Module):
+    """Several branches of a cross-protocol network, one backbone pass, uint8 crops in.
+
+    Args:
+        model: A :class:`~sepbn.models.CrossProtocolModel`.
+        schemes: Its branches to output, in output order.
+
+    Shape:
+        - Input: ``(N, 3, S, S)`` uint8.
+        - Output: a tuple of ``(N, L_p, 2)`` float32, one per scheme.
+    """
+
+    def __init__(self, model: CrossProtocolModel, schemes: list[str]) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.schemes = list(schemes)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model.forward_all(images.to(torch.float32) / 255.0, self.schemes)
+        return tuple(out[name] for name in self.schemes)
+
+
 def export_metadata(
-    protocol: Any, input_size: int, box_scale: float, config: Any | None = None
+    protocol: Any,
+    input_size: int,
+    box_scale: float,
+    config: Any | None = None,
+    schemes: list[Any] | None = None,
 ) -> dict[str, str]:
-    """The metadata written beside the graph, as ``{key: JSON text}``."""
+    """The metadata written beside the graph, as ``{key: JSON text}``.
+
+    ``schemes``: the protocols of a several-branch file, in output order (``protocol``
+    among them).
+    """
     meta: dict[str, Any] = {
         "format": "sepbn-landmarks-net",
         "protocol": protocol.name,
@@ -116,6 +155,11 @@ def export_metadata(
         "output": OUTPUT_DESCRIPTION,
         "sepbn_version": __version__,
     }
+    if schemes:
+        meta["heads"] = {p.name: p.num_points for p in schemes}
+        meta["outputs"] = [f"landmarks_{p.name}" for p in schemes]
+        meta["flip_perms"] = {p.name: list(p.flip_perm) for p in schemes}
+        meta["output"] = OUTPUT_DESCRIPTION.replace("landmarks:", "landmarks_<scheme>:", 1)
     if config is not None:
         meta["arch"] = config.model.arch
         meta["norm"] = config.model.norm
@@ -129,16 +173,20 @@ def export_model(
     input_size: int,
     metadata: dict[str, str],
     opset: int = DEFAULT_OPSET,
+    schemes: list[str] | None = None,
 ) -> Path:
-    """Write a single-protocol ``model`` as ONNX or TorchScript.
+    """Write a single-protocol ``model`` (or a cross-protocol one's ``schemes``) as ONNX or
+    TorchScript.
 
     Args:
-        model: ``model(x) -> (N, L, 2)`` for float ``[0, 1]`` images.
+        model: ``model(x) -> (N, L, 2)`` for float ``[0, 1]`` images; with ``schemes``, a
+            cross-protocol model.
         out: The file to write (its folder is created).
         fmt: ``"onnx"`` or ``"torchscript"``.
         input_size: S.
         metadata: From :func:`export_metadata`.
         opset: ONNX opset, one of :func:`onnx_opsets`.
+        schemes: The branches to write, one output each (module docstring).
 
     Raises:
         InferenceError: An unknown format, an opset outside :func:`onnx_opsets`, or an
@@ -150,7 +198,13 @@ def export_model(
     if out.is_dir():
         raise InferenceError(f"--out {out} is a folder; give the file to write")
     out.parent.mkdir(parents=True, exist_ok=True)
-    net = ExportableLandmarkNet(model.cpu().float()).eval()
+    model = model.cpu().float()
+    if schemes:
+        assert isinstance(model, CrossProtocolModel), "schemes need a cross-protocol model"
+        net: nn.Module = ExportableBranchesNet(model, schemes).eval()
+    else:
+        net = ExportableLandmarkNet(model).eval()
+    outputs = [f"landmarks_{name}" for name in schemes] if schemes else ["landmarks"]
     example = torch.zeros(2, 3, input_size, input_size, dtype=torch.uint8)
     if fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
@@ -167,11 +221,16 @@ def export_model(
             f"ONNX opset {opset} is not supported; valid: {opsets[0]} to {opsets[-1]} "
             f"(sepbn needs >= {MIN_OPSET}; the installed onnx knows up to {opsets[-1]})"
         )
-    return _export_onnx(net, example, out, metadata, opset)
+    return _export_onnx(net, example, out, metadata, opset, outputs)
 
 
 def _export_onnx(
-    net: nn.Module, example: torch.Tensor, out: Path, metadata: dict[str, str], opset: int
+    net: nn.Module,
+    example: torch.Tensor,
+    out: Path,
+    metadata: dict[str, str],
+    opset: int,
+    outputs: list[str],
 ) -> Path:
     try:
         import onnx
@@ -185,7 +244,7 @@ def _export_onnx(
             (example,),
             None,
             input_names=["images"],
-            output_names=["landmarks"],
+            output_names=outputs,
             dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
             opset_version=opset,
             dynamo=True,
@@ -224,7 +283,8 @@ def export_checkpoint(
         out: The file to write.
         fmt: ``"onnx"`` or ``"torchscript"``.
         protocol: The branch of a cross-protocol checkpoint (checked against a
-            single-protocol model's point count).
+            single-protocol model's point count); ``"all"`` or a comma-separated list
+            (``"wflw,300w"``) writes those branches, one output each.
         opset: ONNX opset.
 
     Raises:
@@ -233,12 +293,25 @@ def export_checkpoint(
     """
     from sepbn.data.protocols import get_protocol
     from sepbn.engine.model_builder import load_model_from_checkpoint
-    from sepbn.inference.detector import checkpoint_protocol
+    from sepbn.inference.schemes import checkpoint_protocol, parse_protocols, richest_scheme
     from sepbn.models import is_cross_protocol
 
     if fmt not in EXPORT_FORMATS:
         raise InferenceError(f"unknown export format {fmt!r}; valid: {list(EXPORT_FORMATS)}")
     model, config = load_model_from_checkpoint(checkpoint, map_location="cpu")
+    if protocol is not None and (protocol == "all" or "," in protocol):
+        if not is_cross_protocol(model):
+            raise InferenceError(
+                f"{checkpoint} has one landmark scheme; --protocol {protocol} needs a "
+                "cross-protocol (CNT stage 1) checkpoint"
+            )
+        names = parse_protocols(protocol, model.protocols) or model.protocols
+        schemes = [get_protocol(n) for n in names]
+        primary = get_protocol(richest_scheme(names, model.heads))
+        meta = export_metadata(
+            primary, config.model.input_size, config.data.box_scale, config, schemes
+        )
+        return export_model(model, out, fmt, config.model.input_size, meta, opset, names)
     name = checkpoint_protocol(model, config, protocol, checkpoint)
     if is_cross_protocol(model):
         model = model.single_protocol(name)

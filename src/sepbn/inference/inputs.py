@@ -25,6 +25,8 @@ __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "Frame", "collect_inputs", "count
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
+#: Frames per second of a video whose file does not say.
+DEFAULT_FPS = 30.0
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 
 
@@ -37,12 +39,15 @@ class Frame:
         frame: The 0-based frame index in a video; ``None`` for a photo.
         image: ``(H, W, 3)`` uint8 RGB, or ``None`` when it could not be read.
         error: Why it could not be read (``None`` when it could).
+        time: A video frame's time in seconds (its index / the video's frame rate, 30 when
+            the file does not say); ``None`` for a photo.
     """
 
     source: Path
     frame: int | None
     image: np.ndarray | None
     error: str | None = None
+    time: float | None = None
 
 
 def is_video(path: Path) -> bool:
@@ -149,6 +154,8 @@ def _video_frames(path: Path, every: int) -> Iterator[Frame]:
             yield Frame(path, None, None, "not a video OpenCV can open")
             return
         declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        fps = fps if np.isfinite(fps) and fps > 0 else DEFAULT_FPS
         while True:
             if index % every:
                 if not capture.grab():  # skipped frames are not decoded
@@ -157,7 +164,8 @@ def _video_frames(path: Path, every: int) -> Iterator[Frame]:
                 ok, bgr = capture.read()
                 if not ok:
                     break
-                yield Frame(path, index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                yield Frame(path, index, rgb, time=index / fps)
             index += 1
     except Exception as exc:  # a decoder error ends this video, not the run
         yield Frame(path, index, None, f"frame {index} cannot be read: {error_reason(exc)}")

@@ -3,7 +3,10 @@
 :func:`predict_photos` reads each input (:mod:`sepbn.inference.inputs`), finds its faces
 (the detector's face detector, or the boxes given), predicts their landmarks several photos
 at a time (one network batch for all their faces) and writes each result as it comes
-(:mod:`sepbn.inference.writers`).
+(:mod:`sepbn.inference.writers`). A video without given boxes is followed frame by frame
+instead (:class:`~sepbn.inference.tracking.FaceTracker`: the face detector every
+``detect_every`` frames, a ``track_id`` per face, One Euro smoothing unless ``smooth`` is
+off).
 
 **One input never costs the others.** Whatever fails on one photo or frame (reading it,
 finding its faces, its box, the network's answer for it, drawing it) becomes that photo's
@@ -23,7 +26,7 @@ Only ``kill -9`` leaves it behind the records (``complete`` is then false).
 one that holds files, but never to one that holds an input
 (:func:`~sepbn.inference.output_files.prepare_out_dir`). With ``draw``,
 ``<name>_landmarks.jpg`` shows the faces (JPEG: a full-size PNG per photo costs more than the
-landmarks).
+landmarks), the points coloured by confidence (red 0, yellow 0.5, green 1).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,14 +49,16 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sepbn.data.visualize import draw_landmarks
 from sepbn.inference.boxes import BoxTable
-from sepbn.inference.detector import Face, LandmarkDetector, check_boxes
+from sepbn.inference.detector import LandmarkDetector, check_boxes
 from sepbn.inference.errors import InferenceError, OutputError, error_reason
+from sepbn.inference.face import Face
 from sepbn.inference.inputs import Frame, collect_inputs, count_frames, frames
 from sepbn.inference.output_files import prepare_out_dir, write_atomic
 from sepbn.inference.stopping import Interrupted, StopSignals
+from sepbn.inference.tracking import DETECT_EVERY, MIN_QUALITY, FaceTracker
 from sepbn.inference.writers import FORMAT_ALIASES, FORMATS, PhotoResult, open_writer
 
-__all__ = ["PredictSummary", "predict_photos"]
+__all__ = ["PredictSummary", "confidence_colours", "predict_photos"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +158,9 @@ def predict_photos(
     report: Callable[[str], None] | None = None,
     overwrite: bool = False,
     signals: bool = False,
+    detect_every: int = DETECT_EVERY,
+    smooth: bool = True,
+    min_quality: float = MIN_QUALITY,
 ) -> PredictSummary:
     """Predict and save the landmarks of every face in ``inputs``.
 
@@ -174,6 +183,13 @@ def predict_photos(
         overwrite: Write into a folder that already holds files.
         signals: Handle SIGINT and SIGTERM (main thread only): the first finishes the photos
             in hand and returns, with :attr:`PredictSummary.stopped_by` set.
+        detect_every: On a video without given boxes, the faces are followed from frame to
+            frame (:class:`~sepbn.inference.tracking.FaceTracker`, ``track_id`` in the
+            records) and the face detector runs every ``detect_every`` frames (and when a
+            face's quality drops); 1 detects on every frame.
+        smooth: One Euro filter on the followed faces' points (videos only).
+        min_quality: A followed face whose quality falls below it sends its frame back to
+            the face detector.
 
     Returns:
         The counts; :attr:`PredictSummary.ok` is False when an input failed, a ``--boxes``
@@ -213,6 +229,8 @@ def predict_photos(
             for key in summary.unmatched_boxes:
                 report(f"--boxes: {key!r} matches no input (use a photo's path or file name)")
         run = _Run(detector, out, fmt, draw, summary, stop, report)
+        FaceTracker(detector, detect_every, min_quality, smooth)  # bad options fail now
+        run.tracking = {"detect_every": detect_every, "smooth": smooth, "min_quality": min_quality}
         run.run(paths, table if table is not None else given, every, progress, batch_photos)
     return summary
 
@@ -243,12 +261,19 @@ class _Run:
         self.detector, self.out, self.draw = detector, out, draw
         self.summary, self.stop, self.report = summary, stop, report
         protocol = detector.protocol
-        self.writer = open_writer(fmt, out, protocol.name, protocol.num_points)
+        schemes = (
+            {}
+            if detector.protocols == [protocol.name]
+            else {name: detector.heads[name] for name in detector.protocols}
+        )
+        self.writer = open_writer(fmt, out, protocol.name, protocol.num_points, schemes)
         summary.landmarks_file = self.writer.path
         self.summary_path = out / "summary.json"
         summary.paths.extend([*self.writer.paths, self.summary_path])
         self.pending: list[_Pending] = []
         self.summary_written = 0.0
+        self.tracking: dict[str, Any] = {"detect_every": DETECT_EVERY, "smooth": True}
+        self._tracker: tuple[Path, FaceTracker] | None = None
 
     def run(
         self,
@@ -311,6 +336,11 @@ class _Run:
                 if self.stop.signum is not None:
                     break
                 bar.update(1)
+                given = boxes.get(frame.source) if isinstance(boxes, BoxTable) else boxes
+                if frame.time is not None and frame.image is not None and given is None:
+                    self._flush()  # the photos before it first: records stay in input order
+                    self._track(frame, names(frame.source, frame.frame))
+                    continue
                 result, found, scores = _prepare(self.detector, frame, boxes, names)
                 self.pending.append(_Pending(result, frame.image, found, scores))
                 faces_waiting = sum(len(p.boxes) for p in self.pending)
@@ -333,6 +363,30 @@ class _Run:
         self.pending.clear()
         if time.monotonic() - self.summary_written > SUMMARY_EVERY_S:
             self._write_summary()
+
+    def _track(self, frame: Frame, name: str) -> None:
+        """A video frame: its faces followed from the previous frame's, written at once."""
+        assert frame.image is not None and frame.time is not None
+        result = PhotoResult(str(frame.source), frame.frame, "ok", name)
+        result.size = (frame.image.shape[1], frame.image.shape[0])
+        if self._tracker is None or self._tracker[0] != frame.source:  # a new video
+            self._tracker = (frame.source, FaceTracker(self.detector, **self.tracking))
+        try:
+            faces = self._tracker[1](frame.image, frame.time)
+        except Exception as exc:  # this frame's, not the run's; the next starts afresh
+            result.status, result.reason = "error", error_reason(exc)
+            self._tracker = None
+        else:
+            bad = _non_finite(faces)
+            if bad:
+                result.status, result.reason = "error", bad
+            elif not faces:
+                result.status, result.reason = "no_face", NO_FACE
+            else:
+                result.faces = faces
+                if self.draw:
+                    self._draw(_Pending(result, frame.image, np.zeros((0, 4)), np.zeros(0)))
+        self._write(result)
 
     def _predict(self, todo: Sequence[_Pending]) -> list[list[Face] | str]:
         """Per photo, its faces or why they cannot be had; one failing photo fails alone."""
@@ -428,13 +482,29 @@ def _jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     return data.tobytes()
 
 
-def _drawing(image: np.ndarray, faces: Sequence) -> np.ndarray:
-    """The photo with each face's landmarks and box drawn."""
+def confidence_colours(confidence: np.ndarray) -> np.ndarray:
+    """``(L, 3)`` uint8 RGB per point: red at confidence 0, yellow at 0.5, green at 1."""
+    c = np.clip(np.nan_to_num(np.asarray(confidence, np.float64), nan=0.0), 0.0, 1.0)
+    red = np.clip(2.0 * (1.0 - c), 0.0, 1.0)
+    green = np.clip(2.0 * c, 0.0, 1.0)
+    return np.round(255 * np.stack([red, green, np.zeros_like(c)], axis=1)).astype(np.uint8)
+
+
+def _drawing(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+    """The photo with each face's box and landmarks drawn, each point coloured by its
+    confidence (:func:`confidence_colours`; green without one)."""
     height, width = image.shape[:2]
     radius = max(1.5, width / 400)
     drawn = image
     for face in faces:
-        drawn = draw_landmarks(drawn, face.landmarks, radius=radius)
+        if face.confidence is None:
+            drawn = draw_landmarks(drawn, face.landmarks, radius=radius)
+        else:
+            colours = confidence_colours(face.confidence)
+            for colour in np.unique(colours, axis=0):
+                same = (colours == colour).all(axis=1)
+                rgb = (int(colour[0]), int(colour[1]), int(colour[2]))
+                drawn = draw_landmarks(drawn, face.landmarks, rgb, radius=radius, valid=same)
         x0, y0, x1, y1 = np.clip(face.box, -1, [width, height, width, height]).round().astype(int)
         cv2.rectangle(drawn, (x0, y0), (x1, y1), (255, 200, 0), max(1, round(radius / 2)))
     return drawn

@@ -4,20 +4,28 @@ Every writer gets one :class:`PhotoResult` at a time and puts it on disk at once
 kill cannot cut (:mod:`sepbn.inference.output_files`):
 
 - ``jsonl`` (the default; ``json`` is the same): ``landmarks.jsonl``, JSON Lines. The first
-  line is ``{"format": "sepbn-landmarks", "version": 2, "protocol", "num_points"}``, then one
+  line is ``{"format": "sepbn-landmarks", "version": 2, "protocol", "num_points"}`` (and
+  ``"schemes": {name: L}`` when several landmark schemes were asked for), then one
   line per photo or video frame: ``image``, ``frame`` (``null`` for a photo), ``status``
   (``ok``, ``no_face`` or ``error``), ``reason``, ``width``, ``height`` and ``faces``, a list
-  of ``{"box", "score", "quality", "landmarks"}`` (0-based pixels of the photo as
-  displayed). Each line is one write: a run stopped any way (Ctrl-C, ``kill``, a full disk)
+  of ``{"box", "score", "quality", "landmarks", "confidence"}`` (0-based pixels of the photo
+  as displayed; ``confidence``: one number in ``[0, 1]`` per point), with several schemes
+  also ``"schemes": {name: {"landmarks", "confidence"}}``. Each line is one write: a run
+  stopped any way (Ctrl-C, ``kill``, a full disk)
   leaves every line it finished, and at most a cut last line, which :func:`read_landmarks`
   leaves out and says so. (Earlier versions wrote one JSON document, ``landmarks.json``,
   which a kill left unreadable; :func:`read_landmarks` reads both.)
 - ``csv``: ``landmarks.csv``, one row per face (``image, frame, status, reason, face,
-  score, quality, box_x0..box_y1, x0, y0, ..., x{L-1}, y{L-1}``), one row with empty face
-  columns for a photo without a face or that failed; each photo's rows are one write.
+  score, quality, box_x0..box_y1, x0, y0, ..., x{L-1}, y{L-1}, c0, ..., c{L-1}``, ``c`` the
+  point confidences; each further scheme adds ``<scheme>_x0, <scheme>_y0, ...`` and
+  ``<scheme>_c0, ...``), one row with empty face columns for a photo without a face or that
+  failed; each photo's rows are one write.
 - ``pts``: one 300-W ``.pts`` file per face (``version: 1``, ``n_points: L``, 1-based
   coordinates, as the 300-W scorers read), named after the photo (``<name>.pts`` for its
-  first face, ``<name>_2.pts``, ... for the others), each written whole or not at all.
+  first face, ``<name>_2.pts``, ... for the others), each written whole or not at all;
+  beside each, ``<name>_confidence.txt`` with one point confidence a line (``.pts`` has no
+  room for it). Each further scheme writes ``<name>.<scheme>.pts`` and
+  ``<name>.<scheme>_confidence.txt``.
 """
 
 from __future__ import annotations
@@ -32,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from sepbn.inference.detector import Face
 from sepbn.inference.errors import InferenceError
+from sepbn.inference.face import Face
 from sepbn.inference.output_files import LineFile, write_atomic
 
 __all__ = [
@@ -97,10 +105,15 @@ class ResultWriter:
         paths: Every file written.
     """
 
-    def __init__(self, out_dir: Path, protocol: str, num_points: int) -> None:
+    def __init__(
+        self, out_dir: Path, protocol: str, num_points: int, schemes: dict[str, int] | None = None
+    ) -> None:
         self.out_dir = out_dir
         self.protocol = protocol
         self.num_points = num_points
+        #: Scheme -> L of the further schemes each face carries (not ``protocol``).
+        self.schemes = dict(schemes or {})
+        self.extra = {n: L for n, L in self.schemes.items() if n != protocol}
         self.path: Path | None = None
         self.paths: list[Path] = []
 
@@ -125,17 +138,21 @@ class ResultWriter:
 class JsonLinesWriter(ResultWriter):
     """``landmarks.jsonl``: a header line, then one line per photo."""
 
-    def __init__(self, out_dir: Path, protocol: str, num_points: int) -> None:
-        super().__init__(out_dir, protocol, num_points)
+    def __init__(
+        self, out_dir: Path, protocol: str, num_points: int, schemes: dict[str, int] | None = None
+    ) -> None:
+        super().__init__(out_dir, protocol, num_points, schemes)
         self.path = out_dir / "landmarks.jsonl"
         self.paths.append(self.path)
         self._file = LineFile(self.path)
-        head = {
+        head: dict[str, Any] = {
             "format": LANDMARKS_FORMAT,
             "version": LANDMARKS_VERSION,
             "protocol": protocol,
             "num_points": num_points,
         }
+        if self.schemes:
+            head["schemes"] = self.schemes
         self._file.append(json.dumps(head) + "\n")
 
     def write(self, result: PhotoResult) -> None:
@@ -149,34 +166,58 @@ class JsonLinesWriter(ResultWriter):
 class CsvWriter(ResultWriter):
     """``landmarks.csv``, one row per face (or per photo without one)."""
 
-    def __init__(self, out_dir: Path, protocol: str, num_points: int) -> None:
-        super().__init__(out_dir, protocol, num_points)
+    def __init__(
+        self, out_dir: Path, protocol: str, num_points: int, schemes: dict[str, int] | None = None
+    ) -> None:
+        super().__init__(out_dir, protocol, num_points, schemes)
         self.path = out_dir / "landmarks.csv"
         self.paths.append(self.path)
         self._file = LineFile(self.path)
-        points = [f"{axis}{i}" for i in range(num_points) for axis in ("x", "y")]
+        columns = _point_columns("", num_points)
+        for name, count in self.extra.items():
+            columns += _point_columns(f"{name}_", count)
         self._file.append(
             _csv_rows(
                 [
                     ["image", "frame", "status", "reason", "face", "score", "quality"]
-                    + ["box_x0", "box_y0", "box_x1", "box_y1", *points]
+                    + ["box_x0", "box_y0", "box_x1", "box_y1", *columns]
                 ]
             )
         )
+        self._width = 4 + len(columns)
 
     def write(self, result: PhotoResult) -> None:
         head = [result.image, "" if result.frame is None else result.frame, result.status]
         head.append(result.reason or "")
         rows: list[list[Any]] = []
         if not result.faces:
-            rows.append([*head, "", "", "", *[""] * (4 + 2 * self.num_points)])
+            rows.append([*head, "", "", "", *[""] * self._width])
         for i, face in enumerate(result.faces):
-            numbers = [f"{v:.2f}" for v in (*face.box, *face.landmarks.reshape(-1))]
+            numbers = [f"{v:.2f}" for v in face.box]
+            numbers += _point_values(face.landmarks, face.confidence)
+            for name in self.extra:
+                numbers += _point_values(
+                    face.schemes[name].landmarks, face.schemes[name].confidence
+                )
             rows.append([*head, i, f"{face.score:.4f}", f"{face.quality:.4f}", *numbers])
         self._file.append(_csv_rows(rows))
 
     def close(self) -> None:
         self._file.close()
+
+
+def _point_columns(prefix: str, num_points: int) -> list[str]:
+    """``x0, y0, ..., x{L-1}, y{L-1}, c0, ..., c{L-1}``, each name after ``prefix``."""
+    xy = [f"{prefix}{axis}{i}" for i in range(num_points) for axis in ("x", "y")]
+    return xy + [f"{prefix}c{i}" for i in range(num_points)]
+
+
+def _point_values(landmarks: np.ndarray, confidence: np.ndarray | None) -> list[str]:
+    """The cells of :func:`_point_columns` (an unknown confidence is an empty cell)."""
+    cells = [f"{v:.2f}" for v in landmarks.reshape(-1)]
+    if confidence is None:
+        return cells + [""] * len(landmarks)
+    return cells + [f"{c:.3f}" for c in confidence]
 
 
 def _csv_rows(rows: list[list[Any]]) -> str:
@@ -190,9 +231,19 @@ class PtsWriter(ResultWriter):
 
     def write(self, result: PhotoResult) -> None:
         for i, face in enumerate(result.faces):
-            suffix = "" if i == 0 else f"_{i + 1}"
-            path = self.out_dir / f"{result.name}{suffix}.pts"
-            self.paths.append(write_atomic(path, pts_text(face.landmarks).encode()))
+            stem = result.name + ("" if i == 0 else f"_{i + 1}")
+            self._write_points(stem, face.landmarks, face.confidence)
+            for name in self.extra:
+                points = face.schemes[name]
+                self._write_points(f"{stem}.{name}", points.landmarks, points.confidence)
+
+    def _write_points(
+        self, stem: str, landmarks: np.ndarray, confidence: np.ndarray | None
+    ) -> None:
+        self.paths.append(write_atomic(self.out_dir / f"{stem}.pts", pts_text(landmarks).encode()))
+        if confidence is not None:
+            text = "".join(f"{c:.3f}\n" for c in confidence)
+            self.paths.append(write_atomic(self.out_dir / f"{stem}_confidence.txt", text.encode()))
 
 
 def pts_text(landmarks: np.ndarray) -> str:
@@ -201,8 +252,13 @@ def pts_text(landmarks: np.ndarray) -> str:
     return f"version: 1\nn_points:  {len(landmarks)}\n{{\n{rows}}}\n"
 
 
-def open_writer(fmt: str, out_dir: Path, protocol: str, num_points: int) -> ResultWriter:
+def open_writer(
+    fmt: str, out_dir: Path, protocol: str, num_points: int, schemes: dict[str, int] | None = None
+) -> ResultWriter:
     """The writer of ``fmt`` (one of :data:`FORMATS` or :data:`FORMAT_ALIASES`) into ``out_dir``.
+
+    ``schemes`` (scheme -> L) are the schemes each face carries in :attr:`Face.schemes`;
+    ``None`` or empty when only ``protocol`` was asked for.
 
     Raises:
         InferenceError: An unknown format.
@@ -217,7 +273,7 @@ def open_writer(fmt: str, out_dir: Path, protocol: str, num_points: int) -> Resu
     if fmt not in writers:
         valid = [*FORMATS, *FORMAT_ALIASES]
         raise InferenceError(f"unknown output format {fmt!r}; valid: {valid}")
-    return writers[fmt](out_dir, protocol, num_points)
+    return writers[fmt](out_dir, protocol, num_points, schemes)
 
 
 @dataclass

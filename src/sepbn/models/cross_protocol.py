@@ -183,6 +183,24 @@ class CrossProtocolModel(nn.Module):
                 outputs[name] = branch(features.index_select(0, rows))  # (n_p, L_p, 2)
         return outputs
 
+    def forward_all(self, images: Tensor, names: Iterable[str] | None = None) -> dict[str, Tensor]:
+        """Every image through every branch (or those in ``names``), one backbone pass.
+
+        What inference wants from a CNT model: all its landmark schemes for the same faces.
+        Equal to ``single_protocol(name)(images)`` for each name, with the backbone run once.
+
+        Args:
+            images: ``(N, 3, S, S)`` float in ``[0, 1]``.
+            names: Protocol names, in the order of the returned dict; default: all branches.
+
+        Returns:
+            ``{name: (N, L_p, 2)}``.
+        """
+        names = self.protocols if names is None else list(names)
+        self._check_names(names)
+        features = self.backbone(images)  # (N, C, s, s), shared by every branch
+        return {name: self.branches[name](features) for name in names}
+
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the shared backbone (CNT stage 2: learning rate 1e-7)."""
         return self.backbone.parameters()
