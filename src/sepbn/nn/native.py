@@ -54,7 +54,7 @@ class Attention(NamedTuple):
     the softmax with temperature τ (Eq. 5).
     """
 
-    reduce_weight: Tensor  # (G, C)
+    reduce_weight: Tensor  # (G, C, 1, 1), the 1×1 convolution's weight
     reduce_bias: Tensor  # (G,)
     fc1_weight: Tensor  # (hidden, T·T·G)
     fc1_bias: Tensor  # (hidden,)
@@ -285,10 +285,9 @@ def sep_batch_norm(
     ops = torch.ops.sepbn_cpu
     if not norm.training:
         mean, var = norm.running_mean, norm.running_var
-        return ops.eval_forward(x, weight, bias, *attention, mean, var, eps=norm.eps,
-                                pool_size=pool_size, hard=hard)  # fmt: skip
+        return ops.eval_forward(x, weight, bias, *attention, mean, var, norm.eps, pool_size, hard)
     y, pi, mean, var_unbiased, *_ = ops.train_forward(
-        x, weight, bias, *attention, eps=norm.eps, pool_size=pool_size, hard=hard
+        x, weight, bias, *attention, norm.eps, pool_size, hard
     )
     if norm.running_mean is not None:
         ops.running_update(norm.running_mean, norm.running_var, mean, var_unbiased, factor)

@@ -1201,7 +1201,8 @@ std::vector<Tensor> attention(const Tensor& positions, int64_t n, const Tensor& 
                               const Tensor& fc2_w, const Tensor& fc2_b, const Tensor& tau,
                               int64_t k, bool hard) {
   const int64_t g = reduce_w.size(0);
-  Tensor flat = small_matmul(positions, false, reduce_w, true, reduce_b).view({n, -1});
+  const Tensor rw = reduce_w.view({g, -1});  // the 1x1 convolution's (G, C, 1, 1) as (G, C)
+  Tensor flat = small_matmul(positions, false, rw, true, reduce_b).view({n, -1});
   Tensor hidden = small_matmul(flat, false, fc1_w, true, fc1_b).relu_();  // fc1, ReLU
   Tensor logits = small_matmul(hidden, false, fc2_w, true, fc2_b).view({n, g, k});  // fc2
   Tensor pi;
@@ -1451,9 +1452,9 @@ Grads train_backward(const Tensor& grad_y_in, const Tensor& x_in, const Tensor& 
     out[5] = small_matmul(grad_hidden, true, flat, false);  // fc1
     out[6] = column_sums(grad_hidden);
     Tensor grad_reduced = small_matmul(grad_hidden, false, fc1_w, false).view({-1, g});
-    out[3] = small_matmul(grad_reduced, true, positions, false);  // reduce, (N·T·T, G) rows
+    out[3] = small_matmul(grad_reduced, true, positions, false).view(reduce_w.sizes());
     out[4] = column_sums(grad_reduced);
-    if (need_input) grad_pooled = small_matmul(grad_reduced, false, reduce_w, false);  // (N·T·T, C)
+    if (need_input) grad_pooled = small_matmul(grad_reduced, false, reduce_w.view({g, -1}), false);
   }
   // The last pass: the pooling's gradient at each window's arg-max (NHWC: with ∂L/∂x).
   if (channels_last(x) && need_input) {
