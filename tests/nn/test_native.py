@@ -172,7 +172,7 @@ def test_saved_tensors_are_the_plain_modules_intermediates() -> None:
         out = torch.ops.sepbn_cpu.train_forward(
             x, layer.weight, layer.bias, *layer._attention_tensors(), 1e-5, 3, False
         )
-        y, pi, mean, var_unbiased, _, positions, flat, hidden, scale, rstd = out
+        y, pi, mean, var_unbiased, _, positions, flat, hidden, scale, rstd, a, b = out
         pooled = F.adaptive_max_pool2d(x, 3).permute(0, 2, 3, 1).reshape(-1, 6)
         reduced = F.linear(pooled, layer.reduce.weight.view(2, 6), layer.reduce.bias)
         expected_flat = reduced.view(3, -1)  # position-major: (t_row, t_col, g)
@@ -191,6 +191,15 @@ def test_saved_tensors_are_the_plain_modules_intermediates() -> None:
     torch.testing.assert_close(var_unbiased, x.var(dim=(0, 2, 3), unbiased=True), **tol)
     with sepbn_path("plain"), torch.no_grad():
         torch.testing.assert_close(y, layer(x), **tol)
+    # The folded mapping y = a x + b (a = γ̂ r, b = β̂ - a μ); without `apply` the op stops there.
+    torch.testing.assert_close(a[..., None, None] * x + b[..., None, None], y, **tol)
+    with torch.no_grad():
+        folded = torch.ops.sepbn_cpu.train_forward(
+            x, layer.weight, layer.bias, *layer._attention_tensors(), 1e-5, 3, False, False
+        )
+    assert folded[0].numel() == 0
+    for got, want in zip(folded[1:], out[1:]):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
@@ -626,6 +635,31 @@ def test_inductor_compiled_train_step_equals_eager() -> None:
     # float32 in both; the C++ and ATen reductions sum in different orders.
     torch.testing.assert_close(y, y_plain, rtol=1e-5, atol=1e-5)
     assert_train_step_matches(layer, plain, x, y, y_plain, True, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled")
+def test_inductor_fuses_the_folded_map_pass_with_the_activation_and_pooling() -> None:
+    """The Vanilla CNN's block (conv, SepBN, LeakyReLU, 2×2 max pooling) under inductor: the
+    op stops before its pass over the map, and the SepBN multiply-add, the activation and
+    the pooling are one generated kernel, as for a BatchNorm; values and gradients equal
+    eager."""
+    from sepbn.models.vanilla_cnn import conv_block
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = conv_block(3, 16, lambda c: randomize(SepBatchNorm2d(c)))
+    eager = copy.deepcopy(model)
+    x = torch.randn(4, 3, 16, 16)
+    x_compiled, x_eager = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch._inductor.config.patch(force_disable_caches=True):
+        y, codes = run_and_get_code(torch.compile(model, fullgraph=True), x_compiled)
+    kernels = [line for line in "\n".join(codes).splitlines() if "cpp_fused" in line]
+    fused = [k for k in kernels if all(op in k for op in ("addcmul", "leaky_relu", "max_pool2d"))]
+    assert fused, "\n".join(kernels)
+    y_eager = eager(x_eager)
+    torch.testing.assert_close(y, y_eager, rtol=1e-4, atol=1e-4)
+    assert_backward_matches(model, eager, x_compiled, x_eager, y, y_eager, 1e-4, 1e-4, True)
+    torch.testing.assert_close(model[1].norm.running_var, eager[1].norm.running_var)
 
 
 @pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled")

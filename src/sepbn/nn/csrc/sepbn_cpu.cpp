@@ -1390,16 +1390,21 @@ void nhwc_input_grad_into(const Tensor& grad_y, const Tensor& x, const Tensor& s
 // ---- ops -----------------------------------------------------------------------------
 
 // Train-mode SepBatchNorm2d forward (Eqs. 1, 5-7): the pooling-and-statistics pass, the
-// attention, and the pass over the map, y = a x + b. Returns (y, pi, mean, var_unbiased)
-// and what the backward takes: (index, positions, flat, hidden, scale, rstd).
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
-train_forward(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
-              const Tensor& reduce_w, const Tensor& reduce_b, const Tensor& fc1_w,
-              const Tensor& fc1_b, const Tensor& fc2_w, const Tensor& fc2_b, const Tensor& tau,
-              double eps, int64_t pool_size, bool hard) {
+// attention, and, if `apply`, the pass over the map, y = a x + b. Returns (y, pi, mean,
+// var_unbiased), what the backward takes (index, positions, flat, hidden, scale, rstd), and
+// (a, b) per (n, c). Without `apply` y is empty and the caller computes it from a and b:
+// inside torch.compile that pass is then ATen code, which inductor fuses with the ops after
+// the layer (an activation, a pooling), as it fuses a BatchNorm's.
+using Outputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                           Tensor, Tensor, Tensor, Tensor>;
+Outputs train_forward(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
+                      const Tensor& reduce_w, const Tensor& reduce_b, const Tensor& fc1_w,
+                      const Tensor& fc1_b, const Tensor& fc2_w, const Tensor& fc2_b,
+                      const Tensor& tau, double eps, int64_t pool_size, bool hard, bool apply) {
   const Tensor x = checked_map(x_in, "x");
   const int64_t n = x.size(0), hw = x.size(2) * x.size(3);
-  Tensor positions, index, plane_mean, plane_m2, rstd, y = map_like(x);
+  Tensor positions, index, plane_mean, plane_m2, rstd;
+  Tensor y = apply ? map_like(x) : at::empty({0}, x.options());
   allocate_pooling(x, pool_size, positions, &index, &plane_mean, &plane_m2);
   pool_and_moments(x, pool_size, positions, &index, &plane_mean, &plane_m2);
   auto att = attention(positions, n, reduce_w, reduce_b, fc1_w, fc1_b, fc2_w, fc2_b, tau,
@@ -1408,8 +1413,9 @@ train_forward(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
   auto stats = combine_moments(plane_mean, plane_m2, hw, x.scalar_type());
   rstd = inverse_std(stats[1], eps, x.scalar_type());
   auto ab = fold(mixed[0], mixed[1], stats[0], rstd);
-  scale_shift_into(x, ab[0], ab[1], y, kGrainElements);
-  return {y, att[2], stats[0], stats[2], index, positions, att[0], att[1], mixed[0], rstd};
+  if (apply) scale_shift_into(x, ab[0], ab[1], y, kGrainElements);
+  return {y,         att[2], stats[0], stats[2], index, positions, att[0], att[1],
+          mixed[0], rstd,   ab[0],    ab[1]};
 }
 
 // Its backward. Returns the gradients of (x, weight, bias, reduce_w, reduce_b, fc1_w, fc1_b,
@@ -1498,9 +1504,10 @@ TORCH_LIBRARY(sepbn_cpu, m) {
   m.def(
       "train_forward(Tensor x, Tensor weight, Tensor bias, Tensor reduce_weight, "
       "Tensor reduce_bias, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight, "
-      "Tensor fc2_bias, Tensor tau, float eps, int pool_size, bool hard) -> (Tensor y, "
-      "Tensor pi, Tensor mean, Tensor var_unbiased, Tensor index, Tensor positions, "
-      "Tensor flat, Tensor hidden, Tensor scale, Tensor rstd)",
+      "Tensor fc2_bias, Tensor tau, float eps, int pool_size, bool hard, bool apply=True) -> "
+      "(Tensor y, Tensor pi, Tensor mean, Tensor var_unbiased, Tensor index, "
+      "Tensor positions, Tensor flat, Tensor hidden, Tensor scale, Tensor rstd, Tensor a, "
+      "Tensor b)",
       kMapLayout);
   m.def(
       "train_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor bias, "
