@@ -263,8 +263,8 @@ class _FoldedTrain(torch.autograd.Function):
     sample and channel); the multiply-add is then ATen code in the graph, which inductor
     fuses with the ops after the layer (the Vanilla CNN's LeakyReLU and pooling, a residual
     addition), as it fuses a BatchNorm's. The backward is the same C++ op, from ∂L/∂y.
-    A compiled Vanilla CNN step costs 1.24-1.31 x a compiled BN one without this, 1.07-1.09
-    with it (docs/benchmarks.md §3).
+    A compiled Vanilla CNN train step costs 1.24-1.31 x a compiled BN one without this,
+    1.04-1.05 with it (docs/benchmarks.md §1, 2026-12-08).
     """
 
     @staticmethod
