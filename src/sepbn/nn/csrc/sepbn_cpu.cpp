@@ -3,8 +3,8 @@
 // Built once per machine by sepbn/nn/native.py with the system's C++ compiler; the Python
 // side adds the autograd formulas and the fake (shape) functions. Every op takes
 // float32/float64 maps, NCHW- or channels-last-contiguous (other strides are copied to
-// NCHW), and returns maps in the input's layout. Each pass over a map is one
-// at::parallel_for; the attention's small products run between them on one thread.
+// NCHW), and returns maps in the input's layout; each op runs its passes in one OpenMP
+// region (run_phased).
 //
 // One pass over each (n, c) plane computes its mean and centred sum of squares (Chan's
 // combination then gives the batch statistics) and its T x T adaptive max pooling with
@@ -19,8 +19,14 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <cmath>
 #include <cctype>
 #include <cstdint>
@@ -42,7 +48,7 @@ constexpr int64_t kChunk = 2048;  // elements summed in scalar_t before the doub
 // Elements per parallel task. With OMP_WAIT_POLICY=PASSIVE (which sepbn sets on shared
 // machines) waking the second OpenMP thread costs 50-80 µs: worth it for a training
 // batch, not for a small batch-1 inference, which runs on one thread up to 2^17 elements
-// (a 128×32×32 map; a 64×64×64 map takes the second thread).
+// (a 128×32×32 map; the op's single region then wakes one thread for a 64×64×64 map).
 // Under any other policy (libgomp's default spins a while before sleeping) the threads
 // are awake and inference splits as training does.
 constexpr int64_t kGrainElements = 1 << 16;
@@ -74,6 +80,120 @@ inline int64_t plane_grain(int64_t hw, int64_t elements = kGrainElements) {
 
 // Channels per task for loops over channels, each channel holding n planes of hw values.
 inline int64_t channel_grain(int64_t n, int64_t hw) { return plane_grain(n * hw); }
+
+// ---- one parallel region per op -----------------------------------------------------
+//
+// Under OMP_WAIT_POLICY=PASSIVE a thread sleeps as soon as a parallel region ends, and
+// waking it for the next one costs 50-80 µs on this project's 2-core machines: a train
+// step that opened four regions (pooling, mapping; backward, scatter) paid more for the
+// wake-ups than for the scatter's work. An op therefore runs its passes in one region
+// (run_phased): each thread takes its share of the first pass, one thread then runs the
+// serial middle (the attention) while the others spin at a barrier for those few
+// microseconds, and each thread takes its share of the last pass. The shares split a
+// range as at::parallel_for splits it, so a thread revisits the planes it last touched.
+
+// This thread's place in a phased region; `team` is 0 outside one.
+struct Share {
+  int64_t tid = 0, team = 0;
+};
+
+// f(begin, end) over [0, range): its own region (at::parallel_for) outside a phased region,
+// inside one this thread's contiguous share (ATen's split: chunks of ceil(range / team)).
+template <typename F>
+void for_share(const Share* share, int64_t range, int64_t grain, const F& f) {
+  if (share == nullptr || share->team == 0) {
+    at::parallel_for(0, range, grain, f);
+    return;
+  }
+  const int64_t chunk = (range + share->team - 1) / share->team;
+  const int64_t begin = share->tid * chunk;
+  if (begin < range) f(begin, std::min(range, begin + chunk));
+}
+
+// Threads for a range split with `grain` items per task, as at::parallel_for counts them.
+inline int64_t team_size(int64_t range, int64_t grain) {
+  if (at::in_parallel_region() || range <= grain) return 1;
+  const int64_t tasks = (range + grain - 1) / grain;
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks));
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// A sense-reversing barrier that spins (then yields: the serial middle of a large batch
+// may take longer than a spin is worth) instead of sleeping in the kernel.
+class SpinBarrier {
+ public:
+  void set_parties(int64_t parties) { parties_.store(parties, std::memory_order_relaxed); }
+  void wait() {
+    const int64_t generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) ==
+        parties_.load(std::memory_order_relaxed) - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    // pause is ~40-140 cycles, so 2^11 of them cover the serial middle (10-30 µs at batch
+    // 8) and then yield: with more threads than cores a spinner would take the core from
+    // the thread it waits for.
+    constexpr int kSpins = 1 << 11;
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      if (spins < kSpins) {
+        cpu_relax();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  std::atomic<int64_t> parties_{1}, arrived_{0}, generation_{0};
+};
+
+// first(share), then middle() on one thread, then last(share), all in one parallel region
+// of up to `threads` threads (none below two). An exception in any phase is rethrown after
+// the region (a thread that failed still meets the barriers, and the phases after a
+// failure are skipped).
+template <typename First, typename Middle, typename Last>
+void run_phased(int64_t threads, const First& first, const Middle& middle, const Last& last) {
+  if (threads <= 1) {
+    const Share alone;
+    first(&alone);
+    middle();
+    last(&alone);
+    return;
+  }
+  SpinBarrier barrier;
+  std::exception_ptr error;
+  std::mutex error_lock;
+  std::atomic<bool> failed{false};
+  auto guarded = [&](const auto& phase) {
+    if (failed.load(std::memory_order_acquire)) return;
+    try {
+      phase();
+    } catch (...) {
+      const std::lock_guard<std::mutex> hold(error_lock);
+      if (!error) error = std::current_exception();
+      failed.store(true, std::memory_order_release);
+    }
+  };
+#pragma omp parallel num_threads(static_cast<int>(threads))
+  {
+    const Share share{omp_get_thread_num(), omp_get_num_threads()};
+    barrier.set_parties(share.team);  // every thread stores the same value before waiting
+    guarded([&] { first(&share); });
+    barrier.wait();
+    if (share.tid == 0) guarded(middle);
+    barrier.wait();
+    guarded([&] { last(&share); });
+  }
+  if (error) std::rethrow_exception(error);
+}
 
 // x itself when NCHW- or channels-last-contiguous, else an NCHW copy (inside torch.compile
 // the ops accept any layout inductor picks: they are tagged flexible_layout).
@@ -841,7 +961,7 @@ std::vector<Tensor> nhwc_channel_coefficients(const Tensor& s1, const Tensor& s2
 // optionally, arg-max indices (N, C, T·T) and per-plane moments (N, C) in float64. A plane
 // whose sum is not finite (it holds a NaN or an infinity) is pooled by the exact scan.
 // Small planes go kLanes channels at a time (pool_channel_block), larger ones one by one.
-// The outputs are allocated by allocate_pooling.
+// The outputs are allocated by allocate_pooling; `share` as in for_share.
 void allocate_pooling(const Tensor& x, int64_t t, Tensor& positions, Tensor* index,
                       Tensor* plane_mean, Tensor* plane_m2) {
   const int64_t n = x.size(0), c = x.size(1), tt = t * t;
@@ -867,7 +987,7 @@ std::pair<int64_t, int64_t> pooling_units(const Tensor& x, bool training) {
 }
 
 void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* index,
-                      Tensor* plane_mean, Tensor* plane_m2) {
+                      Tensor* plane_mean, Tensor* plane_m2, const Share* share = nullptr) {
   const int64_t c = x.size(1), h = x.size(2), w = x.size(3), hw = h * w;
   const int64_t tt = t * t;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_pool_and_moments", [&] {
@@ -880,7 +1000,7 @@ void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* ind
     if (channels_last(x)) {
       const WindowTable bands(h, w, t, false);
       const auto [samples, grain] = pooling_units(x, pm != nullptr);
-      at::parallel_for(0, samples, grain, [&](int64_t begin, int64_t end) {
+      for_share(share, samples, grain, [&](int64_t begin, int64_t end) {
         for (int64_t s = begin; s < end; ++s) {
           const scalar_t* xs = xp + s * hw * c;
           if (pm != nullptr) nhwc_moments(xs, hw, c, pm + s * c, pq + s * c);
@@ -897,7 +1017,7 @@ void pool_and_moments(const Tensor& x, int64_t t, Tensor& positions, Tensor* ind
     const int64_t lanes = blocked ? kLanes : 1;
     const int64_t blocks = (c + lanes - 1) / lanes;
     const auto [units, grain] = pooling_units(x, pm != nullptr);
-    at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
+    for_share(share, units, grain, [&](int64_t begin, int64_t end) {
       RowScratch<scalar_t> rows(w);
       std::vector<scalar_t> buf(blocked ? hw * kLanes : 0);
       for (int64_t unit = begin; unit < end; ++unit) {
@@ -956,7 +1076,7 @@ std::vector<Tensor> combine_moments(const Tensor& plane_mean, const Tensor& plan
 
 // y[n, c] = x[n, c] * a[n, c] + b[n, c] over every plane, into a preallocated y.
 void scale_shift_into(const Tensor& x, const Tensor& a, const Tensor& b, Tensor& y,
-                      int64_t grain_elements = kGrainElements) {
+                      int64_t grain_elements = kGrainElements, const Share* share = nullptr) {
   const int64_t planes = x.size(0) * x.size(1), hw = x.size(2) * x.size(3);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_scale_shift", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -965,7 +1085,7 @@ void scale_shift_into(const Tensor& x, const Tensor& a, const Tensor& b, Tensor&
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     if (channels_last(x)) {
       const int64_t c = x.size(1);
-      at::parallel_for(0, x.size(0), sample_grain(x, grain_elements), [&](int64_t begin, int64_t end) {
+      for_share(share, x.size(0), sample_grain(x, grain_elements), [&](int64_t begin, int64_t end) {
         for (int64_t s = begin; s < end; ++s) {
           for (int64_t p = 0; p < hw; ++p) {
             const int64_t row = (s * hw + p) * c;
@@ -975,7 +1095,7 @@ void scale_shift_into(const Tensor& x, const Tensor& a, const Tensor& b, Tensor&
       });
       return;
     }
-    at::parallel_for(0, planes, plane_grain(hw, grain_elements), [&](int64_t begin, int64_t end) {
+    for_share(share, planes, plane_grain(hw, grain_elements), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         multiply_add(xp + plane * hw, yp + plane * hw, hw, ap[plane], bp[plane]);
       }
@@ -1247,7 +1367,7 @@ void running_update(const c10::optional<Tensor>& running_mean,
 // `scale` must be contiguous; `sums` holds the preallocated (s1, s2, ∂L/∂x or empty).
 void norm_backward_into(const Tensor& grad_y, const Tensor& x, const Tensor& scale,
                         const Tensor& mean, const Tensor& rstd, bool need_input,
-                        std::vector<Tensor>& sums) {
+                        std::vector<Tensor>& sums, const Share* share = nullptr) {
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
   const double count = static_cast<double>(n * hw);
   Tensor &s1 = sums[0], &s2 = sums[1], &gx = sums[2];
@@ -1260,7 +1380,7 @@ void norm_backward_into(const Tensor& grad_y, const Tensor& x, const Tensor& sca
     scalar_t* s1p = s1.mutable_data_ptr<scalar_t>();
     scalar_t* s2p = s2.mutable_data_ptr<scalar_t>();
     scalar_t* op = need_input ? gx.mutable_data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, c, channel_grain(n, hw), [&](int64_t begin, int64_t end) {
+    for_share(share, c, channel_grain(n, hw), [&](int64_t begin, int64_t end) {
       for (int64_t ch = begin; ch < end; ++ch) {
         const scalar_t mu = mp[ch], r = rp[ch];
         double sum1 = 0.0, sum2 = 0.0;  // Σ_n γ̂ s1, Σ_n γ̂ s2
@@ -1308,14 +1428,15 @@ std::vector<Tensor> allocate_norm_backward(const Tensor& x, bool need_input) {
 // innermost reads the pooled gradient's rows contiguously. (Deferring norm_backward's
 // input pass until the pooled gradient is known, to add it while each plane is in L1,
 // measured slower: that pass then reads g and x back from L3.)
-void scatter_pooled_(Tensor& gx, const Tensor& grad_pooled, const Tensor& index) {
+void scatter_pooled_(Tensor& gx, const Tensor& grad_pooled, const Tensor& index,
+                     const Share* share = nullptr) {
   const int64_t n = gx.size(0), c = gx.size(1), hw = gx.size(2) * gx.size(3);
   const int64_t tt = index.size(2);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "sepbn_scatter_pooled", [&] {
     scalar_t* op = gx.mutable_data_ptr<scalar_t>();
     const scalar_t* pooled = grad_pooled.const_data_ptr<scalar_t>();
     const int32_t* where = index.const_data_ptr<int32_t>();
-    at::parallel_for(0, c, channel_grain(n, hw), [&](int64_t begin, int64_t end) {
+    for_share(share, c, channel_grain(n, hw), [&](int64_t begin, int64_t end) {
       for (int64_t s = 0; s < n; ++s) {
         for (int64_t t = 0; t < tt; ++t) {
           const scalar_t* row = pooled + (s * tt + t) * c;
@@ -1331,7 +1452,7 @@ void scatter_pooled_(Tensor& gx, const Tensor& grad_pooled, const Tensor& index)
 
 // The NHWC backward's first pass: s1, s2 of every sample (into the preallocated sums).
 void nhwc_backward_sums_into(const Tensor& grad_y, const Tensor& x, const Tensor& mean,
-                             const Tensor& rstd, std::vector<Tensor>& sums) {
+                             const Tensor& rstd, std::vector<Tensor>& sums, const Share* share) {
   const int64_t c = x.size(1), hw = x.size(2) * x.size(3);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_nhwc_backward_sums", [&] {
     const scalar_t* gp = grad_y.const_data_ptr<scalar_t>();
@@ -1340,7 +1461,7 @@ void nhwc_backward_sums_into(const Tensor& grad_y, const Tensor& x, const Tensor
     const scalar_t* rp = rstd.const_data_ptr<scalar_t>();
     scalar_t* s1p = sums[0].mutable_data_ptr<scalar_t>();
     scalar_t* s2p = sums[1].mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, x.size(0), sample_grain(x), [&](int64_t begin, int64_t end) {
+    for_share(share, x.size(0), sample_grain(x), [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
         nhwc_backward_sums(gp + s * hw * c, xp + s * hw * c, hw, c, mp, rp, s1p + s * c,
                            s2p + s * c);
@@ -1353,7 +1474,8 @@ void nhwc_backward_sums_into(const Tensor& grad_y, const Tensor& x, const Tensor
 // `grad_pooled` is defined, the pooling's gradient added at each window's arg-max.
 void nhwc_input_grad_into(const Tensor& grad_y, const Tensor& x, const Tensor& scale,
                           const Tensor& mean, const Tensor& rstd, const std::vector<Tensor>& dq,
-                          Tensor& gx, const Tensor& grad_pooled, const Tensor& index) {
+                          Tensor& gx, const Tensor& grad_pooled, const Tensor& index,
+                          const Share* share) {
   const int64_t c = x.size(1), hw = x.size(2) * x.size(3);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sepbn_nhwc_input_grad", [&] {
     const scalar_t* gp = grad_y.const_data_ptr<scalar_t>();
@@ -1368,7 +1490,7 @@ void nhwc_input_grad_into(const Tensor& grad_y, const Tensor& x, const Tensor& s
         grad_pooled.defined() ? grad_pooled.const_data_ptr<scalar_t>() : nullptr;
     const int32_t* where = grad_pooled.defined() ? index.const_data_ptr<int32_t>() : nullptr;
     const int64_t tt = grad_pooled.defined() ? index.size(2) : 0;
-    at::parallel_for(0, x.size(0), sample_grain(x), [&](int64_t begin, int64_t end) {
+    for_share(share, x.size(0), sample_grain(x), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> a(c);
       for (int64_t s = begin; s < end; ++s) {
         for (int64_t j = 0; j < c; ++j) a[j] = sp[s * c + j] * rp[j];
@@ -1406,14 +1528,24 @@ Outputs train_forward(const Tensor& x_in, const Tensor& weight, const Tensor& bi
   Tensor positions, index, plane_mean, plane_m2, rstd;
   Tensor y = apply ? map_like(x) : at::empty({0}, x.options());
   allocate_pooling(x, pool_size, positions, &index, &plane_mean, &plane_m2);
-  pool_and_moments(x, pool_size, positions, &index, &plane_mean, &plane_m2);
-  auto att = attention(positions, n, reduce_w, reduce_b, fc1_w, fc1_b, fc2_w, fc2_b, tau,
-                       weight.size(0), hard);
-  auto mixed = mix_sets(att[2], weight, bias);
-  auto stats = combine_moments(plane_mean, plane_m2, hw, x.scalar_type());
-  rstd = inverse_std(stats[1], eps, x.scalar_type());
-  auto ab = fold(mixed[0], mixed[1], stats[0], rstd);
-  if (apply) scale_shift_into(x, ab[0], ab[1], y, kGrainElements);
+  std::vector<Tensor> att, mixed, stats, ab;
+  const auto [units, grain] = pooling_units(x, true);
+  run_phased(
+      team_size(units, grain),
+      [&](const Share* share) {
+        pool_and_moments(x, pool_size, positions, &index, &plane_mean, &plane_m2, share);
+      },
+      [&] {
+        att = attention(positions, n, reduce_w, reduce_b, fc1_w, fc1_b, fc2_w, fc2_b, tau,
+                        weight.size(0), hard);
+        mixed = mix_sets(att[2], weight, bias);
+        stats = combine_moments(plane_mean, plane_m2, hw, x.scalar_type());
+        rstd = inverse_std(stats[1], eps, x.scalar_type());
+        ab = fold(mixed[0], mixed[1], stats[0], rstd);
+      },
+      [&](const Share* share) {
+        if (apply) scale_shift_into(x, ab[0], ab[1], y, kGrainElements, share);
+      });
   return {y,         att[2], stats[0], stats[2], index, positions, att[0], att[1],
           mixed[0], rstd,   ab[0],    ab[1]};
 }
@@ -1437,19 +1569,13 @@ Grads train_backward(const Tensor& grad_y_in, const Tensor& x_in, const Tensor& 
   Tensor empty = at::empty({0}, x.options());
   std::vector<Tensor> out{empty, empty, empty, empty, empty, empty, empty, empty, empty};
   Tensor grad_pooled;
-  const int64_t hw = x.size(2) * x.size(3);
-  // The normalization's pass: s1 = ∂L/∂β̂, s2 = ∂L/∂γ̂ per (n, c) and, for NCHW maps,
-  // ∂L/∂x without the pooling's part (an NHWC map gets it in the last pass, below).
-  if (channels_last(x)) {
-    nhwc_backward_sums_into(grad_y, x, mean, rstd, sums);
-  } else {
-    norm_backward_into(grad_y, x, scale_c, mean, rstd, need_input, sums);
-  }
-  // Eq. 6 backward to the sets (K, C) and, through π, Eq. 5 backward to the logits.
-  auto mixed = mix_backward(sums[0], sums[1], pi, weight, bias, temperature, need_attention);
-  out[1] = mixed[0];
-  out[2] = mixed[1];
-  if (need_attention) {  // the MLP's and the 1x1 convolution's backward, to the pooled map
+  // The attention's backward, between the normalization's pass and the pooling's scatter.
+  auto middle = [&] {
+    // Eq. 6 backward to the sets (K, C) and, through π, Eq. 5 backward to the logits.
+    auto mixed = mix_backward(sums[0], sums[1], pi, weight, bias, temperature, need_attention);
+    out[1] = mixed[0];
+    out[2] = mixed[1];
+    if (!need_attention) return;
     const Tensor& grad_logits = mixed[2];
     out[7] = small_matmul(grad_logits, true, hidden, false);  // fc2
     out[8] = column_sums(grad_logits);
@@ -1461,13 +1587,33 @@ Grads train_backward(const Tensor& grad_y_in, const Tensor& x_in, const Tensor& 
     out[3] = small_matmul(grad_reduced, true, positions, false).view(reduce_w.sizes());
     out[4] = column_sums(grad_reduced);
     if (need_input) grad_pooled = small_matmul(grad_reduced, false, reduce_w.view({g, -1}), false);
-  }
-  // The last pass: the pooling's gradient at each window's arg-max (NHWC: with ∂L/∂x).
-  if (channels_last(x) && need_input) {
-    auto dq = nhwc_channel_coefficients(sums[0], sums[1], scale_c, rstd, hw);
-    nhwc_input_grad_into(grad_y, x, scale_c, mean, rstd, dq, sums[2], grad_pooled, index);
-  } else if (grad_pooled.defined()) {
-    scatter_pooled_(sums[2], grad_pooled, index);
+  };
+  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  if (channels_last(x)) {
+    std::vector<Tensor> dq;
+    run_phased(
+        team_size(n, sample_grain(x)),
+        [&](const Share* share) { nhwc_backward_sums_into(grad_y, x, mean, rstd, sums, share); },
+        [&] {
+          if (need_input) dq = nhwc_channel_coefficients(sums[0], sums[1], scale_c, rstd, hw);
+          middle();
+        },
+        [&](const Share* share) {
+          if (need_input) {
+            nhwc_input_grad_into(grad_y, x, scale_c, mean, rstd, dq, sums[2], grad_pooled, index,
+                                 share);
+          }
+        });
+  } else {
+    run_phased(
+        team_size(c, channel_grain(n, hw)),
+        [&](const Share* share) {
+          norm_backward_into(grad_y, x, scale_c, mean, rstd, need_input, sums, share);
+        },
+        middle,
+        [&](const Share* share) {
+          if (grad_pooled.defined()) scatter_pooled_(sums[2], grad_pooled, index, share);
+        });
   }
   if (need_input) out[0] = sums[2];
   return {out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7], out[8]};
@@ -1484,13 +1630,23 @@ std::tuple<Tensor, Tensor> eval_forward(const Tensor& x_in, const Tensor& weight
   const Tensor x = checked_map(x_in, "x");
   Tensor positions, y = map_like(x);
   allocate_pooling(x, pool_size, positions, nullptr, nullptr, nullptr);
-  pool_and_moments(x, pool_size, positions, nullptr, nullptr, nullptr);
-  auto att = attention(positions, x.size(0), reduce_w, reduce_b, fc1_w, fc1_b, fc2_w, fc2_b, tau,
-                       weight.size(0), hard);
-  auto mixed = mix_sets(att[2], weight, bias);
-  Tensor rstd = inverse_std(running_var, eps, x.scalar_type());
-  auto ab = fold(mixed[0], mixed[1], running_mean, rstd);
-  scale_shift_into(x, ab[0], ab[1], y, inference_grain_elements());
+  std::vector<Tensor> att, ab;
+  const auto [units, grain] = pooling_units(x, false);
+  run_phased(
+      team_size(units, grain),
+      [&](const Share* share) {
+        pool_and_moments(x, pool_size, positions, nullptr, nullptr, nullptr, share);
+      },
+      [&] {
+        att = attention(positions, x.size(0), reduce_w, reduce_b, fc1_w, fc1_b, fc2_w, fc2_b,
+                        tau, weight.size(0), hard);
+        auto mixed = mix_sets(att[2], weight, bias);
+        Tensor rstd = inverse_std(running_var, eps, x.scalar_type());
+        ab = fold(mixed[0], mixed[1], running_mean, rstd);
+      },
+      [&](const Share* share) {
+        scale_shift_into(x, ab[0], ab[1], y, inference_grain_elements(), share);
+      });
   return {y, att[2]};
 }
 
