@@ -693,3 +693,23 @@ def test_inductor_hands_the_ops_its_channels_last_maps() -> None:
     torch.testing.assert_close(y, y_eager, rtol=1e-4, atol=1e-4)
     assert_backward_matches(model, eager, x_compiled, x_eager, y, y_eager, 1e-4, 1e-4, True)
     torch.testing.assert_close(model[1].norm.running_var, eager[1].norm.running_var)
+
+
+def test_the_op_is_differentiable_on_its_own_as_a_custom_op() -> None:
+    """Called directly, ``train_forward`` differentiates through its ``register_autograd``
+    formula to the same gradients the layer's Function gives, and ``torch.library.opcheck``
+    (schema, fake function, autograd registration) accepts it."""
+    torch.manual_seed(0)
+    layer = randomize(SepBatchNorm2d(6, num_sets=3, num_groups=2, hidden_features=5)).double()
+    x = torch.randn(3, 6, 7, 5, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 6, 7, 5, dtype=torch.float64)
+    params = [layer.weight, layer.bias, *layer._attention_tensors()[:6]]
+    args = (x, layer.weight, layer.bias, *layer._attention_tensors(), 1e-5, 3, False)
+    y = torch.ops.sepbn_cpu.train_forward(*args)[0]
+    direct = torch.autograd.grad(y, [x, *params], g)
+    y_layer = layer(x)  # train mode: the layer's own route (one more batch counted)
+    via_layer = torch.autograd.grad(y_layer, [x, *params], g)
+    torch.testing.assert_close(y, y_layer, rtol=1e-12, atol=1e-12)
+    for got, want in zip(direct, via_layer):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.library.opcheck(torch.ops.sepbn_cpu.train_forward.default, args)

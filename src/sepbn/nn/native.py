@@ -242,7 +242,7 @@ def _save_for_backward(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, 
 
 def _train_backward(ctx: Any, grad_y: Tensor | None, *unused: Tensor | None) -> tuple[Any, ...]:
     if grad_y is None:  # y did not reach the loss
-        return (None,) * 13
+        return (None,) * len(ctx.needs_input_grad)
     saved = _Saved.from_flat(ctx.saved_tensors)
     needs = ctx.needs_input_grad  # x, weight, bias, the attention's six tensors, τ, ...
     # No gradient crosses a hard arg-max; otherwise the attention's backward runs when
@@ -256,24 +256,33 @@ def _train_backward(ctx: Any, grad_y: Tensor | None, *unused: Tensor | None) -> 
     return (*grads, *(None,) * (len(needs) - len(grads)))  # τ, eps, pool_size, hard[, apply]
 
 
-class _FoldedTrain(torch.autograd.Function):
-    """The train op inside ``torch.compile``: y = a x + b computed by the graph, not the op.
+class _Train(torch.autograd.Function):
+    """The train op under autograd as the layer calls it, with the same backward.
 
-    The op stops short of its pass over the map and returns the folded mapping (a, b per
-    sample and channel); the multiply-add is then ATen code in the graph, which inductor
-    fuses with the ops after the layer (the Vanilla CNN's LeakyReLU and pooling, a residual
-    addition), as it fuses a BatchNorm's. The backward is the same C++ op, from ∂L/∂y.
-    A compiled Vanilla CNN train step costs 1.24-1.31 x a compiled BN one without this,
-    1.04-1.05 with it (docs/benchmarks.md §1, 2026-12-08).
+    The op is differentiable on its own (``register_autograd`` above), but that route runs
+    more Python per call (the dispatcher's Python autograd kernel, the schema's defaults
+    filled in, then this module's context code): side by side, a train step costs 1.13 ×
+    BN at 256×16×16 through it and 0.89 × through this Function (``bench_layers.py``,
+    PASSIVE, three runs each; docs/benchmarks.md §1, 2026-12-08).
+
+    With ``fold`` (inside ``torch.compile``) the op stops short of its pass over the map and
+    returns the folded mapping (a, b per sample and channel); the multiply-add is then ATen
+    code in the graph, which inductor fuses with the ops after the layer (the Vanilla
+    CNN's LeakyReLU and pooling, a residual addition), as it fuses a BatchNorm's: a
+    compiled Vanilla CNN train step costs 1.24-1.31 × a compiled BN one without it,
+    1.02-1.05 with it.
     """
 
     @staticmethod
-    def forward(ctx: Any, *inputs: Any) -> tuple[Tensor, ...]:
-        output = torch.ops.sepbn_cpu.train_forward(*inputs, False)
-        x, a, b = inputs[0], output[10], output[11]
-        y = torch.addcmul(b[..., None, None], x, a[..., None, None])
+    def forward(ctx: Any, *inputs_and_fold: Any) -> tuple[Tensor, ...]:
+        *inputs, fold = inputs_and_fold
+        output = torch.ops.sepbn_cpu.train_forward(*inputs, not fold)
+        y = output[0]
+        if fold:
+            x, a, b = inputs[0], output[10], output[11]
+            y = torch.addcmul(b[..., None, None], x, a[..., None, None])
         ctx.mark_non_differentiable(*output[1:4])
-        _save_for_backward(ctx, inputs, output)
+        _save_for_backward(ctx, tuple(inputs), output)
         return (y, *output[1:4])
 
     backward = staticmethod(_train_backward)
@@ -315,11 +324,10 @@ def sep_batch_norm(
     if not norm.training:
         mean, var = norm.running_mean, norm.running_var
         return ops.eval_forward(x, weight, bias, *attention, mean, var, norm.eps, pool_size, hard)
-    inputs = (x, weight, bias, *attention, norm.eps, pool_size, hard)
-    if torch.compiler.is_compiling():
-        y, pi, mean, var_unbiased = _FoldedTrain.apply(*inputs)
-    else:
-        y, pi, mean, var_unbiased, *_ = ops.train_forward(*inputs)
+    fold = torch.compiler.is_compiling()
+    y, pi, mean, var_unbiased = _Train.apply(
+        x, weight, bias, *attention, norm.eps, pool_size, hard, fold
+    )
     if norm.running_mean is not None:
         ops.running_update(norm.running_mean, norm.running_var, mean, var_unbiased, factor)
     return y, pi
