@@ -13,7 +13,7 @@ backward is the C++ backward op). :func:`sep_batch_norm` calls them with named i
 **Build.** The first call compiles the file with ``torch.utils.cpp_extension.load``
 (the machine's C++ compiler and ``ninja``) against the installed torch, once per machine,
 source and torch build, into ``$TORCH_EXTENSIONS_DIR`` (default
-``~/.cache/torch_extensions``); about a minute on 2 cores, announced on stderr. Later
+``~/.cache/torch_extensions``); 15 s to a minute on 2 cores, announced on stderr. Later
 processes load the cached library in milliseconds, and several processes that start at
 once (data workers, DDP) wait for one build. ``sepbn build-kernels`` builds ahead of time.
 When the build fails, one warning gives the reason and the layers run the plain path.
@@ -93,7 +93,7 @@ def build() -> None:
     except (AttributeError, OSError):  # a private helper: if it moves, announce every load
         built = False
     if not built:
-        print("sepbn: building the C++ CPU kernels (once, about a minute)", file=sys.stderr)
+        print("sepbn: building the C++ CPU kernels (once, 15 s to a minute)", file=sys.stderr)
     try:
         cpp_extension.load(
             name=name,
