@@ -220,9 +220,6 @@ class _Saved(NamedTuple):
     def from_flat(cls, tensors: tuple[Tensor, ...]) -> _Saved:
         return cls._make((*tensors[:3], Attention(*tensors[3:10]), *tensors[10:]))
 
-    def as_tensors(self) -> tuple[Tensor, ...]:
-        return (self.x, self.weight, self.bias, *self.attention, *self[4:])
-
 
 def _train_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
     """Save what the backward op takes; the op's outputs past y carry no gradient."""
@@ -234,22 +231,24 @@ def _save_for_backward(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, 
     x, weight, bias, *rest = inputs  # the schema: ..., tau, eps, pool_size, hard[, apply]
     _, pi, mean, _, index, positions, flat, hidden, scale, rstd = output[:10]
     ctx.set_materialize_grads(False)
-    saved = _Saved(x, weight, bias, Attention(*rest[:7]), pi, positions, index, flat, hidden,
-                   scale, mean, rstd)  # fmt: skip
-    ctx.save_for_backward(*saved.as_tensors())
+    # In _Saved's order, built flat: torch.compile traces this code, and dynamo up to at
+    # least torch 2.8 fails on constructing a NamedTuple with methods inside a Function.
+    ctx.save_for_backward(x, weight, bias, *rest[:7], pi, positions, index, flat, hidden, scale,
+                          mean, rstd)  # fmt: skip
     ctx.hard = rest[9]
 
 
 def _train_backward(ctx: Any, grad_y: Tensor | None, *unused: Tensor | None) -> tuple[Any, ...]:
     if grad_y is None:  # y did not reach the loss
         return (None,) * len(ctx.needs_input_grad)
-    saved = _Saved.from_flat(ctx.saved_tensors)
     needs = ctx.needs_input_grad  # x, weight, bias, the attention's six tensors, τ, ...
     # No gradient crosses a hard arg-max; otherwise the attention's backward runs when
     # x (through the pooling) or any attention parameter needs a gradient.
     attention = not ctx.hard and (needs[0] or any(needs[3:9]))
+    # The saved tensors are in _Saved's order, the op's; passed flat, because torch.compile
+    # traces this code too (see _save_for_backward).
     grads = torch.ops.sepbn_cpu.train_backward(
-        grad_y, *saved.as_tensors(), bool(needs[0]), attention
+        grad_y, *ctx.saved_tensors, bool(needs[0]), attention
     )
     wanted = [needs[0], needs[1], needs[2], *(attention and need for need in needs[3:9])]
     grads = tuple(g if w else None for g, w in zip(grads, wanted))
