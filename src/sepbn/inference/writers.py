@@ -135,16 +135,32 @@ class ResultWriter:
         self.close()
 
 
-class JsonLinesWriter(ResultWriter):
-    """``landmarks.jsonl``: a header line, then one line per photo."""
+class _OneFileWriter(ResultWriter):
+    """A writer whose results all go, appended as lines, to one file ``out_dir/file_name``."""
+
+    file_name = ""
 
     def __init__(
         self, out_dir: Path, protocol: str, num_points: int, schemes: dict[str, int] | None = None
     ) -> None:
         super().__init__(out_dir, protocol, num_points, schemes)
-        self.path = out_dir / "landmarks.jsonl"
+        self.path = out_dir / self.file_name
         self.paths.append(self.path)
         self._file = LineFile(self.path)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class JsonLinesWriter(_OneFileWriter):
+    """``landmarks.jsonl``: a header line, then one line per photo."""
+
+    file_name = "landmarks.jsonl"
+
+    def __init__(
+        self, out_dir: Path, protocol: str, num_points: int, schemes: dict[str, int] | None = None
+    ) -> None:
+        super().__init__(out_dir, protocol, num_points, schemes)
         head: dict[str, Any] = {
             "format": LANDMARKS_FORMAT,
             "version": LANDMARKS_VERSION,
@@ -159,20 +175,16 @@ class JsonLinesWriter(ResultWriter):
         # ensure_ascii (the default) keeps any file name, UTF-8 or not, one ASCII line
         self._file.append(json.dumps(result.to_dict(), allow_nan=False) + "\n")
 
-    def close(self) -> None:
-        self._file.close()
 
-
-class CsvWriter(ResultWriter):
+class CsvWriter(_OneFileWriter):
     """``landmarks.csv``, one row per face (or per photo without one)."""
+
+    file_name = "landmarks.csv"
 
     def __init__(
         self, out_dir: Path, protocol: str, num_points: int, schemes: dict[str, int] | None = None
     ) -> None:
         super().__init__(out_dir, protocol, num_points, schemes)
-        self.path = out_dir / "landmarks.csv"
-        self.paths.append(self.path)
-        self._file = LineFile(self.path)
         columns = _point_columns("", num_points)
         for name, count in self.extra.items():
             columns += _point_columns(f"{name}_", count)
@@ -201,9 +213,6 @@ class CsvWriter(ResultWriter):
                 )
             rows.append([*head, i, f"{face.score:.4f}", f"{face.quality:.4f}", *numbers])
         self._file.append(_csv_rows(rows))
-
-    def close(self) -> None:
-        self._file.close()
 
 
 def _point_columns(prefix: str, num_points: int) -> list[str]:
